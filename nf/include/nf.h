@@ -210,4 +210,83 @@ static __always_inline void nf_swap_mac(struct ethhdr *eth)
 	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
 }
 
+
+/* ---- 802.1Q tag push/pop (XDP). ----
+ * Both move the two MAC addresses and resize the head with
+ * bpf_xdp_adjust_head, so every packet pointer taken before the call is
+ * invalid afterwards: re-derive them from ctx. They return 0 on success and
+ * -1 when the frame is too short or the head cannot be resized. */
+
+/* nf_vlan_pop removes the outermost VLAN tag of a tagged frame. */
+static __always_inline int nf_vlan_pop(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 macs[2 * ETH_ALEN];
+
+	if (data + sizeof(struct ethhdr) + sizeof(struct vlan_hdr) > data_end)
+		return -1;
+	__builtin_memcpy(macs, data, sizeof(macs));
+	if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct vlan_hdr)))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + sizeof(struct ethhdr) > data_end)
+		return -1;
+	/* The encapsulated EtherType now sits where h_proto belongs. */
+	__builtin_memcpy(data, macs, sizeof(macs));
+	return 0;
+}
+
+/* nf_vlan_push inserts an 802.1Q tag with the given TCI (host order) in
+ * front of the current EtherType. */
+static __always_inline int nf_vlan_push(struct xdp_md *ctx, __u16 tci)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 macs[2 * ETH_ALEN];
+	__be16 proto;
+
+	if (data + sizeof(struct ethhdr) > data_end)
+		return -1;
+	__builtin_memcpy(macs, data, sizeof(macs));
+	proto = ((struct ethhdr *)data)->h_proto;
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct vlan_hdr)))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct vlan_hdr *vh = (void *)(eth + 1);
+	if ((void *)(vh + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth, macs, sizeof(macs));
+	eth->h_proto = bpf_htons(ETH_P_8021Q);
+	vh->tci = bpf_htons(tci);
+	vh->encap_proto = proto;
+	return 0;
+}
+
+/* nf_vlan_set_vid rewrites the VLAN id of the outermost tag, keeping the
+ * priority and DEI bits. */
+static __always_inline int nf_vlan_set_vid(void *data, void *data_end, __u16 vid)
+{
+	struct vlan_hdr *vh = data + sizeof(struct ethhdr);
+	if ((void *)(vh + 1) > data_end)
+		return -1;
+	vh->tci = bpf_htons((bpf_ntohs(vh->tci) & 0xF000) | (vid & 0x0FFF));
+	return 0;
+}
+
+/* nf_mac_is_multicast is true for group addresses (broadcast included). */
+static __always_inline int nf_mac_is_multicast(const __u8 *mac)
+{
+	return mac[0] & 1;
+}
+
+/* nf_mac_is_zero is true for 00:00:00:00:00:00. */
+static __always_inline int nf_mac_is_zero(const __u8 *mac)
+{
+	return (mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]) == 0;
+}
+
 #endif
