@@ -289,4 +289,13 @@ static __always_inline int nf_mac_is_zero(const __u8 *mac)
 	return (mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]) == 0;
 }
 
+
+/* nf_mac_equal compares two MAC addresses (clang does not expand
+ * __builtin_memcmp for BPF, and BPF has no memcmp to call). */
+static __always_inline int nf_mac_equal(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
+		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
 #endif
