@@ -13,4 +13,4 @@
 // backends) into map contents (mapstate.State) and .rodata variables.
 package lb
 
-//go:generate go tool bpf2go -tags linux -go-package lb -target bpfel -type vip_key -type vip_meta -type backend -type flow_key -type conn -type lb_counter lb bpf/lb.c -- -I../include -I/usr/include/x86_64-linux-gnu -D__x86_64__ -O2 -g -Wall
+//go:generate go tool bpf2go -tags linux -go-package lb -target bpfel -type vip_key -type vip_meta -type backend -type flow_key -type conn -type lb_counter lb bpf/lb.c -- -I../include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall
