@@ -73,7 +73,7 @@ type Map struct {
 
 // State is the content of a set of maps and global variables.
 type State struct {
-	Variables map[string]Hex `json:"variables,omitempty"`
+	Variables map[string]Hex  `json:"variables,omitempty"`
 	Maps      map[string]*Map `json:"maps"`
 }
 
