@@ -164,6 +164,8 @@ func typeName(t btf.Type) string {
 		return name
 	}
 	switch t := t.(type) {
+	case *btf.Void:
+		return "void"
 	case *btf.Array:
 		return fmt.Sprintf("%s[%d]", typeName(t.Type), t.Nelems)
 	case *btf.Pointer:
