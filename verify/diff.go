@@ -1,0 +1,326 @@
+package verify
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
+
+	"github.com/morpheus-go/morpheus/mapstate"
+)
+
+// MinFrameSize is the smallest packet BPF_PROG_TEST_RUN accepts for XDP and
+// socket-buffer programs: the kernel's bpf_test_init rejects anything shorter
+// than an Ethernet header (ETH_HLEN) with EINVAL.
+const MinFrameSize = 14
+
+// DefaultMaxMismatches is the number of mismatches after which a
+// differential test stops when DiffOptions.MaxMismatches is zero.
+const DefaultMaxMismatches = 16
+
+// AutoMapCheckEntries is the largest total number of map entries for which
+// the automatic map check mode compares maps after every packet. Reading a
+// map costs a few system calls per entry and per copy; above this size maps
+// are compared once at the end and after any packet that already differs.
+const AutoMapCheckEntries = 4096
+
+// outputRoom is added to every packet to size the output buffer. XDP can
+// grow a frame by its 256 bytes of headroom and by the tail room of its
+// page; a socket buffer program can grow the packet much further with
+// bpf_skb_change_tail. The kernel writes past a too small buffer only on
+// very old kernels and fails the run with ENOSPC on current ones, and a
+// failed run cannot be repeated without repeating its map side effects, so
+// the buffer is made large enough for any growth up front (it is reused).
+const outputRoom = 64 << 10
+
+// ctxOutSize is the buffer for the context after a run. The kernel copies
+// its full struct xdp_md or struct __sk_buff and fails with ENOSPC if the
+// buffer is shorter, so leave room for future fields.
+const ctxOutSize = 512
+
+// xdpMDSize is the size of struct xdp_md on current kernels (six u32).
+const xdpMDSize = 24
+
+// DiffOptions controls [Differential].
+type DiffOptions struct {
+	// Programs are the entry programs run on every packet, in this order.
+	// Empty selects every candidate program of type XDP, SchedCLS or
+	// SchedACT and, when one of them is a tail call target of a program
+	// array in the spec, every such program that is not a tail call target
+	// (the entry points that reach it); with an empty candidate, the entry
+	// points alone.
+	Programs []string
+	// Context is the input context of every run: a struct xdp_md for XDP
+	// (for example to set ingress_ifindex at offset 12) or a struct
+	// __sk_buff for TC programs. For XDP, data_end is always set to the
+	// packet length as the kernel requires. Nil means an all-zero context.
+	Context []byte
+	// MapCheckInterval says when maps are compared: 0 chooses
+	// automatically (every packet while the maps hold at most
+	// AutoMapCheckEntries entries, else at the end only), N > 0 every N
+	// packets, negative at the end only. Maps are always compared after
+	// the last packet and after any packet whose verdict, output or context
+	// differed.
+	MapCheckInterval int
+	// MaxMismatches stops the test after this many mismatches (all of them
+	// are kept in the report). Zero means DefaultMaxMismatches.
+	MaxMismatches int
+	// LogTail is passed to the loads, see LoadOptions.LogTail.
+	LogTail int
+}
+
+// Differential runs the original collection and the candidate side by side
+// on the same packets from the same starting state and reports every
+// difference in verdict, output packet, output context and map contents.
+//
+// Three collections are loaded, each from its own copy of spec and with its
+// own fresh maps: the original (A), the candidate (C) and a second original
+// (B). state's variables are set before loading and its map entries written
+// after. Each packet is run through each entry program on A, then C, then B,
+// all pinned to one CPU so that per-CPU map slots line up. Whatever A and B
+// disagree on is nondeterministic (clocks, random numbers) and excluded;
+// everything else must be identical in C. Running C between A and B means a
+// clock value stored by C lies between those of A and B, so a map value
+// byte that differs between A and B also excludes the less significant
+// bytes of its 64-bit word.
+//
+// A verifier rejection is returned as a *VerifierError. The report is
+// returned with a nil error whenever the comparison ran (check
+// Report.Passed); on cancellation the partial report is returned with
+// ctx.Err().
+func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, packets [][]byte, opts DiffOptions) (*Report, error) {
+	if len(packets) == 0 {
+		return nil, errors.New("verify: differential test needs at least one packet")
+	}
+	for i, p := range packets {
+		if len(p) < MinFrameSize {
+			return nil, fmt.Errorf("verify: packet %d has %d bytes, the kernel needs at least %d", i, len(p), MinFrameSize)
+		}
+	}
+	if state == nil {
+		state = mapstate.New()
+	}
+	candSpec, err := WithCandidate(spec, cand)
+	if err != nil {
+		return nil, err
+	}
+	if err := state.Check(spec); err != nil {
+		return nil, err
+	}
+	progs, err := entryPrograms(spec, cand, opts.Programs)
+	if err != nil {
+		return nil, err
+	}
+
+	lo := LoadOptions{LogTail: opts.LogTail, Cache: btf.NewCache()}
+	var insts [3]*instance
+	defer func() {
+		for _, in := range insts {
+			if in != nil {
+				in.coll.Close()
+			}
+		}
+	}()
+	// Order of the array is the run order: original, candidate, original.
+	for i, s := range []*ebpf.CollectionSpec{spec.Copy(), candSpec, spec.Copy()} {
+		var c Candidate
+		if i == 1 {
+			c = cand
+		}
+		if insts[i], err = newInstance(s, c, state, lo); err != nil {
+			return nil, err
+		}
+	}
+
+	d := &differ{
+		progs:         progs,
+		a:             insts[0],
+		c:             insts[1],
+		b:             insts[2],
+		ctxIn:         opts.Context,
+		maxMismatches: opts.MaxMismatches,
+		ndLoc:         map[string]struct{}{},
+		reported:      map[string]struct{}{},
+		report:        &Report{Programs: progs, Total: len(packets), Mismatches: []Mismatch{}},
+	}
+	if d.maxMismatches <= 0 {
+		d.maxMismatches = DefaultMaxMismatches
+	}
+	maxLen := 0
+	for _, p := range packets {
+		maxLen = max(maxLen, len(p))
+	}
+	for _, in := range insts {
+		in.out = make([]byte, maxLen+outputRoom)
+	}
+	if err := d.planMapChecks(opts.MapCheckInterval); err != nil {
+		return nil, err
+	}
+
+	// The runs happen on a goroutine of their own whose thread is pinned
+	// to one CPU; if the old affinity cannot be restored the goroutine
+	// exits still locked, and the runtime then discards the thread.
+	type result struct{ err error }
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		restore, cpu, err := pinToOneCPU()
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err}
+			return
+		}
+		d.report.CPU = cpu
+		err = d.run(ctx, packets)
+		if restore() == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- result{err}
+	}()
+	res := <-done
+	if res.err != nil && !errors.Is(res.err, context.Canceled) && !errors.Is(res.err, context.DeadlineExceeded) {
+		return nil, res.err
+	}
+	return d.report, res.err
+}
+
+// instance is one loaded collection under test.
+type instance struct {
+	coll *ebpf.Collection
+	out  []byte
+}
+
+func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {
+	if err := state.ApplySpec(s); err != nil {
+		return nil, err
+	}
+	coll, err := loadSpec(s, cand, lo)
+	if err != nil {
+		return nil, err
+	}
+	if err := state.Apply(coll.Maps); err != nil {
+		coll.Close()
+		return nil, err
+	}
+	return &instance{coll: coll}, nil
+}
+
+// runResult is the outcome of one BPF_PROG_TEST_RUN.
+type runResult struct {
+	verdict uint32
+	out     []byte
+	ctx     []byte
+	err     error
+}
+
+func (in *instance) run(prog string, pkt, ctxIn []byte) runResult {
+	p := in.coll.Programs[prog]
+	ctxOut := make([]byte, ctxOutSize)
+	ro := ebpf.RunOptions{Data: pkt, DataOut: in.out, ContextOut: ctxOut}
+	if ctxIn != nil {
+		ro.Context = ctxIn
+	}
+	v, err := p.Run(&ro)
+	if err != nil {
+		return runResult{err: err}
+	}
+	return runResult{verdict: v, out: ro.DataOut, ctx: ctxOut}
+}
+
+// runnable reports whether programs of type t take packets in a test run.
+func runnable(t ebpf.ProgramType) bool {
+	switch t {
+	case ebpf.XDP, ebpf.SchedCLS, ebpf.SchedACT:
+		return true
+	}
+	return false
+}
+
+// tailTargets returns the programs that static program array contents
+// reference by name.
+func tailTargets(spec *ebpf.CollectionSpec) map[string]bool {
+	targets := map[string]bool{}
+	for _, ms := range spec.Maps {
+		if ms.Type != ebpf.ProgramArray {
+			continue
+		}
+		for _, kv := range ms.Contents {
+			if name, ok := kv.Value.(string); ok {
+				targets[name] = true
+			}
+		}
+	}
+	return targets
+}
+
+func entryPrograms(spec *ebpf.CollectionSpec, cand Candidate, requested []string) ([]string, error) {
+	if len(requested) > 0 {
+		var out []string
+		for _, name := range requested {
+			ps, ok := spec.Programs[name]
+			if !ok {
+				return nil, fmt.Errorf("verify: entry program %q does not exist", name)
+			}
+			if !runnable(ps.Type) {
+				return nil, fmt.Errorf("verify: entry program %q has type %s; only XDP, SchedCLS and SchedACT programs can be run on packets", name, ps.Type)
+			}
+			if !slices.Contains(out, name) {
+				out = append(out, name)
+			}
+		}
+		return out, nil
+	}
+	targets := tailTargets(spec)
+	var out []string
+	reachesTarget := false
+	for _, name := range cand.Names() {
+		if runnable(spec.Programs[name].Type) {
+			out = append(out, name)
+			reachesTarget = reachesTarget || targets[name]
+		}
+	}
+	if len(out) == 0 || reachesTarget {
+		for name, ps := range spec.Programs {
+			if runnable(ps.Type) && !targets[name] && !slices.Contains(out, name) {
+				out = append(out, name)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("verify: no XDP or TC program to run packets through")
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// pinToOneCPU restricts the calling thread to the first CPU it may run on
+// and returns a function restoring the previous affinity.
+func pinToOneCPU() (func() error, int, error) {
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return nil, 0, fmt.Errorf("verify: get CPU affinity: %w", err)
+	}
+	const maxCPUs = 8 * 1024 // CPU_SETSIZE is 1024; cpu sets never exceed this
+	cpu := -1
+	for i := 0; i < maxCPUs && i < 8*binary.Size(old); i++ {
+		if old.IsSet(i) {
+			cpu = i
+			break
+		}
+	}
+	if cpu < 0 {
+		return nil, 0, errors.New("verify: thread may run on no CPU")
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		return nil, 0, fmt.Errorf("verify: pin to CPU %d: %w", cpu, err)
+	}
+	return func() error { return unix.SchedSetaffinity(0, &old) }, cpu, nil
+}

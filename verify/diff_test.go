@@ -1,0 +1,320 @@
+package verify
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
+)
+
+func TestDifferential(t *testing.T) {
+	kerneltest.Require(t)
+
+	// Hot traffic plus edge cases derived from it.
+	mixed := append(traffic(40), EdgeCases(traffic(4), 200, rand.New(rand.NewPCG(7, 7)))...)
+	tc := ebpf.SchedCLS
+	ingress := make([]byte, xdpMDSize)
+	binary.NativeEndian.PutUint32(ingress[12:], 1) // ingress_ifindex: lo
+
+	tests := []struct {
+		name      string
+		orig      nf
+		cand      nf
+		packets   [][]byte
+		opts      DiffOptions
+		wantPass  bool
+		wantCount int // expected MismatchCount; -1: any > 0; -2: not checked (nor Passed)
+		check     func(t *testing.T, r *Report)
+	}{
+		{
+			name: "identical", packets: mixed, wantPass: true,
+			check: func(t *testing.T, r *Report) {
+				if r.MapCheck != "every packet" || r.MapChecks != len(mixed) {
+					t.Errorf("map checks: %q %d, want every packet %d", r.MapCheck, r.MapChecks, len(mixed))
+				}
+				if r.Nondeterministic.Any() {
+					t.Errorf("deterministic program reported nondeterminism: %+v", r.Nondeterministic)
+				}
+				if len(r.Programs) != 1 || r.Programs[0] != "logic" {
+					t.Errorf("programs %v, want [logic]", r.Programs)
+				}
+			},
+		},
+		{
+			name: "verdict for one key", cand: nf{overrideDst: ip2, overrideVerdict: xdpPass},
+			packets: traffic(4), wantCount: 1,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Packet != 1 || m.Kind != KindVerdict || m.Program != "logic" ||
+					m.Expected != "XDP_DROP (1)" || m.Got != "XDP_PASS (2)" {
+					t.Errorf("mismatch %+v", m)
+				}
+			},
+		},
+		{
+			name: "output byte", cand: nf{writeTTL: 0x3f}, packets: traffic(8), wantCount: 8,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Packet != 0 || m.Kind != KindOutput || m.Offset != 22 ||
+					!strings.Contains(m.Detail, "expected 40, got 3f") {
+					t.Errorf("mismatch %+v", m)
+				}
+			},
+		},
+		{
+			name: "output stops at max mismatches", cand: nf{writeTTL: 0x3f}, packets: traffic(8),
+			opts: DiffOptions{MaxMismatches: 3}, wantCount: 3,
+			check: func(t *testing.T, r *Report) {
+				if r.Complete || r.Packets != 3 || len(r.Mismatches) != 3 {
+					t.Errorf("complete %v packets %d kept %d, want stop after 3", r.Complete, r.Packets, len(r.Mismatches))
+				}
+			},
+		},
+		{
+			name: "map write", cand: nf{inc: 2}, packets: traffic(10), wantCount: 1,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Packet != 0 || m.Kind != KindMap || m.Map != "counters" || string(m.Key) != "\x00\x00\x00\x00" ||
+					m.CPU != nil || m.Expected != "0100000000000000" || m.Got != "0200000000000000" {
+					t.Errorf("mismatch %+v", m)
+				}
+			},
+		},
+		{
+			name: "map write found at the end only", cand: nf{inc: 2}, packets: traffic(10),
+			opts: DiffOptions{MapCheckInterval: -1}, wantCount: 1,
+			check: func(t *testing.T, r *Report) {
+				if r.MapChecks != 1 || r.MapCheck != "end" || r.Mismatches[0].Packet != 9 {
+					t.Errorf("checks %d %q, mismatch at %d; want one check at packet 9", r.MapChecks, r.MapCheck, r.Mismatches[0].Packet)
+				}
+			},
+		},
+		{
+			name: "map checks every 4 packets", packets: traffic(10), opts: DiffOptions{MapCheckInterval: 4}, wantPass: true,
+			check: func(t *testing.T, r *Report) {
+				if r.MapChecks != 3 || r.MapCheck != "every 4 packets" {
+					t.Errorf("checks %d %q, want 3 (after 4, 8 and the end)", r.MapChecks, r.MapCheck)
+				}
+			},
+		},
+		{
+			name: "per-CPU counter identical", orig: nf{perCPU: true}, cand: nf{perCPU: true},
+			packets: mixed, wantPass: true,
+		},
+		{
+			name: "per-CPU counter differs", orig: nf{perCPU: true}, cand: nf{perCPU: true, inc: 3},
+			packets: traffic(5), wantCount: 1,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Kind != KindMap || m.Map != "counters" || m.CPU == nil || *m.CPU != r.CPU ||
+					m.Expected != "0100000000000000" || m.Got != "0300000000000000" {
+					t.Errorf("mismatch %+v (pinned cpu %d)", m, r.CPU)
+				}
+			},
+		},
+		{
+			name: "clock in a map value", orig: nf{ktime: true}, cand: nf{ktime: true},
+			packets: traffic(200), wantPass: true,
+			check: func(t *testing.T, r *Report) {
+				nd := r.Nondeterministic
+				if nd.MapBytes == 0 || nd.Packets == 0 || nd.Verdicts != 0 || nd.MapKeys != 0 {
+					t.Errorf("nondeterminism %+v, want map bytes and packets only", nd)
+				}
+			},
+		},
+		{
+			name: "clock stored differently", orig: nf{ktime: true}, cand: nf{ktime: true, ktimeShift: 1},
+			packets: traffic(8), wantCount: -1,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Kind != KindMap || m.Map != "seen" || m.Packet != 0 {
+					t.Errorf("mismatch %+v", m)
+				}
+			},
+		},
+		{
+			name: "random verdicts", orig: nf{randomDrop: true}, cand: nf{randomDrop: true},
+			packets: traffic(64), opts: DiffOptions{MaxMismatches: 1000}, wantCount: -2,
+			check: func(t *testing.T, r *Report) {
+				if r.Nondeterministic.Verdicts == 0 {
+					t.Errorf("random verdicts not seen as nondeterministic: %+v", r.Nondeterministic)
+				}
+				// Runs where both originals drew the same bit but the
+				// candidate another are reported, and flagged.
+				for _, m := range r.Mismatches {
+					if m.Kind != KindVerdict || !m.Nondeterministic {
+						t.Errorf("unexpected mismatch %v", m)
+					}
+				}
+			},
+		},
+		{
+			name: "random verdicts do not hide a real difference", orig: nf{randomDrop: true}, cand: nf{randomDrop: true, inc: 2},
+			packets: traffic(32), opts: DiffOptions{MaxMismatches: 1000}, wantCount: -1,
+			check: func(t *testing.T, r *Report) {
+				found := false
+				for _, m := range r.Mismatches {
+					if m.Kind == KindMap && m.Map == "counters" && !m.Nondeterministic {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("counter mismatch not reported: %v", r)
+				}
+			},
+		},
+		{
+			name: "through a tail call", orig: nf{tail: true}, cand: nf{tail: true, overrideDst: ip2, overrideVerdict: xdpPass},
+			packets: traffic(4), wantCount: 2,
+			check: func(t *testing.T, r *Report) {
+				if strings.Join(r.Programs, ",") != "entry,logic" || !slicesContain(r.SkippedMaps, "jmp") {
+					t.Errorf("programs %v skipped %v", r.Programs, r.SkippedMaps)
+				}
+				m := r.Mismatches[0]
+				if m.Program != "entry" || m.Kind != KindVerdict || m.Packet != 1 {
+					t.Errorf("mismatch %+v, want a verdict of entry on packet 1", m)
+				}
+			},
+		},
+		{
+			name: "tail call entry only", orig: nf{tail: true}, cand: nf{tail: true},
+			packets: mixed, opts: DiffOptions{Programs: []string{"entry"}}, wantPass: true,
+		},
+		{
+			name: "xdp context with ingress ifindex", packets: traffic(8), opts: DiffOptions{Context: ingress}, wantPass: true,
+		},
+		{
+			name: "tc identical", orig: nf{typ: tc, mark: 7}, cand: nf{typ: tc, mark: 7}, packets: mixed, wantPass: true,
+			check: func(t *testing.T, r *Report) {
+				// The skb test runner refuses IPv4 frames cut short of
+				// the IPv4 header; the edge cases contain some.
+				if r.Skipped == 0 || r.Runs+r.Skipped != len(mixed) || !strings.Contains(r.SkipReason, "invalid argument") {
+					t.Errorf("runs %d skipped %d (%s), want some skipped of %d", r.Runs, r.Skipped, r.SkipReason, len(mixed))
+				}
+			},
+		},
+		{
+			name: "tc verdict", orig: nf{typ: tc}, cand: nf{typ: tc, overrideDst: ip4, overrideVerdict: tcShot},
+			packets: traffic(4), wantCount: 1,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Packet != 3 || m.Expected != "TC_ACT_OK (0)" || m.Got != "TC_ACT_SHOT (2)" {
+					t.Errorf("mismatch %+v", m)
+				}
+			},
+		},
+		{
+			name: "tc mark", orig: nf{typ: tc, mark: 7}, cand: nf{typ: tc, mark: 9}, packets: traffic(2), wantCount: 2,
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Kind != KindContext || m.Offset != 8 || !strings.Contains(m.Detail, "expected 07, got 09") {
+					t.Errorf("mismatch %+v", m)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Differential(context.Background(), tt.orig.spec(), routes(), tt.cand.candidate(), tt.packets, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantCount != -2 && r.Passed() != tt.wantPass {
+				t.Fatalf("passed %v, want %v:\n%v", r.Passed(), tt.wantPass, r)
+			}
+			switch {
+			case tt.wantCount == -1 && r.MismatchCount == 0:
+				t.Fatalf("want mismatches, got none:\n%v", r)
+			case tt.wantCount >= 0 && r.MismatchCount != tt.wantCount:
+				t.Fatalf("%d mismatches, want %d:\n%v", r.MismatchCount, tt.wantCount, r)
+			}
+			if len(r.Mismatches) > r.MismatchCount {
+				t.Errorf("%d mismatches kept, %d counted", len(r.Mismatches), r.MismatchCount)
+			}
+			if tt.check != nil {
+				tt.check(t, r)
+			}
+			t.Log(r)
+		})
+	}
+}
+
+func slicesContain(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestDifferentialErrors(t *testing.T) {
+	kerneltest.Require(t)
+	spec := nf{}.spec()
+	tests := []struct {
+		name    string
+		cand    Candidate
+		packets [][]byte
+		opts    DiffOptions
+		want    string
+	}{
+		{"no packets", nil, nil, DiffOptions{}, "at least one packet"},
+		{"short packet", nil, [][]byte{make([]byte, 13)}, DiffOptions{}, "packet 0 has 13 bytes"},
+		{"unknown candidate", Candidate{"nope": nf{}.logic()}, traffic(1), DiffOptions{}, `"nope" does not exist`},
+		{"unknown entry", nil, traffic(1), DiffOptions{Programs: []string{"nope"}}, `"nope" does not exist`},
+		{"verifier", nf{noBoundsCheck: true}.candidate(), traffic(1), DiffOptions{}, `verifier rejected candidate program "logic"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Differential(context.Background(), spec, routes(), tt.cand, tt.packets, tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q (report %v)", err, tt.want, r)
+			}
+		})
+	}
+}
+
+func TestDifferentialCancel(t *testing.T) {
+	kerneltest.Require(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r, err := Differential(ctx, nf{}.spec(), routes(), nil, traffic(4), DiffOptions{})
+	if err != context.Canceled || r == nil || r.Packets != 0 || r.Passed() {
+		t.Fatalf("got %v, %v; want a partial report and context.Canceled", r, err)
+	}
+}
+
+func TestReportJSON(t *testing.T) {
+	kerneltest.Require(t)
+	r, err := Differential(context.Background(), nf{}.spec(), routes(), nf{inc: 2}.candidate(), traffic(2), DiffOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"programs", "packets", "total", "complete", "cpu", "map_check", "map_checks",
+		"mismatch_count", "mismatches", "nondeterministic"} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("JSON lacks %q: %s", k, b)
+		}
+	}
+	m := got["mismatches"].([]any)[0].(map[string]any)
+	if m["kind"] != "map" || m["map"] != "counters" || m["key"] != "00000000" {
+		t.Errorf("mismatch JSON %v", m)
+	}
+	if !strings.Contains(r.String(), "FAILED") || !strings.Contains(r.String(), "map counters key 00000000") {
+		t.Errorf("summary:\n%v", r)
+	}
+}

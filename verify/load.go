@@ -1,0 +1,196 @@
+// Package verify is the optimizer's safety net. A candidate (the rewritten
+// instructions of one or more programs of a collection) may only replace the
+// running code after it has
+//
+//   - passed the kernel verifier ([Load]), and
+//   - behaved exactly like the original on the same packets from the same map
+//     state ([Differential]): same verdict, same output bytes, same context
+//     side effects and the same map contents, packet by packet.
+//
+// Behaviour that the original program itself does not repeat (clocks, random
+// numbers) is detected by running a second copy of the original in lock-step
+// and is excluded from the comparison, never guessed at.
+//
+// [EdgeCases] derives malformed and boundary packets from sample traffic, so
+// the differential test covers the paths that hot traffic never takes.
+package verify
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+)
+
+// Candidate holds replacement instructions per program name of a collection
+// spec. Programs not named keep their original instructions.
+type Candidate map[string]asm.Instructions
+
+// Names returns the candidate's program names in sorted order.
+func (c Candidate) Names() []string {
+	names := make([]string, 0, len(c))
+	for name := range c {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// DefaultLogTail is the number of verifier log lines a [VerifierError] keeps
+// when [LoadOptions.LogTail] is zero. The reason for a rejection is at the
+// end of the log; the head is the part of the program that was accepted.
+const DefaultLogTail = 40
+
+// LoadOptions controls [Load].
+type LoadOptions struct {
+	// MapReplacements makes the loaded programs use these maps instead of
+	// creating new ones, typically the live maps of the running network
+	// function, so that the loaded candidate can be swapped in directly.
+	// The maps are cloned; the caller keeps ownership of the given ones.
+	MapReplacements map[string]*ebpf.Map
+	// LogLevel requests verifier output even on success (it then appears in
+	// each Program's VerifierLog). Zero loads without a log and, only if
+	// the verifier rejects a program, loads again with a full log.
+	LogLevel ebpf.LogLevel
+	// LogTail is how many trailing verifier log lines a *VerifierError
+	// keeps. Zero means DefaultLogTail; negative keeps the whole log.
+	LogTail int
+	// Cache amortises parsing of the kernel's BTF over several loads.
+	// Nil uses a fresh cache per load.
+	Cache *btf.Cache
+}
+
+// VerifierError reports that the kernel refused to load a program. It wraps
+// the *ebpf.VerifierError from cilium/ebpf, so errors.As can reach the full
+// log as well.
+type VerifierError struct {
+	// Program is the name of the rejected program in the collection spec
+	// ("" if the loader's error did not say which one).
+	Program string
+	// Candidate is true if Program's instructions came from the candidate
+	// rather than from the original spec.
+	Candidate bool
+	// Log holds the last lines of the verifier log.
+	Log []string
+	// Omitted is the number of log lines dropped before Log.
+	Omitted int
+	// Err is the underlying error, an *ebpf.VerifierError.
+	Err error
+}
+
+// Error names the program and the verifier's reason, followed by the log
+// tail.
+func (e *VerifierError) Error() string {
+	var b strings.Builder
+	who := "program"
+	if e.Candidate {
+		who = "candidate program"
+	}
+	if e.Program != "" {
+		fmt.Fprintf(&b, "verifier rejected %s %q", who, e.Program)
+	} else {
+		fmt.Fprintf(&b, "verifier rejected a %s", who)
+	}
+	var ve *ebpf.VerifierError
+	if errors.As(e.Err, &ve) && ve.Cause != nil {
+		fmt.Fprintf(&b, ": %v", ve.Cause)
+	}
+	if len(e.Log) > 0 {
+		if e.Omitted > 0 {
+			fmt.Fprintf(&b, "\n\t(%d earlier log lines omitted)", e.Omitted)
+		}
+		for _, line := range e.Log {
+			b.WriteString("\n\t")
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying cilium/ebpf error.
+func (e *VerifierError) Unwrap() error { return e.Err }
+
+// WithCandidate returns a copy of spec in which the programs named in cand
+// have the candidate's instructions. It fails if cand names a program that
+// spec does not have. spec itself is not modified.
+func WithCandidate(spec *ebpf.CollectionSpec, cand Candidate) (*ebpf.CollectionSpec, error) {
+	if spec == nil {
+		return nil, errors.New("verify: nil collection spec")
+	}
+	cpy := spec.Copy()
+	for _, name := range cand.Names() {
+		ps, ok := cpy.Programs[name]
+		if !ok {
+			return nil, fmt.Errorf("verify: candidate program %q does not exist in the collection spec", name)
+		}
+		if len(cand[name]) == 0 {
+			return nil, fmt.Errorf("verify: candidate program %q has no instructions", name)
+		}
+		// ProgramSpec.Copy already cloned the spec; clone the candidate
+		// too so that loading cannot alias the caller's slice.
+		ps.Instructions = slices.Clone(cand[name])
+	}
+	return cpy, nil
+}
+
+// Load copies spec, substitutes the candidate's instructions and loads the
+// whole collection through the kernel verifier. If any program is rejected
+// it returns a *VerifierError naming the program; on any failure nothing
+// stays loaded (the collection loader closes what it created, and the
+// caller's replacement maps are only ever cloned).
+func Load(spec *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) (*ebpf.Collection, error) {
+	cs, err := WithCandidate(spec, cand)
+	if err != nil {
+		return nil, err
+	}
+	return loadSpec(cs, cand, opts)
+}
+
+// loadSpec loads an already substituted spec and translates verifier
+// failures into *VerifierError.
+func loadSpec(cs *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{
+		MapReplacements: opts.MapReplacements,
+		Programs:        ebpf.ProgramOptions{LogLevel: opts.LogLevel},
+		Cache:           opts.Cache,
+	})
+	if err == nil {
+		return coll, nil
+	}
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) {
+		return nil, fmt.Errorf("verify: load collection: %w", err)
+	}
+	name := failedProgram(err, cs)
+	_, isCand := cand[name]
+	log, omitted := tail(ve.Log, opts.LogTail)
+	return nil, &VerifierError{Program: name, Candidate: isCand, Log: log, Omitted: omitted, Err: err}
+}
+
+// failedProgram finds the program a collection load error is about.
+// cilium/ebpf prefixes program load errors with "program NAME: "; the
+// longest matching name wins so that "a" cannot shadow "a_b".
+func failedProgram(err error, cs *ebpf.CollectionSpec) string {
+	msg := err.Error()
+	best := ""
+	for name := range cs.Programs {
+		if strings.HasPrefix(msg, "program "+name+": ") && len(name) > len(best) {
+			best = name
+		}
+	}
+	return best
+}
+
+func tail(log []string, n int) ([]string, int) {
+	if n == 0 {
+		n = DefaultLogTail
+	}
+	if n < 0 || len(log) <= n {
+		return slices.Clone(log), 0
+	}
+	return slices.Clone(log[len(log)-n:]), len(log) - n
+}
