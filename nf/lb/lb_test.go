@@ -549,6 +549,41 @@ func TestLBHashNoSrcPort(t *testing.T) {
 	}
 }
 
+// TestLBSingleVIP spreads 64 flows of one VIP over its four backends, each
+// flow where the ring says and pinned in the connection table.
+func TestLBSingleVIP(t *testing.T) {
+	kerneltest.Require(t)
+	cfg := &Config{LocalIP: "172.16.0.1", GatewayMAC: gwMAC.String(), VIPs: []VIP{{
+		Address: "10.0.0.100", Port: 443, Protocol: "tcp",
+		Backends: []Backend{{Address: "172.16.9.1"}, {Address: "172.16.9.2"}, {Address: "172.16.9.3"}, {Address: "172.16.9.4"}},
+	}}}
+	coll := load(t, cfg)
+	used := map[netip.Addr]int{}
+	for f := range 64 {
+		p := packet{src: fmt.Sprintf("198.18.0.%d", f+1), dst: "10.0.0.100", proto: layers.IPProtocolTCP, sport: uint16(20000 + 7*f), dport: 443, syn: true}
+		in := build(t, p)
+		want := expectedBackend(t, coll, 0, p, false)
+		res := kerneltest.Run(t, coll.Programs[Program], in)
+		if res.Verdict != xdpTX {
+			t.Fatalf("flow %d: verdict %d", f, res.Verdict)
+		}
+		checkEncap(t, in, res.Out, 14, want)
+		idx, ok := connBackend(t, coll, p)
+		if !ok || backendAddr(t, coll, idx) != want {
+			t.Fatalf("flow %d: conns entry %d (%v), want backend %s", f, idx, ok, want)
+		}
+		used[want]++
+	}
+	if len(used) != 4 {
+		t.Errorf("64 flows used %d of 4 backends: %v", len(used), used)
+	}
+	for b, n := range used {
+		if n < 4 {
+			t.Errorf("backend %s got only %d of 64 flows", b, n)
+		}
+	}
+}
+
 // TestLB64VIPs loads 64 VIPs with four backends each and checks every VIP
 // sends its flows to its own backends, as the ring predicts.
 func TestLB64VIPs(t *testing.T) {
