@@ -90,6 +90,14 @@ type DiffOptions struct {
 // byte that differs between A and B also excludes the less significant
 // bytes of its 64-bit word.
 //
+// Randomness that happens to agree in both original runs cannot be told
+// apart from a real difference on that run; such a mismatch is still
+// counted (the test fails closed) and is flagged Nondeterministic when the
+// same place differed between the originals elsewhere in the test. Runs the
+// kernel refuses for the original and the candidate alike (the skb test
+// runner refuses IPv4 frames shorter than an IPv4 header) are skipped and
+// counted in Report.Skipped.
+//
 // A verifier rejection is returned as a *VerifierError. The report is
 // returned with a nil error whenever the comparison ran (check
 // Report.Passed); on cancellation the partial report is returned with

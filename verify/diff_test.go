@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -100,6 +101,29 @@ func TestDifferential(t *testing.T) {
 			check: func(t *testing.T, r *Report) {
 				if r.MapChecks != 3 || r.MapCheck != "every 4 packets" {
 					t.Errorf("checks %d %q, want 3 (after 4, 8 and the end)", r.MapChecks, r.MapCheck)
+				}
+			},
+		},
+		{
+			name: "large maps: compared at the end", orig: nf{big: true}, cand: nf{big: true}, packets: traffic(50), wantPass: true,
+			check: func(t *testing.T, r *Report) {
+				if r.MapChecks != 1 || !strings.HasPrefix(r.MapCheck, "end (maps hold") {
+					t.Errorf("checks %d %q, want one at the end", r.MapChecks, r.MapCheck)
+				}
+			},
+		},
+		{
+			name: "large maps: compared on mismatch", orig: nf{big: true},
+			cand: nf{big: true, inc: 2, overrideDst: ip2, overrideVerdict: xdpPass}, packets: traffic(50), wantCount: -1,
+			check: func(t *testing.T, r *Report) {
+				// The verdict differs on packet 1, so maps are compared
+				// there and the counter difference shows up at once.
+				var got []string
+				for _, m := range r.Mismatches {
+					got = append(got, fmt.Sprintf("%d:%s", m.Packet, m.Kind))
+				}
+				if len(got) < 2 || got[0] != "1:verdict" || got[1] != "1:map" || r.Mismatches[1].Map != "counters" {
+					t.Errorf("mismatches %v, want the verdict and the counter on packet 1", got)
 				}
 			},
 		},

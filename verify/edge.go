@@ -176,12 +176,11 @@ func (g *edgeGen) make(kind EdgeKind) []byte {
 	case EdgeBadIHL:
 		p := g.pick(g.ipv4)
 		l := parseLayout(p)
-		var ihl byte
-		if g.rnd.IntN(2) == 0 {
-			ihl = byte(g.rnd.IntN(5)) // shorter than the fixed header
-		} else {
-			// Longer than what is left of the frame if possible.
-			ihl = byte(min(15, (len(p)-l.l3)/4+1+g.rnd.IntN(3)))
+		// Either shorter than the fixed header or, where the 4-bit field
+		// can express it, longer than what is left of the frame.
+		ihl := byte(g.rnd.IntN(5))
+		if avail := (len(p) - l.l3) / 4; avail < 15 && g.rnd.IntN(2) == 0 {
+			ihl = byte(avail + 1 + g.rnd.IntN(15-avail))
 		}
 		p[l.l3] = p[l.l3]&0xf0 | ihl
 		ipv4Checksum(p[l.l3 : l.l3+20])

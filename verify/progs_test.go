@@ -39,7 +39,12 @@ type nf struct {
 	tail bool
 	// noBoundsCheck omits the packet bounds check (the verifier refuses).
 	noBoundsCheck bool
+	// big adds an unused array map of bigEntries entries.
+	big bool
 }
+
+// bigEntries is above AutoMapCheckEntries.
+const bigEntries = AutoMapCheckEntries + 1000
 
 const (
 	xdpDrop = 1
@@ -186,6 +191,9 @@ func (n nf) spec() *ebpf.CollectionSpec {
 		Programs: map[string]*ebpf.ProgramSpec{
 			"logic": {Name: "logic", Type: n.typ, License: "GPL", Instructions: n.logic()},
 		},
+	}
+	if n.big {
+		cs.Maps["big"] = &ebpf.MapSpec{Name: "big", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: bigEntries}
 	}
 	if n.tail {
 		cs.Maps["jmp"] = &ebpf.MapSpec{Name: "jmp", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1,
