@@ -1,0 +1,113 @@
+package mapstate
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
+)
+
+func TestParseErrors(t *testing.T) {
+	cases := []struct {
+		name, json, want string
+	}{
+		{"not json", `{`, "map state"},
+		{"unknown field", `{"maps": {}, "mapz": 1}`, "unknown field"},
+		{"bad hex", `{"maps": {"m": {"entries": [{"key": "zz", "value": "00"}]}}}`, "bad hex"},
+		{"missing key", `{"maps": {"m": {"entries": [{"value": "00"}]}}}`, `map "m" entry 0: missing "key"`},
+		{"value and values", `{"maps": {"m": {"entries": [{"key": "00", "value": "00", "values": ["00"]}]}}}`, "not both"},
+		{"null map", `{"maps": {"m": null}}`, `map "m"`},
+		{"number as key", `{"maps": {"m": {"entries": [{"key": 5}]}}}`, "hex string"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(c.json))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestCheckSizes(t *testing.T) {
+	spec := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{
+		"h": {Name: "h", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 2},
+	}}
+	cases := []struct {
+		name, json, want string
+	}{
+		{"ok", `{"maps": {"h": {"entries": [{"key": "01000000", "value": "0x0000000000000001"}]}}}`, ""},
+		{"short key", `{"maps": {"h": {"entries": [{"key": "01", "value": "0000000000000001"}]}}}`, `map "h" entry 0: key has 1 bytes, map key size is 4`},
+		{"long value", `{"maps": {"h": {"entries": [{"key": "01000000", "value": "000000000000000100"}]}}}`, "value 0: has 9 bytes"},
+		{"unknown map", `{"maps": {"x": {"entries": []}}}`, `map "x" does not exist`},
+		{"too many", `{"maps": {"h": {"entries": [{"key": "01000000", "value": "0000000000000000"}, {"key": "02000000", "value": "0000000000000000"}, {"key": "03000000", "value": "0000000000000000"}]}}}`, "at most 2"},
+		{"values on non-per-cpu", `{"maps": {"h": {"entries": [{"key": "01000000", "values": ["0000000000000000"]}]}}}`, "only for per-CPU"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Parse(strings.NewReader(c.json))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Check(spec)
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestApplyAndSnapshot(t *testing.T) {
+	kerneltest.Require(t)
+	hash, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hash.Close()
+	percpu, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer percpu.Close()
+
+	s := New()
+	s.Put("h", []byte{2, 0, 0, 0}, []byte{0xbb, 0, 0, 0})
+	s.Put("h", []byte{1, 0, 0, 0}, []byte{0xaa, 0, 0, 0})
+	s.Put("p", []byte{1, 0, 0, 0}, []byte{7, 0, 0, 0, 0, 0, 0, 0})
+	if err := s.Apply(map[string]*ebpf.Map{"h": hash, "p": percpu}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := SnapshotMap(hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Entries) != 2 || !bytes.Equal(got.Entries[0].Key, []byte{1, 0, 0, 0}) || got.Entries[0].Value[0] != 0xaa {
+		t.Fatalf("hash snapshot not sorted or wrong: %+v", got.Entries)
+	}
+	pc, err := SnapshotMap(percpu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := ebpf.PossibleCPU()
+	e := pc.Entries[1]
+	if len(e.Values) != n {
+		t.Fatalf("per-CPU entry has %d values, want one per CPU (%d)", len(e.Values), n)
+	}
+	for cpu, v := range e.Values {
+		if v[0] != 7 {
+			t.Fatalf("cpu %d value %x: a single value must be written to every CPU", cpu, v)
+		}
+	}
+	if err := s.Apply(map[string]*ebpf.Map{"h": hash}); err == nil || !strings.Contains(err.Error(), `map "p" does not exist`) {
+		t.Fatalf("missing map: got %v", err)
+	}
+}
