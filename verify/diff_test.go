@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
+	"math/rand"
 	"strings"
 	"testing"
 
@@ -18,7 +18,7 @@ func TestDifferential(t *testing.T) {
 	kerneltest.Require(t)
 
 	// Hot traffic plus edge cases derived from it.
-	mixed := append(traffic(40), EdgeCases(traffic(4), 200, rand.New(rand.NewPCG(7, 7)))...)
+	mixed := append(traffic(40), EdgeCases(traffic(4), 200, rand.New(rand.NewSource(7)))...)
 	tc := ebpf.SchedCLS
 	ingress := make([]byte, xdpMDSize)
 	binary.NativeEndian.PutUint32(ingress[12:], 1) // ingress_ifindex: lo

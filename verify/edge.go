@@ -3,7 +3,7 @@ package verify
 import (
 	"bytes"
 	"encoding/binary"
-	"math/rand/v2"
+	"math/rand"
 	"slices"
 )
 
@@ -74,7 +74,7 @@ func EdgeCases(seed [][]byte, n int, rnd *rand.Rand) [][]byte {
 // GenerateEdgeCases returns n edge cases derived from the seed packets,
 // cycling through EdgeKinds so that any n >= len(EdgeKinds) contains every
 // kind. Truncations walk through every header boundary of every seed in
-// order; the other kinds pick seeds and mutations from rnd. IPv4 kinds use
+// order (once per distinct header layout); the other kinds pick seeds and mutations from rnd. IPv4 kinds use
 // the IPv4 seeds, or built-in IPv4/UDP and IPv4/TCP frames if there are
 // none. The result depends only on the seeds, n and the state of rnd (nil
 // means a fixed seed), and no packet is shorter than MinFrameSize.
@@ -83,7 +83,7 @@ func GenerateEdgeCases(seed [][]byte, n int, rnd *rand.Rand) []EdgeCase {
 		return nil
 	}
 	if rnd == nil {
-		rnd = rand.New(rand.NewPCG(1, 1))
+		rnd = rand.New(rand.NewSource(1))
 	}
 	g := newEdgeGen(seed, rnd)
 	out := make([]EdgeCase, 0, n)
@@ -130,16 +130,28 @@ func newEdgeGen(seeds [][]byte, rnd *rand.Rand) *edgeGen {
 	if len(g.all) == 0 {
 		g.all = g.ipv4
 	}
+	// Seeds with the same header layout give structurally identical cuts;
+	// keep one per layout and length so that a long trace of similar
+	// packets does not use up the truncations on one kind of frame.
+	type shape struct {
+		l  layout
+		at int
+	}
+	seen := map[shape]bool{}
 	for _, s := range g.all {
+		l := parseLayout(s)
 		for _, at := range boundaries(s) {
-			g.cuts = append(g.cuts, cut{s, at})
+			if k := (shape{l, at}); !seen[k] {
+				seen[k] = true
+				g.cuts = append(g.cuts, cut{s, at})
+			}
 		}
 	}
 	return g
 }
 
 func (g *edgeGen) pick(from [][]byte) []byte {
-	return bytes.Clone(from[g.rnd.IntN(len(from))])
+	return bytes.Clone(from[g.rnd.Intn(len(from))])
 }
 
 func (g *edgeGen) make(kind EdgeKind) []byte {
@@ -157,16 +169,16 @@ func (g *edgeGen) make(kind EdgeKind) []byte {
 		return bytes.Clone(c.seed[:c.at])
 	case EdgeRandomLength:
 		p := g.pick(g.all)
-		if len(p) > MinFrameSize && g.rnd.IntN(4) != 0 {
-			return p[:MinFrameSize+g.rnd.IntN(len(p)-MinFrameSize)]
+		if len(p) > MinFrameSize && g.rnd.Intn(4) != 0 {
+			return p[:MinFrameSize+g.rnd.Intn(len(p)-MinFrameSize)]
 		}
-		return append(p, g.randomBytes(1+g.rnd.IntN(64))...)
+		return append(p, g.randomBytes(1+g.rnd.Intn(64))...)
 	case EdgeMinimal:
 		return g.minimal(k)
 	case EdgeBadVersion:
 		p := g.pick(g.ipv4)
 		l := parseLayout(p)
-		v := byte(g.rnd.IntN(15))
+		v := byte(g.rnd.Intn(15))
 		if v >= 4 {
 			v++ // any version but 4
 		}
@@ -178,9 +190,9 @@ func (g *edgeGen) make(kind EdgeKind) []byte {
 		l := parseLayout(p)
 		// Either shorter than the fixed header or, where the 4-bit field
 		// can express it, longer than what is left of the frame.
-		ihl := byte(g.rnd.IntN(5))
-		if avail := (len(p) - l.l3) / 4; avail < 15 && g.rnd.IntN(2) == 0 {
-			ihl = byte(avail + 1 + g.rnd.IntN(15-avail))
+		ihl := byte(g.rnd.Intn(5))
+		if avail := (len(p) - l.l3) / 4; avail < 15 && g.rnd.Intn(2) == 0 {
+			ihl = byte(avail + 1 + g.rnd.Intn(15-avail))
 		}
 		p[l.l3] = p[l.l3]&0xf0 | ihl
 		ipv4Checksum(p[l.l3 : l.l3+20])
@@ -193,9 +205,9 @@ func (g *edgeGen) make(kind EdgeKind) []byte {
 		case 0: // first fragment: MF, offset 0
 			flags = 0x2000
 		case 1: // middle fragment: MF and an offset
-			flags = 0x2000 | uint16(1+g.rnd.IntN(0x1fff))
+			flags = 0x2000 | uint16(1+g.rnd.Intn(0x1fff))
 		default: // last fragment: offset only
-			flags = uint16(1 + g.rnd.IntN(0x1fff))
+			flags = uint16(1 + g.rnd.Intn(0x1fff))
 		}
 		binary.BigEndian.PutUint16(p[l.l3+6:], flags)
 		ipv4Checksum(p[l.l3 : l.l3+20])
@@ -204,23 +216,23 @@ func (g *edgeGen) make(kind EdgeKind) []byte {
 		p := g.pick(g.all)
 		tag := make([]byte, 4, 8)
 		binary.BigEndian.PutUint16(tag, 0x8100)
-		binary.BigEndian.PutUint16(tag[2:], uint16(g.rnd.IntN(8))<<13|uint16(1+g.rnd.IntN(4094)))
-		if g.rnd.IntN(3) == 0 {
+		binary.BigEndian.PutUint16(tag[2:], uint16(g.rnd.Intn(8))<<13|uint16(1+g.rnd.Intn(4094)))
+		if g.rnd.Intn(3) == 0 {
 			outer := []byte{0x88, 0xa8, 0, 0}
-			binary.BigEndian.PutUint16(outer[2:], uint16(1+g.rnd.IntN(4094)))
+			binary.BigEndian.PutUint16(outer[2:], uint16(1+g.rnd.Intn(4094)))
 			tag = append(outer, tag...)
 		}
 		return slices.Concat(p[:12], tag, p[12:])
 	case EdgeByteFlip:
 		p := g.pick(g.all)
 		end := min(len(p), parseLayout(p).headerEnd())
-		flips := 1 + g.rnd.IntN(3)
+		flips := 1 + g.rnd.Intn(3)
 		for i := 0; i < flips; i++ {
-			p[g.rnd.IntN(end)] ^= byte(1 + g.rnd.IntN(255))
+			p[g.rnd.Intn(end)] ^= byte(1 + g.rnd.Intn(255))
 		}
 		return p
 	default: // EdgeGarbage
-		return g.randomBytes(MinFrameSize + g.rnd.IntN(maxGarbage-MinFrameSize+1))
+		return g.randomBytes(MinFrameSize + g.rnd.Intn(maxGarbage-MinFrameSize+1))
 	}
 }
 
@@ -232,7 +244,7 @@ func (g *edgeGen) minimal(k int) []byte {
 	case 0:
 		p := g.pick(g.all)[:MinFrameSize]
 		types := []uint16{0x0800, 0x86dd, 0x0806, 0x8100, uint16(g.rnd.Uint32())}
-		binary.BigEndian.PutUint16(p[12:], types[g.rnd.IntN(len(types))])
+		binary.BigEndian.PutUint16(p[12:], types[g.rnd.Intn(len(types))])
 		return p
 	case 1:
 		p := g.pick(g.ipv4)
