@@ -1,0 +1,210 @@
+package analysis
+
+import (
+	"math/bits"
+	"strings"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/program"
+)
+
+// RegSet is a set of registers R0-R10.
+type RegSet uint16
+
+// Has reports whether r is in the set.
+func (s RegSet) Has(r asm.Register) bool { return s&(1<<r) != 0 }
+
+// Add returns the set with r added.
+func (s RegSet) Add(r asm.Register) RegSet { return s | 1<<r }
+
+// Len is the number of registers in the set.
+func (s RegSet) Len() int { return bits.OnesCount16(uint16(s)) }
+
+// Free returns the registers among R0-R9 that are not in s, lowest first:
+// the candidates for scratch registers.
+func (s RegSet) Free() []asm.Register {
+	var out []asm.Register
+	for r := asm.R0; r <= asm.R9; r++ {
+		if !s.Has(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (s RegSet) String() string {
+	var parts []string
+	for r := asm.R0; r <= asm.R10; r++ {
+		if s.Has(r) {
+			parts = append(parts, r.String())
+		}
+	}
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+const (
+	argRegs    RegSet = 1<<asm.R1 | 1<<asm.R2 | 1<<asm.R3 | 1<<asm.R4 | 1<<asm.R5
+	callerRegs        = argRegs | 1<<asm.R0
+	fpReg      RegSet = 1 << asm.R10
+)
+
+// liveness is the backward register liveness of the whole program.
+type liveness struct {
+	in      map[*program.Block][]RegSet // live-in of every instruction
+	bin     map[*program.Block]RegSet   // live-in of every block
+	out     map[*program.Block]RegSet   // live-out of every block
+	entryIn map[string]RegSet           // live-in at function entry
+}
+
+func regsUpTo(n int) RegSet {
+	var s RegSet
+	for r := asm.R1; int(r) <= n && r <= asm.R5; r++ {
+		s = s.Add(r)
+	}
+	return s
+}
+
+// useDef returns the registers ins reads and writes. Calls write (clobber)
+// R0-R5.
+func (l *liveness) useDef(ins asm.Instruction) (use, def RegSet) {
+	reg := func(r asm.Register) RegSet { return 1 << r }
+	switch cls := ins.OpCode.Class(); {
+	case ins.OpCode.IsDWordLoad():
+		return 0, reg(ins.Dst)
+	case cls.IsALU():
+		switch op := ins.OpCode.ALUOp(); {
+		case op == asm.Swap || op == asm.Neg:
+			return reg(ins.Dst), reg(ins.Dst)
+		case op == asm.Mov || op == asm.MovSX8 || op == asm.MovSX16 || op == asm.MovSX32:
+			if ins.OpCode.Source() == asm.RegSource {
+				use = reg(ins.Src)
+			}
+			return use, reg(ins.Dst)
+		}
+		use = reg(ins.Dst)
+		if ins.OpCode.Source() == asm.RegSource {
+			use |= reg(ins.Src)
+		}
+		return use, reg(ins.Dst)
+	case cls == asm.LdClass:
+		use = reg(asm.R6)
+		if ins.OpCode.Mode() == asm.IndMode {
+			use |= reg(ins.Src)
+		}
+		return use, callerRegs
+	case cls == asm.LdXClass:
+		return reg(ins.Src), reg(ins.Dst)
+	case cls == asm.StClass:
+		return reg(ins.Dst), 0
+	case cls == asm.StXClass && ins.OpCode.Mode() == asm.AtomicMode:
+		op := ins.OpCode.AtomicOp()
+		switch op {
+		case asm.LoadAcquire(0, 0, asm.DWord, 0).OpCode.AtomicOp():
+			return reg(ins.Src), reg(ins.Dst)
+		case asm.CmpXchg:
+			return reg(ins.Dst) | reg(ins.Src) | reg(asm.R0), reg(asm.R0)
+		}
+		use = reg(ins.Dst) | reg(ins.Src)
+		if op == asm.Xchg || op&0x100 != 0 {
+			def = reg(ins.Src)
+		}
+		return use, def
+	case cls == asm.StXClass:
+		return reg(ins.Dst) | reg(ins.Src), 0
+	case cls.IsJump():
+		switch op := ins.OpCode.JumpOp(); op {
+		case asm.Call:
+			switch {
+			case ins.IsBuiltinCall():
+				return regsUpTo(helperFor(asm.BuiltinFunc(ins.Constant)).args), callerRegs
+			case ins.IsFunctionCall():
+				in, ok := l.entryIn[ins.Reference()]
+				if !ok {
+					in = argRegs
+				}
+				return in & argRegs, callerRegs
+			}
+			return argRegs, callerRegs
+		case asm.Exit:
+			return reg(asm.R0), 0
+		case asm.Ja, asm.JCOND:
+			return 0, 0
+		}
+		use = reg(ins.Dst)
+		if ins.OpCode.Source() == asm.RegSource {
+			use |= reg(ins.Src)
+		}
+		return use, 0
+	}
+	return 0, 0
+}
+
+// computeLiveness iterates function liveness until the live-in sets of
+// all function entries are stable (callers depend on their callees').
+func computeLiveness(p *program.Program) *liveness {
+	l := &liveness{in: map[*program.Block][]RegSet{}, bin: map[*program.Block]RegSet{}, out: map[*program.Block]RegSet{}, entryIn: map[string]RegSet{}}
+	for round := 0; round <= len(p.Funcs)+1; round++ {
+		changed := false
+		for _, f := range p.Funcs {
+			l.function(f)
+			entry := l.bin[f.Blocks[0]]
+			if old, ok := l.entryIn[f.Name]; !ok || old != entry {
+				l.entryIn[f.Name] = entry
+				changed = true
+			}
+		}
+		if !changed {
+			break
+		}
+	}
+	return l
+}
+
+// function solves backward liveness of one function with a worklist.
+func (l *liveness) function(f *program.Func) {
+	preds := map[*program.Block][]*program.Block{}
+	for _, b := range f.Blocks {
+		for _, s := range b.Succs() {
+			preds[s] = append(preds[s], b)
+		}
+		l.out[b] = 0
+		l.bin[b] = fpReg
+		l.in[b] = nil
+	}
+	work := make([]*program.Block, len(f.Blocks))
+	queued := map[*program.Block]bool{}
+	for i, b := range f.Blocks {
+		work[len(f.Blocks)-1-i] = b // reverse layout order converges faster
+		queued[b] = true
+	}
+	// Every round strictly grows some set of 11 bits per block.
+	for budget := 12*len(f.Blocks)*len(f.Blocks) + 64; len(work) > 0 && budget > 0; budget-- {
+		b := work[0]
+		work = work[1:]
+		queued[b] = false
+		var out RegSet
+		for _, s := range b.Succs() {
+			out |= l.bin[s]
+		}
+		l.out[b] = out
+		ins := make([]RegSet, len(b.Insns))
+		live := out | fpReg
+		for i := len(b.Insns) - 1; i >= 0; i-- {
+			use, def := l.useDef(b.Insns[i])
+			live = (live &^ def) | use | fpReg
+			ins[i] = live
+		}
+		first := l.in[b] == nil
+		l.in[b] = ins
+		if live != l.bin[b] || first {
+			l.bin[b] = live
+			for _, p := range preds[b] {
+				if !queued[p] {
+					queued[p] = true
+					work = append(work, p)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,345 @@
+package analysis
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf/asm"
+)
+
+// StackSize is the size of a BPF stack frame in bytes. Offsets into the
+// frame are relative to R10 and lie in [-StackSize, 0).
+const StackSize = 512
+
+const numSlots = StackSize / 8
+
+// ByteKind classifies what the analysis knows about one stack byte.
+type ByteKind uint8
+
+// Stack byte kinds.
+const (
+	ByteUnknown ByteKind = iota // anything (never written, clobbered, or unknown data)
+	ByteConst                   // a known byte value
+	BytePacket                  // a byte copied from (or computed from) packet data
+	ByteSpill                   // part of an 8-byte register spill; see State.Stack
+)
+
+func (k ByteKind) String() string {
+	switch k {
+	case ByteConst:
+		return "const"
+	case BytePacket:
+		return "packet"
+	case ByteSpill:
+		return "spill"
+	}
+	return "unknown"
+}
+
+// StackByte is the abstract content of one stack byte.
+type StackByte struct {
+	Kind ByteKind
+	// Value is the byte of a ByteConst.
+	Value uint8
+	// PktOff is the packet offset a BytePacket was copied from, or -1 when
+	// the byte was computed from packet data or its offset is unknown.
+	PktOff int16
+}
+
+var unknownByte = StackByte{Kind: ByteUnknown, PktOff: -1}
+
+// frame is the abstract stack of one function invocation. An aligned
+// 8-byte store of a register spills the whole register value (pointer
+// identity included) into spills; all other stores are tracked per byte.
+type frame struct {
+	bytes  [StackSize]StackByte
+	spills [numSlots]Value
+}
+
+// State is the abstract machine state at one program point: registers
+// R0-R10 and the function's stack frame. States handed out by Result are
+// copies; changing them does not affect the analysis.
+type State struct {
+	regs  [asm.R10 + 1]Value
+	frame frame
+}
+
+func newState() *State {
+	s := &State{}
+	for i := range s.frame.bytes {
+		s.frame.bytes[i] = unknownByte
+	}
+	s.regs[asm.R10] = stackPtr(0)
+	return s
+}
+
+func (s *State) clone() *State {
+	c := *s
+	return &c
+}
+
+// Reg returns the abstract value of register r.
+func (s *State) Reg(r asm.Register) Value {
+	if int(r) >= len(s.regs) {
+		return unknown()
+	}
+	return s.regs[r]
+}
+
+// StackBytes returns the abstract bytes [off, off+size) of the frame, off
+// relative to R10. Bytes of spilled registers are expanded: a spilled
+// constant gives its constant bytes, a spilled pointer gives ByteSpill.
+func (s *State) StackBytes(off, size int) []StackByte {
+	out := make([]StackByte, 0, max(size, 0))
+	for o := off; o < off+size; o++ {
+		if o < -StackSize || o >= 0 {
+			out = append(out, unknownByte)
+			continue
+		}
+		out = append(out, s.frame.byteAt(o))
+	}
+	return out
+}
+
+// Stack returns the value an aligned 8-byte load from offset off (relative
+// to R10) would produce.
+func (s *State) Stack(off int) Value {
+	if off < -StackSize || off+8 > 0 {
+		return unknown()
+	}
+	return s.frame.load(int64(off), 8, false)
+}
+
+// String lists the known registers and spills, for debugging and tests.
+func (s *State) String() string {
+	var parts []string
+	for r, v := range s.regs {
+		if v.Kind != Unknown {
+			parts = append(parts, fmt.Sprintf("r%d=%v", r, v))
+		}
+	}
+	for slot := range numSlots {
+		off := slot*8 - StackSize
+		if s.frame.bytes[slot*8].Kind == ByteSpill {
+			parts = append(parts, fmt.Sprintf("fp%d=%v", off, s.frame.spills[slot]))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+func (s *State) equal(t *State) bool {
+	for i := range s.regs {
+		if !s.regs[i].equal(t.regs[i]) {
+			return false
+		}
+	}
+	return s.frame.equal(&t.frame)
+}
+
+// joinState merges t into a copy of s.
+func joinState(s, t *State) *State {
+	out := s.clone()
+	for i := range out.regs {
+		out.regs[i] = join(s.regs[i], t.regs[i])
+	}
+	out.frame.join(&t.frame)
+	return out
+}
+
+func (f *frame) equal(g *frame) bool {
+	if f.bytes != g.bytes {
+		return false
+	}
+	for slot := range numSlots {
+		if f.bytes[slot*8].Kind == ByteSpill && !f.spills[slot].equal(g.spills[slot]) {
+			return false
+		}
+	}
+	return true
+}
+
+func idx(off int64) int { return int(off) + StackSize }
+
+func (f *frame) isSpill(slot int) bool { return f.bytes[slot*8].Kind == ByteSpill }
+
+// byteAt returns the byte at off with spills expanded.
+func (f *frame) byteAt(off int) StackByte {
+	i := off + StackSize
+	b := f.bytes[i]
+	if b.Kind != ByteSpill {
+		return b
+	}
+	return bytesOf(f.spills[i/8], 8)[i%8]
+}
+
+// bytesOf gives the little-endian bytes of the low n bytes of v as stored
+// to memory. Pointers and unknown numbers give ByteUnknown.
+func bytesOf(v Value, n int) []StackByte {
+	out := make([]StackByte, n)
+	for i := range out {
+		switch {
+		case v.Kind == Const:
+			out[i] = StackByte{Kind: ByteConst, Value: uint8(v.Const >> (8 * i)), PktOff: -1}
+		case v.Kind == Scalar && v.PktSize > 0 && i < int(v.PktSize):
+			out[i] = StackByte{Kind: BytePacket, PktOff: int16(int(v.PktOff) + i)}
+		case v.Kind == Scalar && v.PktSize > 0:
+			out[i] = StackByte{Kind: ByteConst, PktOff: -1} // zero extension of the load
+		case v.Kind == Scalar && v.Packet:
+			out[i] = StackByte{Kind: BytePacket, PktOff: -1}
+		default:
+			out[i] = unknownByte
+		}
+	}
+	return out
+}
+
+// unspill turns the spill slots overlapping [lo, hi) into plain bytes so
+// that a partial store can overwrite some of them.
+func (f *frame) unspill(lo, hi int64) {
+	for slot := idx(lo) / 8; slot <= (idx(hi)-1)/8 && slot < numSlots; slot++ {
+		if !f.isSpill(slot) {
+			continue
+		}
+		copy(f.bytes[slot*8:slot*8+8], bytesOf(f.spills[slot], 8))
+		f.spills[slot] = Value{}
+	}
+}
+
+// store writes the low n bytes of v at off. It reports whether a pointer
+// that carries map identity was stored in a way that cannot be reloaded
+// as that pointer.
+func (f *frame) store(off int64, n int, v Value) (lost bool) {
+	if n == 8 && idx(off)%8 == 0 {
+		slot := idx(off) / 8
+		f.spills[slot] = v
+		for i := range 8 {
+			f.bytes[slot*8+i] = StackByte{Kind: ByteSpill, PktOff: -1}
+		}
+		return false
+	}
+	f.unspill(off, off+int64(n))
+	copy(f.bytes[idx(off):idx(off)+n], bytesOf(v, n))
+	return v.taints()
+}
+
+// load reads n bytes at off.
+func (f *frame) load(off int64, n int, signExtend bool) Value {
+	if n == 8 && idx(off)%8 == 0 && f.isSpill(idx(off)/8) {
+		return f.spills[idx(off)/8]
+	}
+	var (
+		c                uint64
+		allConst, allPkt = true, true
+		anyPkt           bool
+		direct           = true
+	)
+	first := f.byteAt(int(off))
+	for i := range n {
+		b := f.byteAt(int(off) + i)
+		switch b.Kind {
+		case ByteConst:
+			c |= uint64(b.Value) << (8 * i)
+			allPkt = false
+		case BytePacket:
+			allConst = false
+			anyPkt = true
+			if b.PktOff < 0 || first.PktOff < 0 || int(b.PktOff) != int(first.PktOff)+i {
+				direct = false
+			}
+		default:
+			allConst, allPkt = false, false
+		}
+	}
+	switch {
+	case allConst:
+		if signExtend && n < 8 {
+			shift := uint(64 - 8*n)
+			c = uint64(int64(c<<shift) >> shift)
+		}
+		return constant(c)
+	case allPkt && direct && !signExtend:
+		return Value{Kind: Scalar, Packet: true, PktOff: int32(first.PktOff), PktSize: uint8(n)}
+	case allPkt || anyPkt && allConstOrPacket(f, off, n):
+		return Value{Kind: Scalar, Packet: true}
+	}
+	return scalar()
+}
+
+func allConstOrPacket(f *frame, off int64, n int) bool {
+	for i := range n {
+		if k := f.byteAt(int(off) + i).Kind; k != ByteConst && k != BytePacket {
+			return false
+		}
+	}
+	return true
+}
+
+// clobber makes [lo, hi) unknown, as after an unknown write. Spilled
+// values in the range are passed to lost.
+func (f *frame) clobber(lo, hi int64, lost func(Value)) {
+	lo, hi = max(lo, -StackSize), min(hi, 0)
+	if lo >= hi {
+		return
+	}
+	for slot := idx(lo) / 8; slot <= (idx(hi)-1)/8; slot++ {
+		if f.isSpill(slot) {
+			lost(f.spills[slot])
+		}
+	}
+	f.unspill(lo, hi)
+	for i := idx(lo); i < idx(hi); i++ {
+		f.bytes[i] = unknownByte
+	}
+}
+
+// spilled calls fn for every spilled value that carries map identity.
+func (f *frame) spilled(fn func(Value)) {
+	for slot := range numSlots {
+		if f.isSpill(slot) && f.spills[slot].taints() {
+			fn(f.spills[slot])
+		}
+	}
+}
+
+func (f *frame) join(g *frame) {
+	for slot := range numSlots {
+		fs, gs := f.isSpill(slot), g.isSpill(slot)
+		switch {
+		case fs && gs:
+			f.spills[slot] = join(f.spills[slot], g.spills[slot])
+			continue
+		case fs && f.spills[slot].taints(), gs && g.spills[slot].taints():
+			// A map pointer spilled on one path only: the slot may still
+			// hold it, so keep it as a tainted spill.
+			v := f.spills[slot]
+			if gs {
+				v = g.spills[slot]
+			}
+			f.spills[slot] = tainted(v)
+			for i := range 8 {
+				f.bytes[slot*8+i] = StackByte{Kind: ByteSpill, PktOff: -1}
+			}
+			continue
+		}
+		gb := g.bytes[slot*8 : slot*8+8]
+		if gs {
+			gb = bytesOf(g.spills[slot], 8)
+		}
+		if fs {
+			f.unspill(int64(slot*8-StackSize), int64(slot*8-StackSize+8))
+		}
+		for i := range 8 {
+			f.bytes[slot*8+i] = joinByte(f.bytes[slot*8+i], gb[i])
+		}
+	}
+}
+
+func joinByte(a, b StackByte) StackByte {
+	switch {
+	case a == b:
+		return a
+	case a.Kind == BytePacket && b.Kind == BytePacket:
+		return StackByte{Kind: BytePacket, PktOff: -1}
+	}
+	return unknownByte
+}
