@@ -60,10 +60,8 @@ type Harness struct {
 	ingress uint32
 	state   *ebpf.Map
 	trace   *ebpf.Map
-	progs   *ebpf.Map
-	driver  *ebpf.Program
-	floor   *ebpf.Program
 	ncpu    int
+	lanes   map[laneClass]*lane
 }
 
 // cpuState is one CPU's copy of the driver state.
@@ -105,6 +103,7 @@ func New(frames [][]byte, cfg Config) (*Harness, error) {
 		maxLen:  maxLen,
 		ingress: cfg.IngressIfindex,
 		ncpu:    ncpu,
+		lanes:   map[laneClass]*lane{},
 	}
 	if err := h.load(frames); err != nil {
 		h.Close()
@@ -132,23 +131,13 @@ func (h *Harness) load(frames [][]byte) error {
 	if err := h.fillTrace(frames); err != nil {
 		return err
 	}
-	h.progs, err = ebpf.NewMap(&ebpf.MapSpec{
-		Name: "bench_progs", Type: ebpf.ProgramArray,
-		KeySize: 4, ValueSize: 4, MaxEntries: 1,
-	})
-	if err != nil {
-		return fmt.Errorf("bench: prog array: %w", err)
-	}
-	h.driver, err = newDriver(h.state, h.trace, h.progs, h.n, h.slot)
+	// Load the lane most NFs need now, so a kernel that refuses the
+	// driver fails New rather than the first measurement.
+	l, err := h.newLane(laneClasses[0])
 	if err != nil {
 		return err
 	}
-	h.floor, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "bench_floor", Type: ebpf.XDP, License: "GPL", Instructions: floorInsns(),
-	})
-	if err != nil {
-		return fmt.Errorf("bench: load floor program: %w", err)
-	}
+	h.lanes[l.class] = l
 	return nil
 }
 
@@ -169,12 +158,11 @@ func (h *Harness) fillTrace(frames [][]byte) error {
 // Close releases the harness's maps and programs.
 func (h *Harness) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{h.driver, h.floor} {
-		if p != nil {
-			errs = append(errs, p.Close())
-		}
+	for _, l := range h.lanes {
+		errs = append(errs, l.close())
 	}
-	for _, m := range []*ebpf.Map{h.progs, h.trace, h.state} {
+	h.lanes = nil
+	for _, m := range []*ebpf.Map{h.trace, h.state} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -208,14 +196,17 @@ func (h *Harness) Run(prog *ebpf.Program, repeat int) (time.Duration, error) {
 	if repeat <= 0 || repeat > math.MaxUint32 {
 		return 0, fmt.Errorf("bench: repeat %d out of range 1..%d", repeat, uint32(math.MaxUint32))
 	}
-	if err := h.progs.Update(uint32(0), prog, ebpf.UpdateAny); err != nil {
-		return 0, fmt.Errorf("bench: put program %q in the driver's prog array (it must be an XDP program compatible with the driver): %w", prog.String(), err)
+	l, err := h.laneFor(prog)
+	if err != nil {
+		return 0, err
 	}
-	defer h.progs.Delete(uint32(0)) //nolint:errcheck // emptied slot is only hygiene
+	// laneFor left prog in the lane's slot, which holds a reference to
+	// it: empty the slot so the caller can close the program and free it.
+	defer l.progs.Delete(uint32(0)) //nolint:errcheck // only releases the reference
 	if err := h.state.Update(uint32(0), make([]cpuState, h.ncpu), ebpf.UpdateAny); err != nil {
 		return 0, fmt.Errorf("bench: reset driver state: %w", err)
 	}
-	perRun, err := h.testRun(uint32(repeat))
+	perRun, err := h.testRun(l.driver, uint32(repeat))
 	if err != nil {
 		return 0, err
 	}

@@ -89,23 +89,17 @@ func (r *Result) Stat(name string) (Stat, bool) {
 }
 
 // Ratio returns the cost of program a over the cost of program b, both net
-// of the floor: a ratio above 1 means a is slower. It is the median of the
-// per-round ratios, which cancels noise common to one round. An unknown
-// name or a round where b's net cost is not positive makes it NaN.
+// of the floor (NsPerPacket over NsPerPacket): a ratio above 1 means a is
+// slower. An unknown name, the floor, or a b whose net cost is not
+// positive makes it NaN. Ratios of programs whose net cost is within the
+// noise of the floor (a few ns) are meaningless.
 func (r *Result) Ratio(a, b string) float64 {
 	sa, oka := r.Stat(a)
 	sb, okb := r.Stat(b)
-	if !oka || !okb || a == FloorName || b == FloorName {
+	if !oka || !okb || a == FloorName || b == FloorName || !(sb.NsPerPacket > 0) {
 		return math.NaN()
 	}
-	rs := make([]float64, len(sa.Net))
-	for i := range sa.Net {
-		if sb.Net[i] <= 0 {
-			return math.NaN()
-		}
-		rs[i] = sa.Net[i] / sb.Net[i]
-	}
-	return median(rs)
+	return sa.NsPerPacket / sb.NsPerPacket
 }
 
 // String formats the result as a small table.
@@ -135,15 +129,27 @@ func (h *Harness) Measure(ctx context.Context, progs map[string]*ebpf.Program, o
 		if progs[n] == nil {
 			return nil, fmt.Errorf("bench: program %q is nil", n)
 		}
-		if t := progs[n].Type(); t != ebpf.XDP {
-			return nil, fmt.Errorf("bench: program %q is %s, want XDP", n, t)
+	}
+	// Every program must run under the same driver as the floor that is
+	// subtracted from it.
+	var ln *lane
+	for _, n := range names {
+		l, err := h.laneFor(progs[n])
+		if err != nil {
+			return nil, fmt.Errorf("bench: program %q: %w", n, err)
 		}
+		l.progs.Delete(uint32(0)) //nolint:errcheck // only releases the reference
+		if ln != nil && l != ln {
+			return nil, fmt.Errorf("bench: programs %q (%s) and %q (%s) need different drivers; load them the same way",
+				names[0], ln.class, n, l.class)
+		}
+		ln = l
 	}
 	order := append([]string{}, names...)
 	order = append(order, FloorName)
 	prog := func(name string) *ebpf.Program {
 		if name == FloorName {
-			return h.floor
+			return ln.floor
 		}
 		return progs[name]
 	}

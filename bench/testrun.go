@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,10 +50,10 @@ const maxInterrupts = 20
 // length and returns the kernel's mean time per run. cilium/ebpf's
 // Program.Run does not return the duration and Program.Benchmark takes no
 // context (needed for ingress_ifindex), so the command is issued directly.
-func (h *Harness) testRun(repeat uint32) (time.Duration, error) {
+func (h *Harness) testRun(driver *ebpf.Program, repeat uint32) (time.Duration, error) {
 	frame := make([]byte, h.maxLen)
 	attr := progTestRunAttr{
-		progFD:     uint32(h.driver.FD()),
+		progFD:     uint32(driver.FD()),
 		dataSizeIn: uint32(len(frame)),
 		dataIn:     uint64(uintptr(unsafe.Pointer(&frame[0]))),
 		repeat:     repeat,
