@@ -27,9 +27,12 @@
 //
 // The driver stores a packet address in a map to undo head adjustments,
 // which the verifier allows only to privileged (CAP_BPF + CAP_PERFMON)
-// loaders. The NF programs must be XDP programs loadable into a prog array
-// next to the driver: same program type, both JIT-compiled, and the same
-// frags (xdp.frags) setting.
+// loaders. The NF programs must be XDP programs that fit a prog array next
+// to a driver: the kernel demands the same program type, JIT, xdp.frags
+// setting and expected attach type (BPF_XDP for programs loaded from an ELF
+// section "xdp", none for most programs built in Go). The harness keeps one
+// driver per such class and picks the one that accepts the program; the
+// programs of one Measure call must share a class.
 package bench
 
 import (

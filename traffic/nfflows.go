@@ -191,8 +191,8 @@ func RouterFlows(cfg *router.Config, ingress uint32, n int, seed uint64) (FlowSe
 // configuration. A hit is a client flow (source in 198.18.0.0/15) to a
 // VIP's address, port and protocol; a miss is a flow of a VIP's protocol
 // to an address that is no VIP, which the balancer passes to the stack.
-// TCP flows are SYN+ACK-less established-connection packets (ACK), so the
-// balancer picks the backend from its ring or connection table.
+// TCP packets carry only ACK (established connections, no SYN), so the
+// balancer picks the backend from its ring or its connection table.
 func LBFlows(cfg *lb.Config, n int, seed uint64) (FlowSet, error) {
 	if err := cfg.Validate(); err != nil {
 		return FlowSet{}, err
