@@ -108,6 +108,9 @@ func Analyze(coll *ebpf.CollectionSpec, prog *program.Program, opts Options) (*R
 			// from the kernel and are not tracked.
 			fs.callback = true
 			fs.entry = newState()
+			for r := asm.R1; r <= asm.R5; r++ {
+				fs.entry.regs[r] = unknown()
+			}
 		}
 	}
 	if err := a.run(); err != nil {

@@ -164,7 +164,7 @@ func (a *analyzer) step(at loc, st *State) {
 		// order; the instruction clobbers R1-R5 like a call.
 		v := Value{Kind: Scalar, Packet: true}
 		for r := asm.R1; r <= asm.R5; r++ {
-			st.regs[r] = unknown()
+			st.regs[r] = Value{Kind: Uninit}
 		}
 		st.regs[asm.R0] = v
 	case cls == asm.LdXClass:
@@ -467,9 +467,10 @@ func (a *analyzer) call(at loc, st *State, ins asm.Instruction) {
 	}
 }
 
+// clobberArgs leaves R1-R5 uninitialised, as after every call.
 func (a *analyzer) clobberArgs(st *State) {
 	for r := asm.R1; r <= asm.R5; r++ {
-		st.regs[r] = unknown()
+		st.regs[r] = Value{Kind: Uninit}
 	}
 }
 

@@ -69,6 +69,9 @@ func newState() *State {
 	for i := range s.frame.bytes {
 		s.frame.bytes[i] = unknownByte
 	}
+	for r := range s.regs {
+		s.regs[r] = Value{Kind: Uninit}
+	}
 	s.regs[asm.R10] = stackPtr(0)
 	return s
 }
@@ -114,7 +117,7 @@ func (s *State) Stack(off int) Value {
 func (s *State) String() string {
 	var parts []string
 	for r, v := range s.regs {
-		if v.Kind != Unknown {
+		if v.Kind != Uninit {
 			parts = append(parts, fmt.Sprintf("r%d=%v", r, v))
 		}
 	}

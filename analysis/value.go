@@ -24,6 +24,10 @@ const (
 	PtrMapData                 // a direct value address (BPF_PSEUDO_MAP_VALUE), e.g. .rodata
 	PtrFunc                    // the address of a BPF function (callback)
 	PtrOther                   // a pointer to memory the analysis does not model
+	// Uninit is a register that holds nothing yet (before its first write,
+	// or R1-R5 after a call). The verifier rejects every read of one, so
+	// on a merge it gives way to the other side's value.
+	Uninit
 )
 
 var kindNames = [...]string{
@@ -40,6 +44,7 @@ var kindNames = [...]string{
 	PtrMapData:     "map_data",
 	PtrFunc:        "func",
 	PtrOther:       "pointer",
+	Uninit:         "uninit",
 }
 
 func (k Kind) String() string {
@@ -50,7 +55,7 @@ func (k Kind) String() string {
 }
 
 // IsPointer reports whether values of the kind are pointers.
-func (k Kind) IsPointer() bool { return k >= PtrStack }
+func (k Kind) IsPointer() bool { return k >= PtrStack && k <= PtrOther }
 
 // Value is the abstract value of a register or of a spilled stack slot.
 // The zero Value is Unknown. Values are immutable: every operation returns
@@ -108,6 +113,8 @@ func (v Value) IsConst() bool { return v.Kind == Const }
 // String renders the value compactly for listings and test failures.
 func (v Value) String() string {
 	switch v.Kind {
+	case Uninit:
+		return "-"
 	case Unknown:
 		return "?"
 	case Scalar:
@@ -247,6 +254,10 @@ func join(a, b Value) Value {
 		return a
 	}
 	switch {
+	case a.Kind == Uninit:
+		return b
+	case b.Kind == Uninit:
+		return a
 	case a.Kind == b.Kind:
 		return joinSameKind(a, b)
 	case (a.Kind == Scalar || a.Kind == Const) && (b.Kind == Scalar || b.Kind == Const):
