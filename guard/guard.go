@@ -26,14 +26,17 @@ const MapName = "morpheus_guards"
 // MaxGuards is the number of slots of the guard map.
 const MaxGuards = 256
 
-// Spec returns the map spec of the guard table.
+// Spec returns the map spec of the guard table: a single-element array
+// whose value holds all slots, because the kernel gives programs a direct
+// value pointer (ld_imm64 BPF_PSEUDO_MAP_VALUE) only into single-element
+// arrays. Slot i is the u64 at offset 8*i.
 func Spec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{
 		Name:       MapName,
 		Type:       ebpf.Array,
 		KeySize:    4,
-		ValueSize:  8,
-		MaxEntries: MaxGuards,
+		ValueSize:  8 * MaxGuards,
+		MaxEntries: 1,
 	}
 }
 
@@ -95,9 +98,12 @@ func (t *Table) Bump(guards *ebpf.Map, mapName string) error {
 		return nil // nothing specialized to this map
 	}
 	v := t.versions[mapName] + 1
-	var buf [8]byte
-	binary.LittleEndian.PutUint64(buf[:], v)
-	if err := guards.Put(slot, buf[:]); err != nil {
+	buf, err := guards.LookupBytes(uint32(0))
+	if err != nil || len(buf) != 8*MaxGuards {
+		return fmt.Errorf("read guard map: %v", err)
+	}
+	binary.LittleEndian.PutUint64(buf[8*slot:], v)
+	if err := guards.Put(uint32(0), buf); err != nil {
 		return fmt.Errorf("bump guard of map %s: %w", mapName, err)
 	}
 	t.versions[mapName] = v

@@ -1,0 +1,189 @@
+// Package optimize is the optimizer's driver: for each program of a
+// collection it lifts the code, runs the pass pipeline against a snapshot
+// of the map contents (and a heatmap), lowers the result, loads it through
+// the kernel verifier and runs a differential test against the original.
+// A candidate that fails either is dropped and the report says why; the
+// original is never changed.
+package optimize
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/heatmap"
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/passes"
+	"github.com/morpheus-go/morpheus/program"
+	"github.com/morpheus-go/morpheus/verify"
+)
+
+// Options configures a run.
+type Options struct {
+	// Program limits the run to one program; empty means every program.
+	Program string
+	Passes  passes.Options
+	// Packets are the trace packets of the differential test; generated
+	// packets and edge cases are added to them.
+	Packets [][]byte
+	// Generated is how many packets to generate from the map contents
+	// and the trace (default 2000).
+	Generated int
+	// Seed makes generated packets reproducible.
+	Seed int64
+	// Context is the test-run context (xdp_md) for the differential test.
+	Context []byte
+}
+
+// Report is the result for every program.
+type Report struct {
+	Programs []*ProgramReport `json:"programs"`
+}
+
+// ProgramReport says what happened to one program.
+type ProgramReport struct {
+	Program            string              `json:"program"`
+	InstructionsBefore int                 `json:"instructions_before"`
+	InstructionsAfter  int                 `json:"instructions_after"`
+	Passes             []passes.PassResult `json:"passes"`
+	Remarks            []passes.Remark     `json:"remarks"`
+	// Verifier is "ok" or the verifier's complaint.
+	Verifier     string         `json:"verifier"`
+	Differential *verify.Report `json:"differential,omitempty"`
+	// Accepted is true when the candidate passed every check.
+	Accepted bool `json:"accepted"`
+	// Reason explains a rejected or skipped candidate.
+	Reason         string        `json:"reason,omitempty"`
+	OptimizeTime   time.Duration `json:"optimize_time_ns"`
+	VerifyTime     time.Duration `json:"verify_time_ns"`
+	DifferentialNS time.Duration `json:"differential_time_ns"`
+
+	// Before and After are listings of the program model, for --diff.
+	Before string `json:"-"`
+	After  string `json:"-"`
+	// Candidate holds the accepted instructions and the collection spec
+	// (with the added cache and guard maps) they load against.
+	Candidate *Candidate `json:"-"`
+}
+
+// Candidate is an optimized program ready to load.
+type Candidate struct {
+	Spec    *ebpf.CollectionSpec
+	Program string
+	Guards  *guard.Table
+}
+
+// Run optimizes the programs of spec for the given map state and heatmap.
+// spec is not modified.
+func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, heat *heatmap.Heatmap, opts Options) (*Report, error) {
+	if state == nil {
+		state = mapstate.New()
+	}
+	if err := state.Check(spec); err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(spec.Programs))
+	for n := range spec.Programs {
+		if opts.Program == "" || n == opts.Program {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("no program %q in the object", opts.Program)
+	}
+	sort.Strings(names)
+	packets := opts.Packets
+	gen := opts.Generated
+	if gen == 0 {
+		gen = 2000
+	}
+	rnd := rand.New(rand.NewSource(opts.Seed))
+	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
+	packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
+
+	rep := &Report{}
+	for _, name := range names {
+		pr, err := optimizeOne(ctx, spec, name, state, heat, packets, opts)
+		if err != nil {
+			return nil, err
+		}
+		rep.Programs = append(rep.Programs, pr)
+	}
+	return rep, nil
+}
+
+func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, packets [][]byte, opts Options) (*ProgramReport, error) {
+	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
+	start := time.Now()
+
+	coll := spec.Copy()
+	if err := state.ApplySpec(coll); err != nil {
+		return nil, err
+	}
+	prog, err := program.Lift(coll.Programs[name])
+	if err != nil {
+		pr.Reason = "left alone: " + err.Error()
+		return pr, nil
+	}
+	pr.Before = prog.String()
+	pc := &passes.Context{
+		Coll:   coll,
+		Prog:   prog.Clone(),
+		State:  state,
+		Heat:   heat,
+		Guards: guard.NewTable(),
+		Opts:   opts.Passes,
+	}
+	if err := passes.Run(pc); err != nil {
+		var ue *program.UnsupportedError
+		if errors.As(err, &ue) {
+			pr.Reason = "left alone: " + err.Error()
+			return pr, nil
+		}
+		return nil, err
+	}
+	pr.Passes, pr.Remarks = pc.Results, pc.Remarks
+	pr.After = pc.Prog.String()
+	insns, err := pc.Prog.Lower()
+	if err != nil {
+		pr.Reason = "lowering failed: " + err.Error()
+		return pr, nil
+	}
+	pr.InstructionsAfter = len(insns)
+	pr.OptimizeTime = time.Since(start)
+
+	cand := verify.Candidate{name: insns}
+	vstart := time.Now()
+	loaded, err := verify.Load(coll, cand, verify.LoadOptions{})
+	pr.VerifyTime = time.Since(vstart)
+	if err != nil {
+		pr.Verifier = err.Error()
+		pr.Reason = "rejected by the kernel verifier"
+		return pr, nil
+	}
+	loaded.Close()
+	pr.Verifier = "ok"
+
+	dstart := time.Now()
+	dr, err := verify.Differential(ctx, coll, state, cand, packets, verify.DiffOptions{Context: opts.Context})
+	pr.DifferentialNS = time.Since(dstart)
+	if err != nil && dr == nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+	}
+	pr.Differential = dr
+	if !dr.Passed() {
+		pr.Reason = "differential test found mismatches"
+		return pr, nil
+	}
+	pr.Accepted = true
+	final := coll.Copy()
+	final.Programs[name].Instructions = insns
+	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: pc.Guards}
+	return pr, nil
+}

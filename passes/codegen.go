@@ -1,0 +1,242 @@
+package passes
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/program"
+)
+
+// bpfFRdonlyProg is BPF_F_RDONLY_PROG: programs may only read the map.
+const bpfFRdonlyProg = 1 << 7
+
+// insertAfter places blocks right after anchor in f's layout.
+func insertAfter(f *program.Func, anchor *program.Block, blocks ...*program.Block) {
+	i := slices.Index(f.Blocks, anchor)
+	f.Blocks = slices.Insert(f.Blocks, i+1, blocks...)
+}
+
+// isolateCall splits the block around the instruction at index i, so that
+// the instruction sits alone in a block. It returns that block and the
+// block that continues after it; b keeps the instructions before i and
+// falls through to the call block.
+func isolateCall(p *program.Program, f *program.Func, b *program.Block, i int) (call, after *program.Block) {
+	call, after = p.NewBlock(), p.NewBlock()
+	call.Insns = []asm.Instruction{b.Insns[i]}
+	after.Insns = append([]asm.Instruction(nil), b.Insns[i+1:]...)
+	after.Target, after.Next = b.Target, b.Next
+	b.Insns = b.Insns[:i:i]
+	b.Target, b.Next = nil, call
+	call.Next = after
+	insertAfter(f, b, call, after)
+	return call, after
+}
+
+// guardCheck returns instructions that compare the guard of mapName with
+// the version the code is specialized to, and jump to fallback on mismatch.
+// It clobbers scratch (and scratch+1 for versions beyond 31 bits).
+func (c *Context) guardCheck(p *program.Program, mapName string, scratch asm.Register, fallback *program.Block) (*program.Block, error) {
+	slot, err := c.Guards.Slot(mapName)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := c.Coll.Maps[guard.MapName]; !ok {
+		c.Coll.Maps[guard.MapName] = guard.Spec()
+	}
+	version := c.Guards.Version(mapName)
+	g := p.NewBlock()
+	g.Insns = []asm.Instruction{
+		asm.LoadMapValue(scratch, 0, slot*8).WithReference(guard.MapName),
+		asm.LoadMem(scratch, scratch, 0, asm.DWord),
+	}
+	if version <= math.MaxInt32 {
+		g.Insns = append(g.Insns, asm.JNE.Imm(scratch, int32(version), ""))
+	} else {
+		g.Insns = append(g.Insns,
+			asm.LoadImm(scratch+1, int64(version), asm.DWord),
+			asm.JNE.Reg(scratch, scratch+1, ""))
+	}
+	g.Insns[len(g.Insns)-1] = clearRef(g.Insns[len(g.Insns)-1])
+	g.Target = fallback
+	return g, nil
+}
+
+// clearRef drops the label a jump constructor attaches: the model links
+// blocks, not symbols.
+func clearRef(ins asm.Instruction) asm.Instruction {
+	ins.Offset = 0
+	return ins.WithReference("")
+}
+
+// addCacheMap adds a program-read-only array holding values, and returns
+// its name. Pointers into it replace pointers into the original map; the
+// verifier rejects any write through them.
+func (c *Context) addCacheMap(of string, valueSize uint32, values [][]byte) string {
+	c.cacheSeq++
+	name := fmt.Sprintf("mc%d_%s", c.cacheSeq, of)
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	// One element holding every value: direct value pointers only work
+	// into single-element arrays.
+	var all []byte
+	for _, v := range values {
+		all = append(all, v...)
+	}
+	c.Coll.Maps[name] = &ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  valueSize * uint32(len(values)),
+		MaxEntries: 1,
+		Flags:      bpfFRdonlyProg,
+		Contents:   []ebpf.MapKV{{Key: uint32(0), Value: all}},
+	}
+	return name
+}
+
+// keyChunk is a piece of a key compared in one instruction.
+type keyChunk struct {
+	off  int // byte offset within the key
+	size asm.Size
+}
+
+// chunks splits a key of n bytes into 4-, 2- and 1-byte loads.
+func chunks(from, n int) []keyChunk {
+	var out []keyChunk
+	for off := from; off < n; {
+		switch {
+		case n-off >= 4:
+			out = append(out, keyChunk{off, asm.Word})
+			off += 4
+		case n-off >= 2:
+			out = append(out, keyChunk{off, asm.Half})
+			off += 2
+		default:
+			out = append(out, keyChunk{off, asm.Byte})
+			off++
+		}
+	}
+	return out
+}
+
+// chunkValue reads the little-endian value a load of ch from key gives.
+func chunkValue(key []byte, ch keyChunk) uint32 {
+	switch ch.size {
+	case asm.Word:
+		return binary.LittleEndian.Uint32(key[ch.off:])
+	case asm.Half:
+		return uint32(binary.LittleEndian.Uint16(key[ch.off:]))
+	}
+	return uint32(key[ch.off])
+}
+
+// fullMask is the mask of a load of the given size.
+func fullMask(size asm.Size) uint32 {
+	switch size {
+	case asm.Half:
+		return 0xffff
+	case asm.Byte:
+		return 0xff
+	}
+	return math.MaxUint32
+}
+
+// jne32 compares the low 32 bits of r with v: exact for zero-extended
+// loads of up to four bytes, whatever v's top bit.
+func jne32(r asm.Register, v uint32) asm.Instruction {
+	return clearRef(asm.JNE.Imm32(r, int32(v), ""))
+}
+
+// matcher is one candidate of a compare chain: the key bytes that must be
+// equal (under mask, for prefixes) and the value pointer it yields.
+type matcher struct {
+	key  []byte
+	mask []byte // nil: all bytes must match
+	// valueIndex is the entry's slot in the cache map, or -1 for a
+	// cached miss (the lookup returns NULL).
+	valueIndex int
+}
+
+// compareChain emits blocks that test the key at fp+keyOff against each
+// matcher in order; a match loads the value pointer into R0 and goes to
+// after, no match goes to miss. R3-R5 are scratch; R1 and R2 keep the
+// lookup's arguments so that miss may be the original call.
+func compareChain(p *program.Program, keyOff int16, keySize int, ms []matcher, cache string, valueSize uint32, after, miss *program.Block) []*program.Block {
+	chs := chunks(0, keySize)
+	// Keys of up to three chunks stay in R3-R5 for the whole chain.
+	resident := len(chs) <= 3
+	var out []*program.Block
+	if resident && len(ms) > 0 {
+		load := p.NewBlock()
+		for i, ch := range chs {
+			load.Insns = append(load.Insns, asm.LoadMem(asm.R3+asm.Register(i), asm.R10, keyOff+int16(ch.off), ch.size))
+		}
+		out = append(out, load)
+	}
+	tests := make([]*program.Block, len(ms))
+	for i := range ms {
+		tests[i] = p.NewBlock()
+	}
+	for i, m := range ms {
+		next := miss
+		if i+1 < len(ms) {
+			next = tests[i+1]
+		}
+		// One block per chunk comparison; the block after the last one
+		// is the hit. A matcher with nothing to compare (a /0 prefix)
+		// is its own hit.
+		cur := tests[i]
+		var seq []*program.Block
+		for k, ch := range chs {
+			var maskV uint32 = math.MaxUint32
+			if m.mask != nil {
+				maskV = chunkValue(m.mask, ch)
+				if maskV == 0 {
+					continue
+				}
+			}
+			reg := asm.R3 + asm.Register(k)
+			if !resident {
+				reg = asm.R3
+				cur.Insns = append(cur.Insns, asm.LoadMem(reg, asm.R10, keyOff+int16(ch.off), ch.size))
+			}
+			if maskV != fullMask(ch.size) {
+				cur.Insns = append(cur.Insns, asm.Mov.Reg32(asm.R0, reg), asm.And.Imm32(asm.R0, int32(maskV)))
+				reg = asm.R0
+			}
+			cur.Insns = append(cur.Insns, jne32(reg, chunkValue(m.key, ch)&maskV))
+			cur.Target = next
+			seq = append(seq, cur)
+			cur = p.NewBlock()
+		}
+		hit := cur
+		if m.valueIndex < 0 {
+			hit.Insns = append(hit.Insns, asm.Mov.Imm(asm.R0, 0))
+		} else {
+			hit.Insns = append(hit.Insns, asm.LoadMapValue(asm.R0, 0, uint32(m.valueIndex)*valueSize).WithReference(cache))
+		}
+		hit.Insns = append(hit.Insns, clearRef(asm.Ja.Label("")))
+		hit.Target = after
+		for k := range seq {
+			if k+1 < len(seq) {
+				seq[k].Next = seq[k+1]
+			} else {
+				seq[k].Next = hit
+			}
+		}
+		out = append(out, seq...)
+		out = append(out, hit)
+	}
+	// Link the chain's entry: the resident load falls into the first test.
+	if resident && len(ms) > 0 {
+		out[0].Next = tests[0]
+	}
+	return out
+}

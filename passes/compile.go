@@ -1,0 +1,185 @@
+// Package passes holds the optimization passes and the table that runs
+// them, in the manner of the Go compiler's SSA backend: one file per pass,
+// one table that states their order.
+//
+// Every pass works on a lifted program (package program) and may only make
+// rewrites that the analysis (package analysis) proves safe for the map
+// contents in the Context, or that it protects with a guard. What a pass
+// does not understand it leaves alone and reports as a remark.
+package passes
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/morpheus-go/morpheus/analysis"
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/heatmap"
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/program"
+)
+
+// A Pass is one step of the pipeline.
+type Pass struct {
+	Name string
+	// Doc says what the pass does, for `morpheus optimize --help`.
+	Doc string
+	fn  func(*Context) error
+	// Default passes run unless the user names a list.
+	Default bool
+}
+
+// Table is the pipeline, in order. The order matters: inlining runs before
+// caching so that a map inlined whole is not also cached, and dce runs last
+// to remove what the rewrites left unreachable.
+var Table = []Pass{
+	{Name: "mapinline", Doc: "inline small read-only maps as compare chains; constant array lookups become direct value pointers", fn: mapInline, Default: true},
+	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache, Default: true},
+	{Name: "dce", Doc: "remove unreachable blocks and jumps to the next block", fn: deadCode, Default: true},
+}
+
+// Options tunes the passes.
+type Options struct {
+	// MaxInline is the largest number of entries a map may have to be
+	// inlined whole.
+	MaxInline int
+	// TopK is the number of hot keys hotcache compiles into the code.
+	TopK int
+	// Passes names the passes to run; nil means the default set.
+	Passes []string
+}
+
+// DefaultOptions are the settings used when none are given.
+func DefaultOptions() Options {
+	return Options{MaxInline: 64, TopK: 8}
+}
+
+// ParsePassList validates a comma-separated list of pass names. "none"
+// selects no pass (the program only goes through lift and lower).
+func ParsePassList(list string) ([]string, error) {
+	list = strings.TrimSpace(list)
+	if list == "" {
+		return nil, nil
+	}
+	if list == "none" {
+		return []string{}, nil
+	}
+	var names []string
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		if !slices.ContainsFunc(Table, func(p Pass) bool { return p.Name == n }) {
+			var known []string
+			for _, p := range Table {
+				known = append(known, p.Name)
+			}
+			return nil, fmt.Errorf("unknown pass %q (known: %s, or none)", n, strings.Join(known, ", "))
+		}
+		names = append(names, n)
+	}
+	return names, nil
+}
+
+// Remark records one decision of a pass: a rewrite it made or a site it
+// left alone and why. Remarks are the optimizer's equivalent of compiler
+// optimization remarks.
+type Remark struct {
+	Pass    string `json:"pass"`
+	Func    string `json:"func"`
+	Block   int    `json:"block"`
+	Map     string `json:"map,omitempty"`
+	Applied bool   `json:"applied"`
+	Message string `json:"message"`
+}
+
+func (r Remark) String() string {
+	verb := "skipped"
+	if r.Applied {
+		verb = "applied"
+	}
+	m := ""
+	if r.Map != "" {
+		m = " map " + r.Map
+	}
+	return fmt.Sprintf("%s: %s b%d%s: %s: %s", r.Pass, r.Func, r.Block, m, verb, r.Message)
+}
+
+// PassResult is what one pass did.
+type PassResult struct {
+	Name     string        `json:"name"`
+	Changes  int           `json:"changes"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Context is the state a pipeline run works on.
+type Context struct {
+	// Coll is the collection the program belongs to. Passes add the maps
+	// they need (value caches, the guard table) to its Maps.
+	Coll *ebpf.CollectionSpec
+	// Prog is the program being optimized; passes edit it in place.
+	Prog *program.Program
+	// State is the snapshot of map contents the rewrites are specialized to.
+	State *mapstate.State
+	// Heat gives the hot keys per map, for hotcache.
+	Heat *heatmap.Heatmap
+	// Guards assigns guard slots and versions to guarded maps.
+	Guards *guard.Table
+	Opts   Options
+
+	Remarks []Remark
+	Results []PassResult
+
+	pass     string
+	changes  int
+	analysis *analysis.Result
+	cacheSeq int
+}
+
+// Analysis returns the analysis of the current program, computing it if a
+// pass changed the program since the last call.
+func (c *Context) Analysis() (*analysis.Result, error) {
+	if c.analysis != nil {
+		return c.analysis, nil
+	}
+	res, err := analysis.Analyze(c.Coll, c.Prog, analysis.Options{})
+	if err != nil {
+		return nil, err
+	}
+	c.analysis = res
+	return res, nil
+}
+
+// changed records an applied rewrite and invalidates the analysis.
+func (c *Context) changed(fn string, block int, mapName, format string, args ...any) {
+	c.changes++
+	c.analysis = nil
+	c.Remarks = append(c.Remarks, Remark{Pass: c.pass, Func: fn, Block: block, Map: mapName, Applied: true, Message: fmt.Sprintf(format, args...)})
+}
+
+// skipped records a site a pass chose not to rewrite.
+func (c *Context) skipped(fn string, block int, mapName, format string, args ...any) {
+	c.Remarks = append(c.Remarks, Remark{Pass: c.pass, Func: fn, Block: block, Map: mapName, Message: fmt.Sprintf(format, args...)})
+}
+
+// Run executes the selected passes in table order.
+func Run(c *Context) error {
+	selected := c.Opts.Passes
+	for _, p := range Table {
+		if selected == nil && !p.Default {
+			continue
+		}
+		if selected != nil && !slices.Contains(selected, p.Name) {
+			continue
+		}
+		c.pass, c.changes = p.Name, 0
+		start := time.Now()
+		if err := p.fn(c); err != nil {
+			return fmt.Errorf("pass %s: %w", p.Name, err)
+		}
+		c.Results = append(c.Results, PassResult{Name: p.Name, Changes: c.changes, Duration: time.Since(start)})
+	}
+	return nil
+}

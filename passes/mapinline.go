@@ -1,0 +1,191 @@
+package passes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/program"
+)
+
+// mapInline is the seed's "JIT" pass. For every eligible lookup:
+//   - a lookup in a single-element array with constant index 0 becomes a
+//     direct pointer to the element (no guard: it is the live element),
+//     and an out-of-range constant index a constant miss;
+//   - a lookup in an empty read-only hash or LPM map becomes a constant
+//     miss, behind the map's guard;
+//   - a lookup in a read-only hash or LPM map with at most MaxInline
+//     entries becomes a compare chain on the key, longest prefix first for
+//     LPM, whose hits point into a frozen read-only copy of the values,
+//     behind the map's guard. On guard mismatch the original lookup runs.
+func mapInline(c *Context) error {
+	sites, err := c.lookupSites()
+	if err != nil {
+		return err
+	}
+	// Rewrite from the last site of a block to the first so that earlier
+	// instruction indices stay valid.
+	sort.SliceStable(sites, func(i, j int) bool { return sites[i].index > sites[j].index })
+	for _, s := range sites {
+		ms := c.Coll.Maps[s.mapName]
+		switch {
+		case s.ineligible != "":
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", s.ineligible)
+		case ms.Type == ebpf.Array:
+			c.inlineArray(s, ms)
+		case ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie:
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "map type %s is not inlined", ms.Type)
+		case !s.readOnlyMap:
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map")
+		case !s.valueReadOnly:
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "the value pointer is written or escapes")
+		case s.keyOff == nil:
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "key is not at a known stack offset")
+		default:
+			entries := c.entries(s.mapName)
+			if len(entries) > c.Opts.MaxInline {
+				c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries, more than the inline limit %d", len(entries), c.Opts.MaxInline)
+				continue
+			}
+			if err := c.inlineTable(s, ms, entries); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// inlineArray turns a constant-index array lookup into a value pointer.
+func (c *Context) inlineArray(s lookupSite, ms *ebpf.MapSpec) {
+	if s.constKey == nil {
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "array index is not constant")
+		return
+	}
+	idx := binary.LittleEndian.Uint32(s.constKey)
+	if idx < ms.MaxEntries && ms.MaxEntries != 1 {
+		// The kernel hands out direct value pointers only into
+		// single-element arrays.
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "constant index %d into a %d-element array: no direct pointer", idx, ms.MaxEntries)
+		return
+	}
+	if idx >= ms.MaxEntries {
+		// Out of range: the lookup always misses.
+		s.block.Insns[s.index] = asm.Mov.Imm(asm.R0, 0)
+		c.changed(s.fn.Name, s.block.ID, s.mapName, "index %d out of range: constant miss", idx)
+		return
+	}
+	s.block.Insns[s.index] = asm.LoadMapValue(asm.R0, 0, idx*ms.ValueSize).WithReference(s.mapName)
+	c.changed(s.fn.Name, s.block.ID, s.mapName, "constant index %d: direct value pointer", idx)
+}
+
+// inlineTable replaces a lookup with a guarded compare chain over all
+// entries of a small read-only map.
+func (c *Context) inlineTable(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry) error {
+	var matchers []matcher
+	var values [][]byte
+	if ms.Type == ebpf.LPMTrie {
+		plen, ok := s.lpmPrefixLen()
+		if !ok {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "LPM lookup prefix length is not constant")
+			return nil
+		}
+		for _, e := range lpmOrder(entries) {
+			ep := binary.LittleEndian.Uint32(e.Key)
+			if ep > plen {
+				continue // longer than the lookup key: can never match
+			}
+			matchers = append(matchers, matcher{key: e.Key, mask: lpmMask(len(e.Key), ep), valueIndex: len(values)})
+			values = append(values, e.Value)
+		}
+	} else {
+		for _, e := range entries {
+			matchers = append(matchers, matcher{key: e.Key, valueIndex: len(values)})
+			values = append(values, e.Value)
+		}
+	}
+	c.emitChain(s, ms, matchers, values, false)
+	if len(entries) == 0 {
+		c.changed(s.fn.Name, s.block.ID, s.mapName, "empty map: constant miss behind guard")
+	} else {
+		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d entries inlined as a compare chain behind guard", len(matchers))
+	}
+	return nil
+}
+
+// emitChain isolates the lookup call and puts a guard and a compare chain
+// in front of it. With fallbackOnMiss a key outside the chain runs the
+// original lookup; otherwise the chain is complete and a miss is NULL.
+func (c *Context) emitChain(s lookupSite, ms *ebpf.MapSpec, matchers []matcher, values [][]byte, fallbackOnMiss bool) error {
+	p := c.Prog
+	call, after := isolateCall(p, s.fn, s.block, s.index)
+	g, err := c.guardCheck(p, s.mapName, asm.R3, call)
+	if err != nil {
+		return err
+	}
+	cache := ""
+	if len(values) > 0 {
+		cache = c.addCacheMap(s.mapName, ms.ValueSize, values)
+	}
+	miss := call
+	if !fallbackOnMiss {
+		miss = p.NewBlock()
+		miss.Insns = []asm.Instruction{asm.Mov.Imm(asm.R0, 0), clearRef(asm.Ja.Label(""))}
+		miss.Target = after
+	}
+	chain := compareChain(p, *s.keyOff, int(ms.KeySize), matchers, cache, ms.ValueSize, after, miss)
+	blocks := append([]*program.Block{g}, chain...)
+	if miss != call {
+		blocks = append(blocks, miss)
+	}
+	if len(chain) > 0 {
+		g.Next = chain[0]
+	} else {
+		g.Next = miss
+	}
+	s.block.Next = g
+	insertAfter(s.fn, s.block, blocks...)
+	return nil
+}
+
+// lpmOrder sorts LPM entries longest prefix first, so the first match of a
+// chain is the longest one.
+func lpmOrder(entries []mapstate.Entry) []mapstate.Entry {
+	out := append([]mapstate.Entry(nil), entries...)
+	sort.SliceStable(out, func(i, j int) bool {
+		pi, pj := binary.LittleEndian.Uint32(out[i].Key), binary.LittleEndian.Uint32(out[j].Key)
+		if pi != pj {
+			return pi > pj
+		}
+		return bytes.Compare(out[i].Key, out[j].Key) < 0
+	})
+	return out
+}
+
+// lpmMask is the compare mask of an LPM key of n bytes (4-byte prefix
+// length, then data) with a prefix of plen bits: the prefix-length field
+// is not compared, the data only over its first plen bits.
+func lpmMask(n int, plen uint32) []byte {
+	mask := make([]byte, n)
+	for i := 4; i < n && plen > 0; i++ {
+		if plen >= 8 {
+			mask[i] = 0xff
+			plen -= 8
+		} else {
+			mask[i] = byte(0xff << (8 - plen))
+			plen = 0
+		}
+	}
+	return mask
+}
+
+// entries returns the snapshot entries of a map.
+func (c *Context) entries(name string) []mapstate.Entry {
+	if c.State == nil || c.State.Maps[name] == nil {
+		return nil
+	}
+	return c.State.Maps[name].Entries
+}
