@@ -22,7 +22,7 @@ func TestSlotsAreStable(t *testing.T) {
 	}
 	full := NewTable()
 	for i := range MaxGuards {
-		if _, err := full.Slot(string(rune('a' + i%26)) + string(rune(i))); err != nil {
+		if _, err := full.Slot(string(rune('a'+i%26)) + string(rune(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
