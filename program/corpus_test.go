@@ -4,11 +4,13 @@ package program
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	randv1 "math/rand"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
@@ -27,6 +29,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/verify"
 )
 
 // The round-trip corpus: objects compiled from the C sources in
@@ -287,27 +291,155 @@ func roundTripObject(t *testing.T, path string) {
 		}
 	}
 
-	seed := fnv.New64a()
-	seed.Write([]byte(objectName(path)))
-	gen := newTrafficGen(seed.Sum64())
+	cands := []candidate{{"lowered", lowered}, {"perturbed", perturbed}}
+	run := differential(t, objectName(path), spec, cands)
+	for _, m := range run.mismatches {
+		t.Error(m)
+	}
+	if len(run.mismatches) > 0 || len(run.progs) == 0 {
+		return
+	}
+	if mapSlots(spec) > corpusSmallMaps {
+		// verify reads maps entry by entry: hundreds of thousands of
+		// slots take it tens of seconds per comparison.
+		t.Logf("maps hold %d slots: verify.Differential cross-check skipped", mapSlots(spec))
+		return
+	}
+	crossCheck(t, spec, cands, run)
+}
+
+// TestCorpusDifferentialCatchesMiscompiles makes sure the harness above
+// has teeth: a lowered program with a changed verdict, or with a map update
+// removed, must be reported, through the verdict and the map comparison
+// respectively.
+func TestCorpusDifferentialCatchesMiscompiles(t *testing.T) {
+	kerneltest.Require(t)
+	cases := []struct {
+		name   string
+		object string
+		prog   string
+		mutate func(*Program) int
+		want   string
+	}{
+		{"XDP_TX becomes XDP_PASS", "loops_v3.o", "xdp_payload_stats", replaceReturn(3, 2), "verdict"},
+		{"counter increment removed", "classify_v2.o", "xdp_classify", removeFirstAtomic, "map .bss"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(filepath.Dir(corpusGlob), tc.object)
+			spec, err := ebpf.LoadCollectionSpec(path)
+			if err != nil {
+				t.Fatalf("load spec: %v", err)
+			}
+			p, err := Lift(spec.Programs[tc.prog])
+			if err != nil {
+				t.Fatalf("lift: %v", err)
+			}
+			if tc.mutate(p) == 0 {
+				t.Fatalf("mutation found nothing to change in %s", tc.prog)
+			}
+			broken := spec.Copy()
+			if broken.Programs[tc.prog].Instructions, err = p.Lower(); err != nil {
+				t.Fatalf("lower: %v", err)
+			}
+			run := differential(t, objectName(path), spec, []candidate{{"broken", broken}})
+			if len(run.mismatches) == 0 {
+				t.Fatal("the differential run found no difference")
+			}
+			found := false
+			for _, m := range run.mismatches {
+				found = found || strings.Contains(m, tc.want)
+			}
+			t.Logf("found:\n%s", strings.Join(run.mismatches, "\n"))
+			if !found {
+				t.Errorf("no %q mismatch among:\n%s", tc.want, strings.Join(run.mismatches, "\n"))
+			}
+		})
+	}
+}
+
+// replaceReturn returns a mutation that turns every "r0 = from" into
+// "r0 = to" and reports how many it changed.
+func replaceReturn(from, to int64) func(*Program) int {
+	return func(p *Program) int {
+		n := 0
+		for _, f := range p.Funcs {
+			for _, b := range f.Blocks {
+				for i, ins := range b.Insns {
+					if ins.OpCode.Class().IsALU() && ins.OpCode.ALUOp() == asm.Mov &&
+						ins.OpCode.Source() == asm.ImmSource && ins.Dst == asm.R0 && ins.Constant == from {
+						b.Insns[i].Constant = to
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+}
+
+// removeFirstAtomic deletes the first atomic memory operation (an
+// __sync_fetch_and_add whose result is unused).
+func removeFirstAtomic(p *Program) int {
+	for _, f := range p.Funcs {
+		for _, b := range f.Blocks {
+			for i, ins := range b.Insns {
+				if ins.OpCode.Class() == asm.StXClass && ins.OpCode.Mode() == asm.AtomicMode {
+					b.Insns = slices.Delete(b.Insns, i, i+1)
+					return 1
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// candidate is a collection spec whose programs replace the original's.
+type candidate struct {
+	name string
+	spec *ebpf.CollectionSpec
+}
+
+// diffRun is what differential did and found.
+type diffRun struct {
+	progs      []string   // the packet-driven programs that were run
+	packets    [][]byte   // the packets every program got
+	plans      []fillPlan // the map state written before each phase
+	seed       uint64
+	mismatches []string
+}
+
+// differential loads the original spec twice and every candidate once,
+// gives them the same map contents, runs every packet-driven program on the
+// same generated packets in lock-step on one CPU and compares verdicts,
+// output packets, output contexts and, periodically and after each program,
+// the contents of every map. It returns the mismatches (at most
+// corpusMaxMismatches); setup failures end the test.
+func differential(t *testing.T, name string, spec *ebpf.CollectionSpec, cands []candidate) *diffRun {
+	t.Helper()
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	run := &diffRun{seed: h.Sum64()}
+	gen := newTrafficGen(run.seed)
 	// The control plane rewrites the maps between phases of the run, so
 	// that flags, indices and actions that one random state leaves unset
 	// are set in another and more paths are taken.
-	plans := make([]fillPlan, corpusPhases)
-	for i := range plans {
-		plans[i] = newFillPlan(spec, gen)
+	run.plans = make([]fillPlan, corpusPhases)
+	for i := range run.plans {
+		run.plans[i] = newFillPlan(spec, gen)
 	}
 
-	// Run order per packet: original, lowered, perturbed, second original.
-	// A clock value the candidates store then lies between the two
-	// originals' values, see maskWord.
-	sides := []*side{
-		{name: "original"},
-		{name: "lowered"},
-		{name: "perturbed"},
-		{name: "original-2"},
+	// Run order per packet: original, candidates, second original. A
+	// clock value a candidate stores then lies between the two originals'
+	// values, see maskWord.
+	sides := []*side{{name: "original"}}
+	specs := []*ebpf.CollectionSpec{spec.Copy()}
+	for _, c := range cands {
+		sides = append(sides, &side{name: c.name})
+		specs = append(specs, c.spec)
 	}
-	specs := []*ebpf.CollectionSpec{spec.Copy(), lowered, perturbed, spec.Copy()}
+	sides = append(sides, &side{name: "original-2"})
+	specs = append(specs, spec.Copy())
 	for i, s := range sides {
 		coll, err := ebpf.NewCollection(specs[i])
 		if err != nil {
@@ -315,26 +447,25 @@ func roundTripObject(t *testing.T, path string) {
 		}
 		t.Cleanup(func() { coll.Close() })
 		s.coll = coll
-		if err := plans[0].apply(spec, coll); err != nil {
+		if err := run.plans[0].apply(spec, coll); err != nil {
 			t.Fatalf("fill %s maps: %v", s.name, err)
 		}
 	}
 
-	var progs []string
 	for _, name := range sortedPrograms(spec) {
 		if packetDriven(spec.Programs[name].Type) {
-			progs = append(progs, name)
+			run.progs = append(run.progs, name)
 		}
 	}
-	if len(progs) == 0 {
+	if len(run.progs) == 0 {
 		t.Logf("no packet-driven programs: lift, lower and load checked only")
-		return
+		return run
 	}
-	packets := make([][]byte, corpusPackets)
+	run.packets = make([][]byte, corpusPackets)
 	maxLen := 0
-	for i := range packets {
-		packets[i] = gen.packet()
-		maxLen = max(maxLen, len(packets[i]))
+	for i := range run.packets {
+		run.packets[i] = gen.packet()
+		maxLen = max(maxLen, len(run.packets[i]))
 	}
 	for _, s := range sides {
 		s.out = make([]byte, maxLen+4096)
@@ -347,14 +478,15 @@ func roundTripObject(t *testing.T, path string) {
 	restore := pinThread(t)
 	defer restore()
 
-	d := &differ{t: t, sides: sides}
-	for _, prog := range progs {
+	d := &differ{sides: sides}
+	n := len(run.packets)
+	for _, prog := range run.progs {
 		verdicts := map[uint32]int{}
 		errs := 0
-		for i, pkt := range packets {
-			if phase := i * corpusPhases / len(packets); i > 0 && phase != (i-1)*corpusPhases/len(packets) {
+		for i, pkt := range run.packets {
+			if phase := i * corpusPhases / n; i > 0 && phase != (i-1)*corpusPhases/n {
 				for _, s := range sides {
-					if err := plans[phase].apply(spec, s.coll); err != nil {
+					if err := run.plans[phase].apply(spec, s.coll); err != nil {
 						t.Fatalf("%s: update %s maps before packet %d: %v", prog, s.name, i, err)
 					}
 				}
@@ -370,14 +502,57 @@ func roundTripObject(t *testing.T, path string) {
 				verdicts[res[0].verdict]++
 			}
 			if checkOften && (i+1)%corpusMapCheckEvery == 0 {
-				d.compareMaps(fmt.Sprintf("%s after packet %d", prog, i))
+				d.compareMaps(t, fmt.Sprintf("%s after packet %d", prog, i))
 			}
-			if d.mismatches >= corpusMaxMismatches {
-				t.Fatalf("stopping after %d mismatches", d.mismatches)
+			if len(d.found) >= corpusMaxMismatches {
+				run.mismatches = append(d.found, "stopped after too many mismatches")
+				return run
 			}
 		}
-		d.compareMaps(fmt.Sprintf("%s after all %d packets", prog, len(packets)))
-		t.Logf("%s: %d packets, verdicts %v, %d rejected by BPF_PROG_TEST_RUN", prog, len(packets), verdicts, errs)
+		d.compareMaps(t, fmt.Sprintf("%s after all %d packets", prog, n))
+		t.Logf("%s: %d packets, verdicts %v, %d rejected by BPF_PROG_TEST_RUN", prog, n, verdicts, errs)
+	}
+	run.mismatches = d.found
+	return run
+}
+
+// crossCheck runs the optimizer's own differential tester, the one every
+// candidate passes before a swap, on the lowered and perturbed programs:
+// from the first phase's map state (without the map-in-map and device map
+// entries, which a mapstate.State cannot hold), on the generated packets
+// the kernel accepts plus verify's edge cases derived from them.
+func crossCheck(t *testing.T, spec *ebpf.CollectionSpec, cands []candidate, run *diffRun) {
+	t.Helper()
+	plan := run.plans[0]
+	state := mapstate.New()
+	for _, name := range sortedKeys(plan) {
+		if typ := spec.Maps[name].Type; typ == ebpf.ArrayOfMaps || typ == ebpf.HashOfMaps || typ == ebpf.DevMap {
+			continue
+		}
+		for _, e := range plan[name] {
+			state.Put(name, e.key, e.value)
+		}
+	}
+	var pkts [][]byte
+	for _, p := range run.packets {
+		if len(p) >= verify.MinFrameSize {
+			pkts = append(pkts, p)
+		}
+	}
+	pkts = append(pkts, verify.EdgeCases(pkts[:64], 256, randv1.New(randv1.NewSource(int64(run.seed))))...)
+	for _, c := range cands {
+		cand := verify.Candidate{}
+		for _, name := range sortedPrograms(spec) {
+			cand[name] = c.spec.Programs[name].Instructions
+		}
+		rep, err := verify.Differential(context.Background(), spec, state, cand, pkts,
+			verify.DiffOptions{Programs: run.progs, MapCheckInterval: corpusMapCheckEvery})
+		if err != nil {
+			t.Fatalf("verify.Differential on the %s programs: %v", c.name, err)
+		}
+		if !rep.Passed() {
+			t.Errorf("verify.Differential on the %s programs: %v", c.name, rep)
+		}
 	}
 }
 
@@ -480,21 +655,17 @@ func (s *side) run(prog string, pkt []byte) runResult {
 
 // differ compares the candidates (sides 1..n-2) against the original (side
 // 0), ignoring whatever the original (side 0) and the second original (side
-// n-1) disagree on.
+// n-1) disagree on. It collects the differences in found.
 type differ struct {
-	t          *testing.T
-	sides      []*side
-	mismatches int
+	sides []*side
+	found []string
 }
 
 func (d *differ) fail(format string, args ...any) {
-	d.t.Helper()
-	d.mismatches++
-	d.t.Errorf(format, args...)
+	d.found = append(d.found, fmt.Sprintf(format, args...))
 }
 
 func (d *differ) compareRun(prog string, pkt int, res []runResult) {
-	d.t.Helper()
 	a, b := res[0], res[len(res)-1]
 	for k := 1; k < len(res)-1; k++ {
 		c, who := res[k], d.sides[k].name
@@ -555,13 +726,13 @@ func maskWord(a, b []byte) []bool {
 
 // compareMaps reads the maps of every side and reports entries of a
 // candidate that differ from the original's where the two originals agree.
-func (d *differ) compareMaps(when string) {
-	d.t.Helper()
+func (d *differ) compareMaps(t *testing.T, when string) {
+	t.Helper()
 	snaps := make([]map[string]map[string][]byte, len(d.sides))
 	for k, s := range d.sides {
 		snap, err := snapshotCollection(s.coll)
 		if err != nil {
-			d.t.Fatalf("%s: read %s maps: %v", when, s.name, err)
+			t.Fatalf("%s: read %s maps: %v", when, s.name, err)
 		}
 		snaps[k] = snap
 	}
@@ -789,14 +960,25 @@ func (g *trafficGen) entries(ms *ebpf.MapSpec, n int) []fillEntry {
 	return out
 }
 
-// mapSlots is the total capacity of the maps of spec.
+// mapSlots estimates how many entries reading all maps of spec costs: every
+// slot of an array (arrays always have all their entries), but only the
+// entries a hash map can get in a test run, which are few whatever its
+// capacity.
 func mapSlots(spec *ebpf.CollectionSpec) int {
+	const hashEntries = 2 * corpusPackets
+	slots := func(ms *ebpf.MapSpec) int {
+		if isArray(ms.Type) {
+			return int(ms.MaxEntries)
+		}
+		return min(int(ms.MaxEntries), hashEntries)
+	}
 	n := 0
 	for _, ms := range spec.Maps {
-		n += int(ms.MaxEntries)
 		if ms.InnerMap != nil {
-			n += int(ms.MaxEntries) * int(ms.InnerMap.MaxEntries)
+			n += slots(ms) * slots(ms.InnerMap)
+			continue
 		}
+		n += slots(ms)
 	}
 	return n
 }
