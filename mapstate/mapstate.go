@@ -312,3 +312,20 @@ func PerCPU(t ebpf.MapType) bool {
 	}
 	return false
 }
+
+// Load sets s's variables in spec, loads the collection and writes s's map
+// entries into it. spec is modified. On failure nothing stays loaded.
+func (s *State) Load(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions) (*ebpf.Collection, error) {
+	if err := s.ApplySpec(spec); err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load collection: %w", err)
+	}
+	if err := s.Apply(coll.Maps); err != nil {
+		coll.Close()
+		return nil, err
+	}
+	return coll, nil
+}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"slices"
 	"sort"
 	"time"
 
@@ -98,7 +99,7 @@ func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, 
 		return nil, fmt.Errorf("no program %q in the object", opts.Program)
 	}
 	sort.Strings(names)
-	packets := opts.Packets
+	packets := slices.Clone(opts.Packets)
 	gen := opts.Generated
 	if gen == 0 {
 		gen = 2000

@@ -2,11 +2,16 @@ package optimize
 
 import (
 	"context"
+	"encoding/binary"
+	"net/netip"
+	"strings"
 	"testing"
 
+	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/nf/router"
 	"github.com/morpheus-go/morpheus/passes"
+	"github.com/morpheus-go/morpheus/traffic"
 )
 
 func TestOptimizeRouterSmallConfig(t *testing.T) {
@@ -34,5 +39,48 @@ func TestOptimizeRouterSmallConfig(t *testing.T) {
 		if !p.Accepted {
 			t.Fatalf("candidate rejected: %s", p.Reason)
 		}
+	}
+}
+
+// TestOptimizeRouterHotCache gives a router too large to inline a heatmap
+// of hot destinations: hotcache must put them in front of the LPM lookup
+// and the candidate must pass the verifier and the differential test.
+func TestOptimizeRouterHotCache(t *testing.T) {
+	kerneltest.Require(t)
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := traffic.RouterConfig(200, []uint32{1}, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	heat := &heatmap.Heatmap{Maps: map[string][]heatmap.Key{}}
+	for i, r := range cfg.Routes[:6] {
+		p := netip.MustParsePrefix(r.Prefix).Addr().As4()
+		p[3] |= 1 // a host inside the route
+		key := binary.LittleEndian.AppendUint32(nil, 32)
+		heat.Maps["routes"] = append(heat.Maps["routes"], heatmap.Key{Key: append(key, p[:]...), Count: uint64(100 - i)})
+	}
+	rep, err := Run(context.Background(), spec, state, heat, Options{Passes: passes.DefaultOptions(), Generated: 300, Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rep.Programs[0]
+	cached := false
+	for _, r := range p.Remarks {
+		if r.Pass == "hotcache" && r.Map == "routes" && r.Applied && strings.Contains(r.Message, "hot keys cached") {
+			cached = true
+		}
+	}
+	if !cached {
+		t.Fatalf("hotcache did not rewrite the routes lookup: %v", p.Remarks)
+	}
+	if !p.Accepted {
+		t.Fatalf("candidate rejected: %s (verifier: %s, differential: %v)", p.Reason, p.Verifier, p.Differential)
 	}
 }

@@ -29,17 +29,15 @@ type Pass struct {
 	// Doc says what the pass does, for `morpheus optimize --help`.
 	Doc string
 	fn  func(*Context) error
-	// Default passes run unless the user names a list.
-	Default bool
 }
 
 // Table is the pipeline, in order. The order matters: inlining runs before
 // caching so that a map inlined whole is not also cached, and dce runs last
 // to remove what the rewrites left unreachable.
 var Table = []Pass{
-	{Name: "mapinline", Doc: "inline small read-only maps as compare chains; constant array lookups become direct value pointers", fn: mapInline, Default: true},
-	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache, Default: true},
-	{Name: "dce", Doc: "remove unreachable blocks and jumps to the next block", fn: deadCode, Default: true},
+	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
+	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
+	{Name: "dce", Doc: "remove unreachable blocks and jumps to the next block", fn: deadCode},
 }
 
 // Options tunes the passes.
@@ -49,7 +47,7 @@ type Options struct {
 	MaxInline int
 	// TopK is the number of hot keys hotcache compiles into the code.
 	TopK int
-	// Passes names the passes to run; nil means the default set.
+	// Passes names the passes to run; nil means all of them.
 	Passes []string
 }
 
@@ -168,9 +166,6 @@ func (c *Context) skipped(fn string, block int, mapName, format string, args ...
 func Run(c *Context) error {
 	selected := c.Opts.Passes
 	for _, p := range Table {
-		if selected == nil && !p.Default {
-			continue
-		}
 		if selected != nil && !slices.Contains(selected, p.Name) {
 			continue
 		}

@@ -29,23 +29,21 @@ func hotCache(c *Context) error {
 	for _, s := range sites {
 		ms := c.Coll.Maps[s.mapName]
 		hot := c.Heat.Top(s.mapName, c.Opts.TopK)
-		switch {
-		case len(hot) == 0:
+		if len(hot) == 0 {
 			continue
-		case s.ineligible != "":
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", s.ineligible)
-		case ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "hot keys of %s maps are not cached", ms.Type)
-		case !s.readOnlyMap:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map")
-		case !s.valueReadOnly:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "the value pointer is written or escapes")
-		case s.keyOff == nil:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "key is not at a known stack offset")
-		default:
-			if err := c.cacheHotKeys(s, ms, hot); err != nil {
-				return err
-			}
+		}
+		if why := c.tableRewritable(s, ms); why != "" {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
+			continue
+		}
+		if n := len(c.entries(s.mapName)); n <= c.Opts.MaxInline {
+			// mapinline compiles the whole table; caching keys in
+			// front of its fallback lookup would only add a guard.
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries: small enough to inline whole", n)
+			continue
+		}
+		if err := c.cacheHotKeys(s, ms, hot); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package passes
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -32,31 +33,43 @@ func mapInline(c *Context) error {
 	sort.SliceStable(sites, func(i, j int) bool { return sites[i].index > sites[j].index })
 	for _, s := range sites {
 		ms := c.Coll.Maps[s.mapName]
-		switch {
-		case s.ineligible != "":
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", s.ineligible)
-		case ms.Type == ebpf.Array:
+		if s.ineligible == "" && ms.Type == ebpf.Array {
 			c.inlineArray(s, ms)
-		case ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "map type %s is not inlined", ms.Type)
-		case !s.readOnlyMap:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map")
-		case !s.valueReadOnly:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "the value pointer is written or escapes")
-		case s.keyOff == nil:
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "key is not at a known stack offset")
-		default:
-			entries := c.entries(s.mapName)
-			if len(entries) > c.Opts.MaxInline {
-				c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries, more than the inline limit %d", len(entries), c.Opts.MaxInline)
-				continue
-			}
-			if err := c.inlineTable(s, ms, entries); err != nil {
-				return err
-			}
+			continue
+		}
+		if why := c.tableRewritable(s, ms); why != "" {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
+			continue
+		}
+		entries := c.entries(s.mapName)
+		if len(entries) > c.Opts.MaxInline {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries, more than the inline limit %d", len(entries), c.Opts.MaxInline)
+			continue
+		}
+		if err := c.inlineTable(s, ms, entries); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// tableRewritable says why a compare chain may not replace or precede the
+// lookup at s, or "" if it may: only read-only hash and LPM maps whose value
+// pointer is only read and whose key sits at a known stack offset.
+func (c *Context) tableRewritable(s lookupSite, ms *ebpf.MapSpec) string {
+	switch {
+	case s.ineligible != "":
+		return s.ineligible
+	case ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie:
+		return fmt.Sprintf("%s maps are not rewritten", ms.Type)
+	case !s.readOnlyMap:
+		return "the data plane writes this map"
+	case !s.valueReadOnly:
+		return "the value pointer is written or escapes"
+	case s.keyOff == nil:
+		return "key is not at a known stack offset"
+	}
+	return ""
 }
 
 // inlineArray turns a constant-index array lookup into a value pointer.
@@ -107,7 +120,9 @@ func (c *Context) inlineTable(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 			values = append(values, e.Value)
 		}
 	}
-	c.emitChain(s, ms, matchers, values, false)
+	if err := c.emitChain(s, ms, matchers, values, false); err != nil {
+		return err
+	}
 	if len(entries) == 0 {
 		c.changed(s.fn.Name, s.block.ID, s.mapName, "empty map: constant miss behind guard")
 	} else {

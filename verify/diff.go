@@ -205,16 +205,9 @@ type instance struct {
 }
 
 func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {
-	if err := state.ApplySpec(s); err != nil {
-		return nil, err
-	}
-	coll, err := loadSpec(s, cand, lo)
+	coll, err := state.Load(s, lo.collectionOptions())
 	if err != nil {
-		return nil, err
-	}
-	if err := state.Apply(coll.Maps); err != nil {
-		coll.Close()
-		return nil, err
+		return nil, loadError(err, s, cand, lo)
 	}
 	return &instance{coll: coll}, nil
 }

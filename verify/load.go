@@ -153,32 +153,43 @@ func Load(spec *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) (*ebpf.Co
 // loadSpec loads an already substituted spec and translates verifier
 // failures into *VerifierError.
 func loadSpec(cs *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) (*ebpf.Collection, error) {
-	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{
+	coll, err := ebpf.NewCollectionWithOptions(cs, opts.collectionOptions())
+	if err != nil {
+		return nil, loadError(err, cs, cand, opts)
+	}
+	return coll, nil
+}
+
+func (opts LoadOptions) collectionOptions() ebpf.CollectionOptions {
+	return ebpf.CollectionOptions{
 		MapReplacements: opts.MapReplacements,
 		Programs:        ebpf.ProgramOptions{LogLevel: opts.LogLevel},
 		Cache:           opts.Cache,
-	})
-	if err == nil {
-		return coll, nil
 	}
+}
+
+// loadError turns a verifier rejection into a *VerifierError naming the
+// program.
+func loadError(err error, cs *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) error {
 	var ve *ebpf.VerifierError
 	if !errors.As(err, &ve) {
-		return nil, fmt.Errorf("verify: load collection: %w", err)
+		return fmt.Errorf("verify: %w", err)
 	}
 	name := failedProgram(err, cs)
 	_, isCand := cand[name]
 	log, omitted := tail(ve.Log, opts.LogTail)
-	return nil, &VerifierError{Program: name, Candidate: isCand, Log: log, Omitted: omitted, Err: err}
+	return &VerifierError{Program: name, Candidate: isCand, Log: log, Omitted: omitted, Err: err}
 }
 
 // failedProgram finds the program a collection load error is about.
-// cilium/ebpf prefixes program load errors with "program NAME: "; the
-// longest matching name wins so that "a" cannot shadow "a_b".
+// cilium/ebpf prefixes program load errors with "program NAME: " (callers
+// may wrap that further); the longest matching name wins so that "a"
+// cannot shadow "a_b".
 func failedProgram(err error, cs *ebpf.CollectionSpec) string {
 	msg := err.Error()
 	best := ""
 	for name := range cs.Programs {
-		if strings.HasPrefix(msg, "program "+name+": ") && len(name) > len(best) {
+		if strings.Contains(msg, "program "+name+": ") && len(name) > len(best) {
 			best = name
 		}
 	}

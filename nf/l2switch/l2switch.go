@@ -315,16 +315,9 @@ func Load(cfg *Config) (*ebpf.Collection, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := state.ApplySpec(spec); err != nil {
-		return nil, err
-	}
-	coll, err := ebpf.NewCollection(spec)
+	coll, err := state.Load(spec, ebpf.CollectionOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("l2switch: load: %w", err)
-	}
-	if err := state.Apply(coll.Maps); err != nil {
-		coll.Close()
-		return nil, fmt.Errorf("l2switch: fill maps: %w", err)
+		return nil, fmt.Errorf("l2switch: %w", err)
 	}
 	return coll, nil
 }

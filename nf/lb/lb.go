@@ -380,15 +380,8 @@ func Load(cfg *Config) (*ebpf.Collection, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := st.ApplySpec(spec); err != nil {
-		return nil, err
-	}
-	coll, err := ebpf.NewCollection(spec)
+	coll, err := st.Load(spec, ebpf.CollectionOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("lb: load: %w", err)
-	}
-	if err := st.Apply(coll.Maps); err != nil {
-		coll.Close()
 		return nil, fmt.Errorf("lb: %w", err)
 	}
 	return coll, nil

@@ -374,16 +374,9 @@ func Load(cfg *Config) (*ebpf.Collection, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := state.ApplySpec(spec); err != nil {
-		return nil, err
-	}
-	coll, err := ebpf.NewCollection(spec)
+	coll, err := state.Load(spec, ebpf.CollectionOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("router: load: %w", err)
-	}
-	if err := state.Apply(coll.Maps); err != nil {
-		coll.Close()
-		return nil, fmt.Errorf("router: fill maps: %w", err)
+		return nil, fmt.Errorf("router: %w", err)
 	}
 	return coll, nil
 }
