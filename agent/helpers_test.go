@@ -1,0 +1,229 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/morpheus-go/morpheus/nf/router"
+)
+
+var nsSeq atomic.Int32
+
+// testNetns is a network namespace with a veth pair inside.
+type testNetns struct {
+	name, path string
+	veth, peer string
+}
+
+// newTestNetns creates a named namespace holding veth0 <-> veth1 (both
+// up) and removes it when the test ends.
+func newTestNetns(tb testing.TB) *testNetns {
+	tb.Helper()
+	name := fmt.Sprintf("mph-agent-%d-%d", os.Getpid(), nsSeq.Add(1))
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		tb.Fatal(err)
+	}
+	ns, err := netns.NewNamed(name)
+	if serr := netns.Set(orig); serr != nil {
+		tb.Fatalf("return to the test's namespace: %v", serr) // thread stays locked
+	}
+	runtime.UnlockOSThread()
+	orig.Close()
+	if err != nil {
+		tb.Fatalf("create netns: %v", err)
+	}
+	tb.Cleanup(func() {
+		ns.Close()
+		if err := netns.DeleteNamed(name); err != nil {
+			tb.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer h.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "veth0"}, PeerName: "veth1"}
+	if err := h.LinkAdd(veth); err != nil {
+		tb.Fatalf("add veth: %v", err)
+	}
+	for _, n := range []string{"veth0", "veth1"} {
+		l, err := h.LinkByName(n)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return &testNetns{name: name, path: filepath.Join("/var/run/netns", name), veth: "veth0", peer: "veth1"}
+}
+
+// xdpAttached reports whether an XDP program is attached to dev.
+func (ns *testNetns) xdpAttached(tb testing.TB, dev string) bool {
+	tb.Helper()
+	h, err := netlinkHandle(ns.path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+}
+
+func testLogger(tb testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type tWriter struct{ tb testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.tb.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+// XDP verdicts.
+const (
+	xdpDrop     = 1
+	xdpPass     = 2
+	xdpRedirect = 4
+)
+
+// udpFrame builds an Ethernet/IPv4/UDP frame to dst.
+func udpFrame(tb testing.TB, dst string) []byte {
+	tb.Helper()
+	eth := &layers.Ethernet{
+		SrcMAC:       net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55},
+		DstMAC:       net.HardwareAddr{0x02, 0, 0, 0, 0x01, 0x01},
+		EthernetType: layers.EthernetTypeIPv4,
+	}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Id: 1, Protocol: layers.IPProtocolUDP,
+		SrcIP: net.IPv4(172, 16, 0, 1).To4(), DstIP: net.ParseIP(dst).To4()}
+	udp := &layers.UDP{SrcPort: 1000, DstPort: 53}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		tb.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
+		eth, ip, udp, gopacket.Payload([]byte("morpheus agent test"))); err != nil {
+		tb.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+type runResult struct {
+	verdict uint32
+	out     []byte
+}
+
+// testRun runs prog once on pkt (ingress ifindex 1, as the kernel reports
+// for test runs).
+func testRun(tb testing.TB, prog *ebpf.Program, pkt []byte) runResult {
+	tb.Helper()
+	out := make([]byte, len(pkt)+256)
+	opts := ebpf.RunOptions{Data: pkt, DataOut: out}
+	v, err := prog.Run(&opts)
+	if err != nil {
+		tb.Fatalf("test run: %v", err)
+	}
+	return runResult{v, opts.DataOut}
+}
+
+// runID runs pkt through the program with the given ID.
+func runID(tb testing.TB, id ebpf.ProgramID, pkt []byte) runResult {
+	tb.Helper()
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		tb.Fatalf("program %d: %v", id, err)
+	}
+	defer p.Close()
+	return testRun(tb, p, pkt)
+}
+
+// testRouterConfig is the example router plus ingress interface 1, the
+// interface test runs arrive on, so that test runs are routed.
+func testRouterConfig() *router.Config {
+	cfg := router.ExampleConfig()
+	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
+	return cfg
+}
+
+// routeEntry returns the routes-map key and value of prefix in cfg.
+func routeEntry(tb testing.TB, cfg *router.Config, prefix string) (key, value []byte) {
+	tb.Helper()
+	st, err := cfg.State()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, p, err := net.ParseCIDR(prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ones, _ := p.Mask.Size()
+	want := binary.LittleEndian.AppendUint32(nil, uint32(ones))
+	want = append(want, p.IP.To4()...)
+	for _, e := range st.Maps[router.MapRoutes].Entries {
+		if bytes.Equal(e.Key, want) {
+			return e.Key, e.Value
+		}
+	}
+	tb.Fatalf("no route %s in the config", prefix)
+	return nil, nil
+}
+
+// eventually polls cond every 10 ms for up to d.
+func eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func programGone(id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return true
+	}
+	p.Close()
+	return false
+}
+
+func mapGone(id ebpf.MapID) bool {
+	m, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return true
+	}
+	m.Close()
+	return false
+}

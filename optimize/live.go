@@ -1,0 +1,290 @@
+package optimize
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/heatmap"
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/passes"
+	"github.com/morpheus-go/morpheus/program"
+	"github.com/morpheus-go/morpheus/verify"
+)
+
+// LiveOptions configures [RunLive].
+type LiveOptions struct {
+	Options
+	// Guards is the guard table of the running network function. Slots
+	// and versions persist across candidates: a new guard gets the next
+	// free slot, and every guard check compares with the version the
+	// table holds, which is the version of the live guard map. Nil uses a
+	// fresh table (versions 0), as [Run] does.
+	Guards *guard.Table
+}
+
+// RunLive optimizes one program (opts.Program, required) like [Run], but
+// against a persistent guard table, so that the candidate can run against
+// the live guard map of a network function that has already been
+// optimized and had its guards bumped. The differential test runs with a
+// guard map holding the table's versions, so it exercises the specialized
+// path rather than the fallback. spec is not modified.
+func RunLive(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, heat *heatmap.Heatmap, opts LiveOptions) (*ProgramReport, error) {
+	if opts.Program == "" {
+		return nil, errors.New("optimize: RunLive needs a program name")
+	}
+	if _, ok := spec.Programs[opts.Program]; !ok {
+		return nil, fmt.Errorf("no program %q in the object", opts.Program)
+	}
+	if state == nil {
+		state = mapstate.New()
+	}
+	if err := state.Check(spec); err != nil {
+		return nil, err
+	}
+	tbl := opts.Guards
+	if tbl == nil {
+		tbl = guard.NewTable()
+	}
+	gen := opts.Generated
+	if gen == 0 {
+		gen = 2000
+	}
+	rnd := rand.New(rand.NewSource(opts.Seed))
+	packets := slices.Clone(opts.Packets)
+	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
+	packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
+	return optimizeLive(ctx, spec, opts.Program, state, heat, packets, tbl, opts.Options)
+}
+
+// optimizeLive is optimizeOne with a caller-supplied guard table.
+func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, packets [][]byte, tbl *guard.Table, opts Options) (*ProgramReport, error) {
+	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
+	start := time.Now()
+
+	coll := spec.Copy()
+	if err := state.ApplySpec(coll); err != nil {
+		return nil, err
+	}
+	prog, err := program.Lift(coll.Programs[name])
+	if err != nil {
+		pr.Reason = "left alone: " + err.Error()
+		return pr, nil
+	}
+	pr.Before = prog.String()
+	pc := &passes.Context{
+		Coll:   coll,
+		Prog:   prog.Clone(),
+		State:  state,
+		Heat:   heat,
+		Guards: tbl,
+		Opts:   opts.Passes,
+	}
+	if err := passes.Run(pc); err != nil {
+		var ue *program.UnsupportedError
+		if errors.As(err, &ue) {
+			pr.Reason = "left alone: " + err.Error()
+			return pr, nil
+		}
+		return nil, err
+	}
+	pr.Passes, pr.Remarks = pc.Results, pc.Remarks
+	pr.After = pc.Prog.String()
+	insns, err := pc.Prog.Lower()
+	if err != nil {
+		pr.Reason = "lowering failed: " + err.Error()
+		return pr, nil
+	}
+	pr.InstructionsAfter = len(insns)
+	pr.OptimizeTime = time.Since(start)
+
+	// The verifier and the differential test must see the guard versions
+	// the candidate compares with, or they would only test the fallback.
+	if gs, ok := coll.Maps[guard.MapName]; ok {
+		gs.Contents = []ebpf.MapKV{{Key: uint32(0), Value: GuardValue(tbl)}}
+	}
+
+	cand := verify.Candidate{name: insns}
+	vstart := time.Now()
+	loaded, err := verify.Load(coll, cand, verify.LoadOptions{})
+	pr.VerifyTime = time.Since(vstart)
+	if err != nil {
+		pr.Verifier = err.Error()
+		pr.Reason = "rejected by the kernel verifier"
+		return pr, nil
+	}
+	loaded.Close()
+	pr.Verifier = "ok"
+
+	dstart := time.Now()
+	dr, err := verify.Differential(ctx, coll, state, cand, packets, verify.DiffOptions{Context: opts.Context})
+	pr.DifferentialNS = time.Since(dstart)
+	if err != nil && dr == nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+	}
+	pr.Differential = dr
+	if !dr.Passed() {
+		pr.Reason = "differential test found mismatches"
+		return pr, nil
+	}
+	pr.Accepted = true
+	final := coll.Copy()
+	final.Programs[name].Instructions = insns
+	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: tbl}
+	return pr, nil
+}
+
+// GuardValue returns the value of the guard map's single element that
+// holds the versions of every slot of t.
+func GuardValue(t *guard.Table) []byte {
+	buf := make([]byte, 8*guard.MaxGuards)
+	for _, m := range t.Guarded() {
+		slot, err := t.Slot(m) // assigned: Guarded lists only slotted maps
+		if err != nil {
+			continue
+		}
+		binary.LittleEndian.PutUint64(buf[8*slot:], t.Version(m))
+	}
+	return buf
+}
+
+// AddedMaps returns the names of the maps the candidate's spec has but
+// orig does not: the cache maps and the guard map the passes added.
+func (c *Candidate) AddedMaps(orig *ebpf.CollectionSpec) []string {
+	var out []string
+	for name := range c.Spec.Maps {
+		if _, ok := orig.Maps[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Digest hashes what determines the behaviour of the candidate beyond the
+// live maps: its instructions (with their map references) and the
+// contents of the maps the passes added. Two candidates with the same
+// digest are interchangeable, so a swap between them can be skipped.
+func (c *Candidate) Digest(orig *ebpf.CollectionSpec) [32]byte {
+	h := sha256.New()
+	for _, ins := range c.Spec.Programs[c.Program].Instructions {
+		fmt.Fprintf(h, "%v|%s|%s\n", ins, ins.Reference(), ins.Symbol())
+	}
+	for _, name := range c.AddedMaps(orig) {
+		if name == guard.MapName {
+			continue // the live guard map is shared, not the candidate's
+		}
+		ms := c.Spec.Maps[name]
+		fmt.Fprintf(h, "map %s %v %d %d %d %d\n", name, ms.Type, ms.KeySize, ms.ValueSize, ms.MaxEntries, ms.Flags)
+		for _, kv := range ms.Contents {
+			writeAny(h, kv.Key)
+			writeAny(h, kv.Value)
+		}
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+func writeAny(w io.Writer, v any) {
+	switch v := v.(type) {
+	case []byte:
+		fmt.Fprintf(w, "%x;", v)
+	default:
+		fmt.Fprintf(w, "%v;", v)
+	}
+}
+
+// LiveProgram is a candidate loaded against the live maps of a running
+// network function, ready to be swapped in.
+type LiveProgram struct {
+	// Program is the loaded candidate.
+	Program *ebpf.Program
+	// Added holds the maps created for the candidate (its cache maps),
+	// by name. The guard map is the caller's and is not in Added.
+	Added map[string]*ebpf.Map
+}
+
+// Close releases the program and the maps created for it. Closing does
+// not detach a program that is attached: the attachment holds its own
+// reference.
+func (lp *LiveProgram) Close() error {
+	var errs []error
+	if lp.Program != nil {
+		errs = append(errs, lp.Program.Close())
+	}
+	for _, m := range lp.Added {
+		errs = append(errs, m.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// LoadLive loads the candidate program alone against live maps: every map
+// of orig must be in live (the running network function's maps), and so
+// must the guard map if the candidate uses one (the caller's persistent
+// guard map, so that versions survive from candidate to candidate). Only
+// the cache maps the passes added are created, fresh, with their
+// contents. Nothing of live is modified.
+func LoadLive(c *Candidate, orig *ebpf.CollectionSpec, live map[string]*ebpf.Map) (*LiveProgram, error) {
+	ps, ok := c.Spec.Programs[c.Program]
+	if !ok {
+		return nil, fmt.Errorf("optimize: candidate program %q not in its spec", c.Program)
+	}
+	spec := c.Spec.Copy()
+	// Load only the candidate: other programs are neither needed nor
+	// wanted (subprograms are part of the program's instruction stream).
+	spec.Programs = map[string]*ebpf.ProgramSpec{c.Program: ps.Copy()}
+	used := referencedMaps(ps.Instructions)
+	repl := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		if m, ok := live[name]; ok {
+			repl[name] = m
+			continue
+		}
+		if _, orig := orig.Maps[name]; orig || name == guard.MapName {
+			if _, needed := used[name]; needed {
+				return nil, fmt.Errorf("optimize: live map %q missing", name)
+			}
+			delete(spec.Maps, name) // unreferenced: do not create it
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return nil, fmt.Errorf("optimize: load candidate %s against the live maps: %w", c.Program, err)
+	}
+	lp := &LiveProgram{Program: coll.Programs[c.Program], Added: map[string]*ebpf.Map{}}
+	delete(coll.Programs, c.Program)
+	for name, m := range coll.Maps {
+		if _, isLive := repl[name]; isLive {
+			m.Close() // the collection's clone of a live map
+			continue
+		}
+		lp.Added[name] = m
+	}
+	coll.Maps = nil
+	coll.Close()
+	return lp, nil
+}
+
+func referencedMaps(insns asm.Instructions) map[string]struct{} {
+	out := map[string]struct{}{}
+	for _, ins := range insns {
+		if ins.IsLoadFromMap() {
+			if r := ins.Reference(); r != "" {
+				out[r] = struct{}{}
+			}
+		}
+	}
+	return out
+}
