@@ -487,3 +487,18 @@ func (o *Operand) String() string {
 	}
 	return sb.String()
 }
+
+// Origins returns the lookup sites a map value pointer may come from (the
+// same sites a load through it lists in Site.Origins); nil for any other
+// value.
+func (r *Result) Origins(v Value) []*Site {
+	var out []*Site
+	for _, o := range v.origins {
+		for _, s := range r.Sites {
+			if s.call == o {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}

@@ -32,12 +32,14 @@ type Pass struct {
 }
 
 // Table is the pipeline, in order. The order matters: inlining runs before
-// caching so that a map inlined whole is not also cached, and dce runs last
-// to remove what the rewrites left unreachable.
+// caching so that a map inlined whole is not also cached; constprop runs
+// after the map rewrites so that it folds the values they expose, and dce
+// runs last to remove what folding and the rewrites left dead.
 var Table = []Pass{
 	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
 	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
-	{Name: "dce", Doc: "remove unreachable blocks and jumps to the next block", fn: deadCode},
+	{Name: "constprop", Doc: "fold .rodata and control-plane-only array values (behind a guard with an original fallback), constant arithmetic and decided branches", fn: constProp},
+	{Name: "dce", Doc: "remove unreachable blocks and functions, dead register definitions and unused pure lookups; thread jumps and merge blocks", fn: deadCode},
 }
 
 // Options tunes the passes.

@@ -1,25 +1,154 @@
 package passes
 
 import (
+	"fmt"
+	"slices"
+
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/program"
 )
 
-// deadCode removes blocks no path reaches, bypasses blocks that only fall
-// through, and drops jumps whose both outcomes lead to the same place.
+// deadCode cleans up after the rewriting passes, to a fixpoint:
+//   - conditional jumps whose two outcomes lead to the same block go;
+//   - jumps to an empty block or to a lone goto are threaded through it;
+//   - blocks no path reaches are removed (the verifier rejects unreachable
+//     code), and so are functions no reachable code calls or references;
+//   - register definitions no instruction reads are removed (ALU, loads,
+//     ld_imm64), and so are lookups in maps whose lookup has no side effect
+//     when nothing reads the result; stores, atomics, other calls and
+//     legacy packet loads are always kept;
+//   - a block that falls into a block with no other predecessor absorbs it,
+//     and a goto to the next block becomes a fall-through.
+//
 // Folding (constprop) turns decided branches into gotos; this pass is what
-// makes the untaken side disappear.
+// makes the untaken side disappear. Function symbols, func info and the
+// first line info live on program.Func and are re-attached by Lower, so
+// removing or merging instructions never loses them.
 func deadCode(c *Context) error {
-	for _, f := range c.Prog.Funcs {
-		n := simplifyJumps(f)
-		n += bypassEmpty(f)
-		removed := removeUnreachable(f)
-		if n+removed > 0 {
-			c.changed(f.Name, f.Blocks[0].ID, "", "removed %d unreachable blocks, simplified %d jumps", removed, n)
+	var st dceStats
+	for round := 0; round < 16; round++ {
+		n, err := c.deadCodeRound(&st)
+		if err != nil {
+			return err
 		}
+		if n == 0 {
+			break
+		}
+		c.analysis = nil
+	}
+	for _, name := range st.funcsRemoved {
+		c.changed(name, -1, "", "function removed: no reachable code calls or references it")
+	}
+	for _, f := range c.Prog.Funcs {
+		s := st.per[f.Name]
+		if s == (funcStats{}) {
+			continue
+		}
+		c.changed(f.Name, f.Blocks[0].ID, "", "removed %d unreachable blocks, %d dead instructions, %d unused lookups; threaded or dropped %d jumps; merged %d blocks",
+			s.blocks, s.insns, s.lookups, s.jumps, s.merged)
 	}
 	return nil
+}
+
+type funcStats struct{ blocks, insns, lookups, jumps, merged int }
+
+type dceStats struct {
+	per          map[string]funcStats
+	funcsRemoved []string
+}
+
+func (c *Context) deadCodeRound(st *dceStats) (int, error) {
+	if st.per == nil {
+		st.per = map[string]funcStats{}
+	}
+	total := 0
+	lookups, err := c.deadLookups()
+	if err != nil {
+		return 0, err
+	}
+	for _, f := range c.Prog.Funcs {
+		s := st.per[f.Name]
+		l := removeMarked(f, lookups)
+		s.lookups += l
+		j := simplifyJumps(f)
+		j += bypassEmpty(f)
+		b := removeUnreachable(f)
+		d := removeDeadDefs(f)
+		m := mergeBlocks(f)
+		j += dropJumpsToNext(f)
+		s.blocks += b
+		s.insns += d
+		s.jumps += j
+		s.merged += m
+		st.per[f.Name] = s
+		total += l + j + b + d + m
+	}
+	removed := removeUncalled(c.Prog)
+	st.funcsRemoved = append(st.funcsRemoved, removed...)
+	return total + len(removed), nil
+}
+
+// pureLookup lists the map types whose lookup only reads: removing an
+// unused one changes nothing (an LRU lookup would refresh the entry).
+var pureLookup = map[ebpf.MapType]bool{
+	ebpf.Array: true, ebpf.PerCPUArray: true, ebpf.Hash: true, ebpf.PerCPUHash: true, ebpf.LPMTrie: true,
+}
+
+// deadLookups finds bpf_map_lookup_elem calls on maps with a pure lookup
+// whose result no instruction reads.
+func (c *Context) deadLookups() (map[*program.Block][]int, error) {
+	out := map[*program.Block][]int{}
+	a, err := c.Analysis()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range c.Prog.Funcs {
+		live := computeLive(f)
+		for _, b := range f.Blocks {
+			for i, ins := range b.Insns {
+				if !ins.IsBuiltinCall() || asm.BuiltinFunc(ins.Constant) != asm.FnMapLookupElem {
+					continue
+				}
+				if live.after(b, i)&regBit(asm.R0) != 0 {
+					continue
+				}
+				s := a.StateBefore(b, i)
+				if s == nil {
+					continue
+				}
+				m := s.Reg(asm.R1)
+				ms := c.Coll.Maps[m.Map]
+				if m.Kind != analysis.PtrMap || ms == nil || !pureLookup[ms.Type] {
+					continue
+				}
+				out[b] = append(out[b], i)
+			}
+		}
+	}
+	return out, nil
+}
+
+// removeMarked deletes the instructions listed for f's blocks.
+func removeMarked(f *program.Func, marks map[*program.Block][]int) int {
+	n := 0
+	for _, b := range f.Blocks {
+		idx := marks[b]
+		if len(idx) == 0 {
+			continue
+		}
+		kept := b.Insns[:0:0]
+		for i, ins := range b.Insns {
+			if !slices.Contains(idx, i) {
+				kept = append(kept, ins)
+			}
+		}
+		n += len(b.Insns) - len(kept)
+		b.Insns = kept
+	}
+	return n
 }
 
 // simplifyJumps turns a conditional jump whose target is also its
@@ -43,12 +172,19 @@ func simplifyJumps(f *program.Func) int {
 	return n
 }
 
-// bypassEmpty points every edge into an empty fall-through block at that
-// block's successor.
+// bypassEmpty points every edge into an empty fall-through block, or into
+// a block that is a lone goto, at the block it leads to.
 func bypassEmpty(f *program.Func) int {
 	resolve := func(b *program.Block) *program.Block {
-		for i := 0; b != nil && len(b.Insns) == 0 && b.Next != nil && b != f.Blocks[0] && i < len(f.Blocks); i++ {
-			b = b.Next
+		for i := 0; b != nil && b != f.Blocks[0] && i < len(f.Blocks); i++ {
+			switch {
+			case len(b.Insns) == 0 && b.Next != nil:
+				b = b.Next
+			case len(b.Insns) == 1 && b.Term() != nil && b.Term().OpCode.JumpOp() == asm.Ja && b.Target != nil:
+				b = b.Target
+			default:
+				return b
+			}
 		}
 		return b
 	}
@@ -88,4 +224,258 @@ func removeUnreachable(f *program.Func) int {
 	removed := len(f.Blocks) - len(kept)
 	f.Blocks = kept
 	return removed
+}
+
+// removeDeadDefs removes instructions whose only effect is to define
+// registers that are dead afterwards. One liveness solution suffices for a
+// sweep: removing a dead definition only shrinks liveness.
+func removeDeadDefs(f *program.Func) int {
+	live := computeLive(f)
+	n := 0
+	for _, b := range f.Blocks {
+		kept := b.Insns[:0:0]
+		for i, ins := range b.Insns {
+			_, def := useDef(ins)
+			if removableDef(ins) && def != 0 && live.after(b, i)&def == 0 {
+				n++
+				continue
+			}
+			kept = append(kept, ins)
+		}
+		b.Insns = kept
+	}
+	return n
+}
+
+// removableDef reports whether ins does nothing but write its destination
+// register: ALU operations (division by zero does not trap in BPF), memory
+// loads (the verifier proved them safe) and 64-bit immediate loads.
+func removableDef(ins asm.Instruction) bool {
+	switch cls := ins.OpCode.Class(); {
+	case ins.OpCode.IsDWordLoad():
+		return true
+	case cls.IsALU():
+		return ins.Dst != asm.R10
+	case cls == asm.LdXClass:
+		m := ins.OpCode.Mode()
+		return m == asm.MemMode || m == asm.MemSXMode
+	}
+	return false
+}
+
+// mergeBlocks appends a block to its only predecessor when that
+// predecessor falls through (or jumps) to it and nowhere else.
+func mergeBlocks(f *program.Func) int {
+	n := 0
+	for changed := true; changed; {
+		changed = false
+		preds := f.Preds()
+		for _, b := range f.Blocks {
+			s := b.Next
+			t := b.Term()
+			if t != nil && t.OpCode.JumpOp() == asm.Ja && b.Next == nil {
+				s = b.Target
+			} else if t != nil {
+				continue
+			}
+			if s == nil || s == b || s == f.Blocks[0] || len(preds[s]) != 1 {
+				continue
+			}
+			if t != nil {
+				b.Insns = b.Insns[:len(b.Insns)-1]
+			}
+			b.Insns = append(b.Insns, s.Insns...)
+			b.Target, b.Next = s.Target, s.Next
+			f.Blocks = slices.DeleteFunc(f.Blocks, func(x *program.Block) bool { return x == s })
+			n++
+			changed = true
+			break
+		}
+	}
+	return n
+}
+
+// dropJumpsToNext turns a goto to the block laid out next into a
+// fall-through.
+func dropJumpsToNext(f *program.Func) int {
+	n := 0
+	for k, b := range f.Blocks {
+		t := b.Term()
+		if t == nil || t.OpCode.JumpOp() != asm.Ja || k+1 >= len(f.Blocks) || b.Target != f.Blocks[k+1] {
+			continue
+		}
+		b.Insns = b.Insns[:len(b.Insns)-1]
+		b.Next, b.Target = b.Target, nil
+		n++
+	}
+	return n
+}
+
+// removeUncalled drops the functions that no code reachable from the entry
+// function calls or references; the verifier rejects them. It returns the
+// names of the removed functions.
+func removeUncalled(p *program.Program) []string {
+	if len(p.Funcs) == 0 {
+		return nil
+	}
+	reached := map[string]bool{p.Funcs[0].Name: true}
+	work := []*program.Func{p.Funcs[0]}
+	for len(work) > 0 {
+		f := work[len(work)-1]
+		work = work[:len(work)-1]
+		for _, b := range f.Blocks {
+			for _, ins := range b.Insns {
+				if !ins.IsFunctionReference() || reached[ins.Reference()] {
+					continue
+				}
+				reached[ins.Reference()] = true
+				if g := p.Func(ins.Reference()); g != nil {
+					work = append(work, g)
+				}
+			}
+		}
+	}
+	var removed []string
+	kept := p.Funcs[:0]
+	for _, f := range p.Funcs {
+		if reached[f.Name] {
+			kept = append(kept, f)
+		} else {
+			removed = append(removed, f.Name)
+		}
+	}
+	p.Funcs = kept
+	return removed
+}
+
+// regSet is a set of registers R0-R10.
+type regSet uint16
+
+func regBit(r asm.Register) regSet { return 1 << r }
+
+const (
+	argRegSet    = regSet(1<<asm.R1 | 1<<asm.R2 | 1<<asm.R3 | 1<<asm.R4 | 1<<asm.R5)
+	callerRegSet = argRegSet | 1<<asm.R0
+)
+
+// useDef returns the registers ins reads and writes. Every call is taken
+// to read all five argument registers: a global function's arguments are
+// checked by the verifier even when the callee ignores them.
+func useDef(ins asm.Instruction) (use, def regSet) {
+	reg := regBit
+	switch cls := ins.OpCode.Class(); {
+	case ins.OpCode.IsDWordLoad():
+		return 0, reg(ins.Dst)
+	case cls.IsALU():
+		switch op := ins.OpCode.ALUOp(); {
+		case op == asm.Swap || op == asm.Neg:
+			return reg(ins.Dst), reg(ins.Dst)
+		case op == asm.Mov || op == asm.MovSX8 || op == asm.MovSX16 || op == asm.MovSX32:
+			if ins.OpCode.Source() == asm.RegSource {
+				use = reg(ins.Src)
+			}
+			return use, reg(ins.Dst)
+		}
+		use = reg(ins.Dst)
+		if ins.OpCode.Source() == asm.RegSource {
+			use |= reg(ins.Src)
+		}
+		return use, reg(ins.Dst)
+	case cls == asm.LdClass:
+		use = reg(asm.R6)
+		if ins.OpCode.Mode() == asm.IndMode {
+			use |= reg(ins.Src)
+		}
+		return use, callerRegSet
+	case cls == asm.LdXClass:
+		return reg(ins.Src), reg(ins.Dst)
+	case cls == asm.StClass:
+		return reg(ins.Dst), 0
+	case cls == asm.StXClass && ins.OpCode.Mode() == asm.AtomicMode:
+		// Conservative: every atomic may read and write R0 and its
+		// source (cmpxchg, fetch variants, load-acquire into Dst).
+		return reg(ins.Dst) | reg(ins.Src) | reg(asm.R0), reg(ins.Dst) | reg(ins.Src) | reg(asm.R0)
+	case cls == asm.StXClass:
+		return reg(ins.Dst) | reg(ins.Src), 0
+	case cls.IsJump():
+		switch ins.OpCode.JumpOp() {
+		case asm.Call:
+			return argRegSet, callerRegSet
+		case asm.Exit:
+			return reg(asm.R0), 0
+		case asm.Ja, asm.JCOND:
+			return 0, 0
+		}
+		use = reg(ins.Dst)
+		if ins.OpCode.Source() == asm.RegSource {
+			use |= reg(ins.Src)
+		}
+		return use, 0
+	}
+	// Unknown encodings: assume they read everything.
+	return 0x7ff, 0
+}
+
+// liveSets is the register liveness of one function.
+type liveSets struct {
+	in  map[*program.Block][]regSet // before every instruction
+	out map[*program.Block]regSet
+}
+
+// after returns the registers live after instruction i of b.
+func (l liveSets) after(b *program.Block, i int) regSet {
+	if ins := l.in[b]; i+1 < len(ins) {
+		return ins[i+1]
+	}
+	return l.out[b]
+}
+
+// entry returns the registers live at the function's entry.
+func (l liveSets) entry(f *program.Func) regSet {
+	if ins := l.in[f.Blocks[0]]; len(ins) > 0 {
+		return ins[0]
+	}
+	return l.out[f.Blocks[0]]
+}
+
+// computeLive solves backward register liveness of f. The lattice is
+// finite and the transfer monotone, so the round-robin iteration ends.
+func computeLive(f *program.Func) liveSets {
+	l := liveSets{in: map[*program.Block][]regSet{}, out: map[*program.Block]regSet{}}
+	blockIn := map[*program.Block]regSet{}
+	for changed := true; changed; {
+		changed = false
+		for k := len(f.Blocks) - 1; k >= 0; k-- {
+			b := f.Blocks[k]
+			var out regSet
+			for _, s := range b.Succs() {
+				out |= blockIn[s]
+			}
+			l.out[b] = out
+			ins := make([]regSet, len(b.Insns))
+			live := out | regBit(asm.R10)
+			for i := len(b.Insns) - 1; i >= 0; i-- {
+				use, def := useDef(b.Insns[i])
+				live = (live &^ def) | use | regBit(asm.R10)
+				ins[i] = live
+			}
+			l.in[b] = ins
+			if live != blockIn[b] {
+				blockIn[b] = live
+				changed = true
+			}
+		}
+	}
+	return l
+}
+
+// String renders the set for remarks and tests.
+func (s regSet) String() string {
+	var out []string
+	for r := asm.R0; r <= asm.R10; r++ {
+		if s&regBit(r) != 0 {
+			out = append(out, r.String())
+		}
+	}
+	return fmt.Sprint(out)
 }
