@@ -37,6 +37,7 @@ type Pass struct {
 // runs last to remove what folding and the rewrites left dead.
 var Table = []Pass{
 	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
+	{Name: "dss", Doc: "specialize large read-only tables: single-length LPM tries become hashes on the masked key, dense integer-keyed hashes become arrays, behind a guard", fn: dataStructSpec},
 	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
 	{Name: "constprop", Doc: "fold .rodata and control-plane-only array values (behind a guard with an original fallback), constant arithmetic and decided branches", fn: constProp},
 	{Name: "dce", Doc: "remove unreachable blocks and functions, dead register definitions and unused pure lookups; thread jumps and merge blocks", fn: deadCode},

@@ -1,0 +1,677 @@
+package passes
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/l2switch"
+	"github.com/morpheus-go/morpheus/nf/router"
+	"github.com/morpheus-go/morpheus/program"
+	"github.com/morpheus-go/morpheus/traffic"
+	"github.com/morpheus-go/morpheus/verify"
+)
+
+// dssProg is the name of the hand-written test programs.
+const dssProg = "dsstest"
+
+// Packet layout of the hand-written programs: the key comes from the
+// bytes at dssKeyAt (for LPM maps the prefix length is the byte at
+// dssPlenAt), and a hit writes the value's first word at offset 0.
+const (
+	dssPlenAt = 14
+	dssKeyAt  = 16
+)
+
+// dssLookupSpec builds an XDP program that looks a key taken from the
+// packet up in the map "tbl" (LPM: prefixlen byte, then keySize-4 data
+// bytes; otherwise keySize bytes), writes the value's word at valueOff
+// over the packet's first bytes and returns XDP_TX on a hit, XDP_DROP on a
+// miss. constPlen >= 0 stores that constant as the LPM prefix length
+// instead; writeValue also stores through the value pointer; deleteKey
+// makes the data plane delete the key after a hit.
+func dssLookupSpec(ms *ebpf.MapSpec, valueOff int16, constPlen int, writeValue, deleteKey bool) *ebpf.CollectionSpec {
+	ks := int(ms.KeySize)
+	keyOff := -int16((ks + 7) / 8 * 8)
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R7),
+		asm.Add.Imm(asm.R4, int32(dssKeyAt+ks)),
+		asm.JGT.Reg(asm.R4, asm.R3, "drop"),
+	}
+	data, dataOff := ks, keyOff
+	if ms.Type == ebpf.LPMTrie {
+		if constPlen >= 0 {
+			insns = append(insns, asm.StoreImm(asm.R10, keyOff, int64(constPlen), asm.Word))
+		} else {
+			insns = append(insns,
+				asm.LoadMem(asm.R5, asm.R7, dssPlenAt, asm.Byte),
+				asm.StoreMem(asm.R10, keyOff, asm.R5, asm.Word))
+		}
+		data, dataOff = ks-4, keyOff+4
+	}
+	// Copy the key bytes in the largest loads the key size allows.
+	for off := 0; off < data; {
+		sz := asm.Word
+		switch {
+		case data-off >= 8 && int(dataOff)%8 == 0 && off%8 == 0:
+			sz = asm.DWord
+		case data-off >= 4:
+		case data-off >= 2:
+			sz = asm.Half
+		default:
+			sz = asm.Byte
+		}
+		insns = append(insns,
+			asm.LoadMem(asm.R5, asm.R7, int16(dssKeyAt+off), sz),
+			asm.StoreMem(asm.R10, dataOff+int16(off), asm.R5, sz))
+		off += sz.Sizeof()
+	}
+	insns = append(insns,
+		asm.LoadMapPtr(asm.R1, 0).WithReference("tbl"),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, int32(keyOff)),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "drop"),
+		asm.LoadMem(asm.R5, asm.R0, valueOff, asm.Word),
+		asm.StoreMem(asm.R7, 0, asm.R5, asm.Word),
+	)
+	if writeValue {
+		insns = append(insns, asm.StoreImm(asm.R0, 0, 1, asm.Word))
+	}
+	if deleteKey {
+		insns = append(insns,
+			asm.LoadMapPtr(asm.R1, 0).WithReference("tbl"),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, int32(keyOff)),
+			asm.FnMapDeleteElem.Call())
+	}
+	insns = append(insns,
+		asm.Mov.Imm(asm.R0, 3), // XDP_TX
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"), // XDP_DROP
+		asm.Return(),
+	)
+	insns[0] = insns[0].WithSymbol(dssProg)
+	resolveJumps(insns)
+	m := ms.Copy()
+	m.Name = "tbl"
+	return &ebpf.CollectionSpec{
+		Maps:     map[string]*ebpf.MapSpec{"tbl": m},
+		Programs: map[string]*ebpf.ProgramSpec{dssProg: {Name: dssProg, Type: ebpf.XDP, License: "GPL", Instructions: insns}},
+	}
+}
+
+// resolveJumps turns the symbolic jumps of a hand-written function into
+// offsets, as the ELF reader leaves them for Lift.
+func resolveJumps(insns asm.Instructions) {
+	at := map[string]asm.RawInstructionOffset{}
+	for it := insns.Iterate(); it.Next(); {
+		if sym := it.Ins.Symbol(); sym != "" {
+			at[sym] = it.Offset
+		}
+	}
+	for it := insns.Iterate(); it.Next(); {
+		ins := it.Ins
+		if ins.OpCode.Class().IsJump() && ins.OpCode.JumpOp() != asm.Call && ins.Reference() != "" {
+			ins.Offset = int16(at[ins.Reference()] - it.Offset - 1)
+			*ins = ins.WithReference("")
+		}
+		if it.Index > 0 {
+			*ins = ins.WithSymbol("") // only functions have symbols
+		}
+	}
+}
+
+func lpmSpec(dataBytes int) *ebpf.MapSpec {
+	return &ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: uint32(4 + dataBytes), ValueSize: 8, MaxEntries: 4096, Flags: 1 /* BPF_F_NO_PREALLOC */}
+}
+
+func hashSpec(keySize, valueSize, maxEntries uint32) *ebpf.MapSpec {
+	return &ebpf.MapSpec{Type: ebpf.Hash, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}
+}
+
+// lpmState fills "tbl" with n distinct prefixes of the given lengths
+// (cycled), each with a value whose first word identifies it.
+func lpmState(dataBytes, n int, lengths []int, seed int64) *mapstate.State {
+	rnd := rand.New(rand.NewSource(seed))
+	s := mapstate.New()
+	seen := map[string]bool{}
+	for i := 0; i < n; {
+		plen := lengths[i%len(lengths)]
+		key := make([]byte, 4+dataBytes)
+		binary.LittleEndian.PutUint32(key, uint32(plen))
+		rnd.Read(key[4:])
+		mask := lpmMask(len(key), uint32(plen))
+		for j := 4; j < len(key); j++ {
+			key[j] &= mask[j]
+		}
+		if seen[string(key)] {
+			continue
+		}
+		seen[string(key)] = true
+		val := binary.LittleEndian.AppendUint32(nil, uint32(1000+i))
+		s.Put("tbl", key, binary.LittleEndian.AppendUint32(val, uint32(i)))
+		i++
+	}
+	return s
+}
+
+// intState fills "tbl" with the given integer keys and values of size vs
+// that name their key.
+func intState(keySize, vs int, keys []uint64) *mapstate.State {
+	s := mapstate.New()
+	for i, k := range keys {
+		key := make([]byte, keySize)
+		copy(key, binary.LittleEndian.AppendUint64(nil, k))
+		val := make([]byte, vs)
+		for j := 0; j+4 <= vs; j += 4 {
+			binary.LittleEndian.PutUint32(val[j:], uint32(k)*7+uint32(j)+uint32(i))
+		}
+		s.Put("tbl", key, val)
+	}
+	return s
+}
+
+func keyRange(lo, n, step uint64) []uint64 {
+	var out []uint64
+	for i := range n {
+		out = append(out, lo+i*step)
+	}
+	return out
+}
+
+// runDss lifts prog out of spec (with state's variables applied), runs the
+// named passes and lowers the result.
+func runDss(t *testing.T, spec *ebpf.CollectionSpec, prog string, state *mapstate.State, names ...string) (*Context, asm.Instructions) {
+	t.Helper()
+	coll := spec.Copy()
+	if err := state.ApplySpec(coll); err != nil {
+		t.Fatal(err)
+	}
+	p, err := program.Lift(coll.Programs[prog])
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Passes = names
+	c := &Context{Coll: coll, Prog: p, State: state, Guards: guard.NewTable(), Opts: opts}
+	if err := Run(c); err != nil {
+		t.Fatal(err)
+	}
+	insns, err := c.Prog.Lower()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, insns
+}
+
+// dssRemark returns the dss remark for map m, failing if there is not
+// exactly one kind.
+func dssRemark(t *testing.T, c *Context, m string) Remark {
+	t.Helper()
+	var found []Remark
+	for _, r := range c.Remarks {
+		if r.Pass == "dss" && r.Map == m {
+			found = append(found, r)
+		}
+	}
+	if len(found) == 0 {
+		t.Fatalf("no dss remark for map %s; remarks: %v", m, c.Remarks)
+	}
+	for _, r := range found[1:] {
+		if r.Applied != found[0].Applied || r.Message != found[0].Message {
+			t.Fatalf("dss remarks disagree for map %s: %v", m, found)
+		}
+	}
+	return found[0]
+}
+
+// differential checks the candidate against the original on packets: the
+// kernel must load it and every verdict, packet and map must agree.
+func differential(t *testing.T, c *Context, prog string, insns asm.Instructions, state *mapstate.State, packets [][]byte) {
+	t.Helper()
+	rep, err := verify.Differential(context.Background(), c.Coll, state, verify.Candidate{prog: insns}, packets, verify.DiffOptions{MapCheckInterval: -1})
+	if err != nil {
+		var ve *verify.VerifierError
+		if errors.As(err, &ve) {
+			t.Fatalf("verifier rejected the candidate: %v\n%s", ve, c.Prog)
+		}
+		t.Fatal(err)
+	}
+	if !rep.Passed() {
+		t.Fatalf("differential test failed: %s\n%s", rep, c.Prog)
+	}
+	t.Logf("differential: %d packets, %d runs, no mismatch", rep.Packets, rep.Runs)
+}
+
+// keyFrames builds 64-byte frames carrying key bytes at dssKeyAt and plen
+// at dssPlenAt.
+func keyFrame(plen byte, key []byte) []byte {
+	f := make([]byte, 64)
+	copy(f, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5})
+	f[dssPlenAt] = plen
+	copy(f[dssKeyAt:], key)
+	return f
+}
+
+// lpmFrames probes every entry (at its own length and longer, with host
+// bits varied), neighbours and random keys, with prefix lengths below, at
+// and above the entries' and beyond the trie's maximum.
+func lpmFrames(state *mapstate.State, dataBytes int, seed int64) [][]byte {
+	rnd := rand.New(rand.NewSource(seed))
+	var out [][]byte
+	plens := []byte{0, 1, 7, 8, 15, 16, 19, 20, 23, 24, 25, 31, 32, 33, 56, 60, 64, 65, 127, 128, 129, 255}
+	for _, e := range state.Maps["tbl"].Entries {
+		p := binary.LittleEndian.Uint32(e.Key)
+		key := append([]byte(nil), e.Key[4:]...)
+		out = append(out, keyFrame(byte(min(p, 255)), key))
+		host := append([]byte(nil), key...)
+		host[len(host)-1] ^= byte(rnd.Intn(256))
+		out = append(out, keyFrame(byte(8*dataBytes), host), keyFrame(plens[rnd.Intn(len(plens))], host))
+		near := append([]byte(nil), key...)
+		near[rnd.Intn(len(near))] ^= 1 << rnd.Intn(8)
+		out = append(out, keyFrame(byte(8*dataBytes), near))
+	}
+	for range 200 {
+		key := make([]byte, dataBytes)
+		rnd.Read(key)
+		out = append(out, keyFrame(plens[rnd.Intn(len(plens))], key))
+	}
+	return out
+}
+
+// intFrames probes every key, its neighbours and random keys.
+func intFrames(keySize int, keys []uint64, seed int64) [][]byte {
+	rnd := rand.New(rand.NewSource(seed))
+	var out [][]byte
+	put := func(k uint64) {
+		out = append(out, keyFrame(0, binary.LittleEndian.AppendUint64(nil, k)[:keySize]))
+	}
+	for _, k := range keys {
+		put(k)
+		put(k + 1)
+		put(k - 1)
+	}
+	for range 100 {
+		put(rnd.Uint64())
+		put(uint64(rnd.Intn(1 << 16)))
+	}
+	return out
+}
+
+func TestDssCostModel(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		n             int
+		plen          uint32
+		data, keyByte int
+		want          bool
+	}{
+		{"2592 /24 routes", 2592, 24, 4, 3, true},
+		{"65 /24 routes", 65, 24, 4, 3, true},
+		{"4 /24 routes", 4, 24, 4, 3, false},
+		{"1000 IPv6 /64", 1000, 64, 16, 8, true},
+		{"two /1 prefixes", 2, 1, 4, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := lpmCost(tc.n, tc.plen, tc.data)
+			nw := costGuard + hashCost(tc.keyByte) + 4*costInsn
+			if got := nw <= dssMargin*old; got != tc.want {
+				t.Errorf("trie %.1f vs hash %.1f: specialize %v, want %v", old, nw, got, tc.want)
+			}
+		})
+	}
+	if lpmCost(2592, 24, 4) <= lpmCost(100, 24, 4) || lpmCost(100, 24, 16) <= lpmCost(100, 24, 4) {
+		t.Error("trie cost must grow with entries and key width")
+	}
+	if arrayCost > dssMargin*hashCost(4) {
+		t.Errorf("array path %.1f not clearly cheaper than a u32 hash %.1f", arrayCost, hashCost(4))
+	}
+}
+
+func TestDssCopyChunks(t *testing.T) {
+	for _, tc := range []struct {
+		src, dst, n, srcLimit, dstLimit int
+		want                            []keyChunk
+	}{
+		{-4, -16, 3, 4, 8, []keyChunk{{0, asm.Word}}},
+		{-4, -16, 3, 3, 8, []keyChunk{{0, asm.Half}, {2, asm.Byte}}},
+		{-20, -16, 8, 16, 8, []keyChunk{{0, asm.Word}, {4, asm.Word}}},
+		{-16, -16, 16, 16, 16, []keyChunk{{0, asm.DWord}, {8, asm.DWord}}},
+		{-13, -8, 2, 3, 8, []keyChunk{{0, asm.Byte}, {1, asm.Byte}}},
+	} {
+		got := copyChunks(tc.src, tc.dst, tc.n, tc.srcLimit, tc.dstLimit)
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("copyChunks(%d, %d, %d, %d, %d) = %v, want %v", tc.src, tc.dst, tc.n, tc.srcLimit, tc.dstLimit, got, tc.want)
+		}
+	}
+}
+
+// TestDssDecisions checks what the pass does with each kind of table, from
+// the remarks alone (no kernel needed).
+func TestDssDecisions(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		ms         *ebpf.MapSpec
+		state      *mapstate.State
+		constPlen  int
+		writeValue bool
+		deleteKey  bool
+		applied    bool
+		message    string
+	}{
+		{"lpm one length", lpmSpec(4), lpmState(4, 300, []int{24}, 1), -1, false, false, true, "300 /24 prefixes as hash"},
+		{"lpm const plen", lpmSpec(4), lpmState(4, 300, []int{24}, 1), 32, false, false, true, "as hash"},
+		{"lpm const plen too short", lpmSpec(4), lpmState(4, 300, []int{24}, 1), 16, false, false, true, "constant miss"},
+		{"lpm const plen too long", lpmSpec(4), lpmState(4, 300, []int{24}, 1), 33, false, false, true, "constant miss"},
+		{"lpm mixed lengths", lpmSpec(4), lpmState(4, 300, []int{16, 24, 24, 32}, 1), -1, false, false, false, "3 prefix lengths (/16 x75, /24 x150, /32 x75)"},
+		{"lpm small", lpmSpec(4), lpmState(4, 40, []int{24}, 1), -1, false, false, false, "40 entries: left to mapinline"},
+		{"lpm value written", lpmSpec(4), lpmState(4, 300, []int{24}, 1), -1, true, false, false, "data plane writes this map"},
+		{"lpm written by data plane", lpmSpec(4), lpmState(4, 300, []int{24}, 1), -1, false, true, false, "data plane writes this map"},
+		{"hash dense u16", hashSpec(2, 12, 1024), intState(2, 12, keyRange(1000, 300, 2)), 0, false, false, true, "300 integer keys in 1000..1598 as array"},
+		{"hash dense u32", hashSpec(4, 16, 4096), intState(4, 16, keyRange(10, 200, 10)), 0, false, false, true, "as array"},
+		{"hash wide span", hashSpec(4, 16, 4096), intState(4, 16, keyRange(0, 100, 1000)), 0, false, false, false, "more than 4096 array slots"},
+		{"hash sparse", hashSpec(4, 16, 128), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, false, "would outgrow the hash"},
+		{"hash struct key", hashSpec(12, 8, 1024), intState(12, 8, keyRange(0, 100, 1)), 0, false, false, false, "12-byte key is not an integer"},
+		{"hash small", hashSpec(4, 16, 1024), intState(4, 16, keyRange(0, 64, 1)), 0, false, false, false, "64 entries: left to mapinline"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := dssLookupSpec(tc.ms, 0, tc.constPlen, tc.writeValue, tc.deleteKey)
+			c, _ := runDss(t, spec, dssProg, tc.state, "dss")
+			r := dssRemark(t, c, "tbl")
+			if r.Applied != tc.applied || !strings.Contains(r.Message, tc.message) {
+				t.Errorf("remark %q (applied %v), want %q (applied %v)", r.Message, r.Applied, tc.message, tc.applied)
+			}
+		})
+	}
+}
+
+// TestDssLPMToHashKernel runs LPM tables of one prefix length, with the
+// prefix length taken from the packet or constant, through the verifier
+// and the differential test.
+func TestDssLPMToHashKernel(t *testing.T) {
+	kerneltest.Require(t)
+	for _, tc := range []struct {
+		name      string
+		dataBytes int
+		plen      int
+		constPlen int
+		n         int
+	}{
+		{"ipv4 /24 packet plen", 4, 24, -1, 500},
+		{"ipv4 /20 packet plen", 4, 20, -1, 300},
+		{"ipv4 /24 const plen", 4, 24, 32, 300},
+		{"ipv4 /8 const plen", 4, 8, 32, 200},
+		{"ipv6 /64 packet plen", 16, 64, -1, 300},
+		{"ipv6 /60 packet plen", 16, 60, -1, 300},
+		{"ipv6 /124 const plen", 16, 124, 128, 300},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := lpmState(tc.dataBytes, tc.n, []int{tc.plen}, int64(tc.plen))
+			spec := dssLookupSpec(lpmSpec(tc.dataBytes), 0, tc.constPlen, false, false)
+			c, insns := runDss(t, spec, dssProg, state, "dss")
+			if r := dssRemark(t, c, "tbl"); !r.Applied {
+				t.Fatalf("dss not applied: %s", r.Message)
+			}
+			differential(t, c, dssProg, insns, state, lpmFrames(state, tc.dataBytes, 3))
+		})
+	}
+}
+
+// TestDssHashToArrayKernel runs integer-keyed hashes through the verifier
+// and the differential test.
+func TestDssHashToArrayKernel(t *testing.T) {
+	kerneltest.Require(t)
+	for _, tc := range []struct {
+		name     string
+		keySize  uint32
+		valSize  uint32
+		valueOff int16
+		keys     []uint64
+	}{
+		{"u16 keys from 1000, odd value size", 2, 13, 8, keyRange(1000, 300, 2)},
+		{"u32 keys from 0", 4, 16, 12, keyRange(0, 100, 1)},
+		{"u32 keys, power-of-two slot", 4, 24, 4, keyRange(7, 200, 3)},
+		{"u8 keys", 1, 4, 0, keyRange(1, 200, 1)},
+		{"u64 keys above 2^32", 8, 8, 4, keyRange(1<<33, 500, 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := intState(int(tc.keySize), int(tc.valSize), tc.keys)
+			spec := dssLookupSpec(hashSpec(tc.keySize, tc.valSize, 1024), tc.valueOff, 0, false, false)
+			c, insns := runDss(t, spec, dssProg, state, "dss")
+			if r := dssRemark(t, c, "tbl"); !r.Applied {
+				t.Fatalf("dss not applied: %s", r.Message)
+			}
+			differential(t, c, dssProg, insns, state, intFrames(int(tc.keySize), tc.keys, 5))
+		})
+	}
+}
+
+// routerAll24 is a router with n /24 routes (no default route, so every
+// entry has one length) on ifindex 1, the ingress of BPF_PROG_TEST_RUN.
+func routerAll24(n int, seed int64) *router.Config {
+	rnd := rand.New(rand.NewSource(seed))
+	cfg := &router.Config{Interfaces: []router.Interface{{Ifindex: 1, MAC: "02:00:00:00:01:01"}}}
+	for j := range 8 {
+		cfg.NextHops = append(cfg.NextHops, router.NextHop{Name: fmt.Sprintf("nh%d", j), Ifindex: 1, MAC: fmt.Sprintf("02:00:00:00:02:%02x", j+1)})
+	}
+	seen := map[netip.Prefix]bool{}
+	for len(cfg.Routes) < n {
+		a := [4]byte{byte(1 + rnd.Intn(223)), byte(rnd.Intn(256)), byte(rnd.Intn(256)), 0}
+		if a[0] == 127 {
+			continue
+		}
+		p := netip.PrefixFrom(netip.AddrFrom4(a), 24)
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		r := router.Route{Prefix: p.String(), Via: cfg.NextHops[rnd.Intn(8)].Name}
+		if rnd.Intn(50) == 0 {
+			r = router.Route{Prefix: p.String(), Action: router.ActionBlackhole}
+		}
+		cfg.Routes = append(cfg.Routes, r)
+	}
+	return cfg
+}
+
+// routerFrames sends a frame to a host in every route (and to its /24
+// neighbour), plus random destinations.
+func routerFrames(t *testing.T, cfg *router.Config, seed int64) [][]byte {
+	rnd := rand.New(rand.NewSource(seed))
+	flow := traffic.Flow{
+		SrcMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 9}, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 1, 1},
+		SrcIP: netip.MustParseAddr("198.18.0.1"), Proto: traffic.ProtoUDP, SrcPort: 1000, DstPort: 53,
+	}
+	var out [][]byte
+	add := func(a [4]byte) {
+		f := flow
+		f.DstIP = netip.AddrFrom4(a)
+		b, err := traffic.Build(f, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	for _, r := range cfg.Routes {
+		a := netip.MustParsePrefix(r.Prefix).Addr().As4()
+		a[3] = byte(1 + rnd.Intn(254))
+		add(a)
+		a[2] ^= 1
+		add(a)
+	}
+	for range 200 {
+		add([4]byte{byte(1 + rnd.Intn(222)), byte(rnd.Intn(256)), byte(rnd.Intn(256)), byte(rnd.Intn(256))})
+	}
+	return out
+}
+
+// TestDssRouter specializes the sample router's routes trie with only /24
+// routes, checks the candidate with the verifier and the differential
+// test, and then that the guard protects it: after a bump and a route
+// change in the live map, the candidate follows the change.
+func TestDssRouter(t *testing.T) {
+	kerneltest.Require(t)
+	for _, n := range []int{500, 2592} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			cfg := routerAll24(n, int64(n))
+			state, err := cfg.State()
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec, err := router.Spec()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, insns := runDss(t, spec, router.Program, state)
+			r := dssRemark(t, c, router.MapRoutes)
+			if !r.Applied {
+				t.Fatalf("dss not applied to routes: %s", r.Message)
+			}
+			t.Log(r)
+			frames := routerFrames(t, cfg, 9)
+			differential(t, c, router.Program, insns, state, frames)
+			if n == 500 {
+				checkGuard(t, c, insns, state, cfg)
+			}
+		})
+	}
+}
+
+// checkGuard loads the candidate and changes a route the way the control
+// plane does: guard bump first, then the map update.
+func checkGuard(t *testing.T, c *Context, insns asm.Instructions, state *mapstate.State, cfg *router.Config) {
+	t.Helper()
+	cs, err := verify.WithCandidate(c.Coll, verify.Candidate{router.Program: insns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := state.Load(cs, ebpf.CollectionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	var route string
+	for _, r := range cfg.Routes {
+		if r.Action == "" {
+			route = r.Prefix
+			break
+		}
+	}
+	a := netip.MustParsePrefix(route).Addr().As4()
+	a[3] = 77
+	frame, err := traffic.Build(traffic.Flow{
+		SrcMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 9}, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 1, 1},
+		SrcIP: netip.MustParseAddr("198.18.0.1"), DstIP: netip.AddrFrom4(a), Proto: traffic.ProtoUDP, SrcPort: 1, DstPort: 2,
+	}, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verdict := func() uint32 {
+		ret, err := coll.Programs[router.Program].Run(&ebpf.RunOptions{Data: frame})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ret
+	}
+	const xdpDrop, xdpTx = 1, 3
+	if v := verdict(); v != xdpTx {
+		t.Fatalf("packet to %s: verdict %d, want XDP_TX", route, v)
+	}
+	slot, err := c.Guards.Slot(router.MapRoutes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guards := make([]byte, guard.Spec().ValueSize)
+	binary.LittleEndian.PutUint64(guards[8*slot:], c.Guards.Version(router.MapRoutes)+1)
+	if err := coll.Maps[guard.MapName].Put(uint32(0), guards); err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 8)
+	binary.LittleEndian.PutUint32(key, 24)
+	copy(key[4:], a[:3])
+	if err := coll.Maps[router.MapRoutes].Delete(key); err != nil {
+		t.Fatal(err)
+	}
+	if v := verdict(); v != xdpDrop {
+		t.Fatalf("after bump and delete of %s: verdict %d, want XDP_DROP (the original lookup)", route, v)
+	}
+}
+
+// TestDssRouterMixedLengths: the generated router config mixes prefix
+// lengths, so the trie stays.
+func TestDssRouterMixedLengths(t *testing.T) {
+	cfg, err := traffic.RouterConfig(500, []uint32{1}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := runDss(t, spec, router.Program, state)
+	r := dssRemark(t, c, router.MapRoutes)
+	if r.Applied || !strings.Contains(r.Message, "prefix lengths") {
+		t.Fatalf("want the trie left alone for its mixed prefix lengths, got %s", r)
+	}
+}
+
+// TestDssL2Switch turns the switch's VLAN hash (u32 VLAN id keys) into an
+// array and runs tagged frames of present and absent VLANs through it.
+func TestDssL2Switch(t *testing.T) {
+	kerneltest.Require(t)
+	cfg := &l2switch.Config{AgingTime: "300s", Ports: []l2switch.Port{
+		{Ifindex: 1, Name: "lo", PVID: 10}, {Ifindex: 2, Name: "p2", PVID: 10},
+	}}
+	for v := uint16(10); v < 10+300; v++ {
+		if v%7 == 0 {
+			continue // holes
+		}
+		cfg.VLANs = append(cfg.VLANs, l2switch.VLAN{ID: v, Tagged: []uint32{1, 2}})
+	}
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := l2switch.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, insns := runDss(t, spec, l2switch.Program, state)
+	r := dssRemark(t, c, l2switch.MapVLANs)
+	if !r.Applied {
+		t.Fatalf("dss not applied to vlans: %s", r.Message)
+	}
+	t.Log(r)
+	var frames [][]byte
+	for v := uint16(0); v < 330; v++ {
+		b, err := traffic.Build(traffic.Flow{
+			SrcMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, byte(v)}, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 1, 1}, VLAN: v,
+			SrcIP: netip.MustParseAddr("10.0.0.1"), DstIP: netip.MustParseAddr("10.0.0.2"), Proto: traffic.ProtoUDP, SrcPort: 1, DstPort: 2,
+		}, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, b)
+	}
+	differential(t, c, l2switch.Program, insns, state, frames)
+}
