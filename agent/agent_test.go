@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/nf/router"
 	"github.com/morpheus-go/morpheus/traffic"
 )
@@ -508,4 +510,78 @@ func bpffsDir(tb testing.TB) string {
 		os.Remove(filepath.Dir(dir)) // only if empty
 	})
 	return dir
+}
+
+// TestLoadErrors checks that bad inputs fail with errors that say what is
+// wrong, before anything is loaded or attached.
+func TestLoadErrors(t *testing.T) {
+	kerneltest.Require(t)
+	routerSpec := func(t *testing.T) *ebpf.CollectionSpec {
+		spec, err := router.Spec()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return spec
+	}
+	socketOnly := func(*testing.T) *ebpf.CollectionSpec {
+		return &ebpf.CollectionSpec{
+			Maps: map[string]*ebpf.MapSpec{},
+			Programs: map[string]*ebpf.ProgramSpec{"sock": {
+				Name: "sock", Type: ebpf.SocketFilter, License: "GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+			}},
+		}
+	}
+	badState := func() *mapstate.State {
+		st := mapstate.New()
+		st.Put(router.MapRoutes, []byte{1, 2, 3}, []byte{4})
+		return st
+	}
+	unknownMap := func() *mapstate.State {
+		st := mapstate.New()
+		st.Put("no_such_map", []byte{1, 2, 3, 4}, []byte{4})
+		return st
+	}
+	xdpOn := func(iface string) []Attachment { return []Attachment{{Kind: XDP, Interface: iface}} }
+	for _, tc := range []struct {
+		name  string
+		spec  func(*testing.T) *ebpf.CollectionSpec
+		state *mapstate.State
+		atts  []Attachment
+		want  string
+	}{
+		{"unknown interface", routerSpec, nil, xdpOn("mph-no-such0"), `interface "mph-no-such0" not found`},
+		{"no XDP or TC programs", socketOnly, nil, xdpOn("lo"), "no XDP or TC programs"},
+		{"no attachments", routerSpec, nil, nil, "no attachments given"},
+		{"unknown program", routerSpec, nil, []Attachment{{Program: "nope", Kind: XDP, Interface: "lo"}}, `no program "nope"`},
+		{"no TC program for TC", routerSpec, nil, []Attachment{{Kind: TCIngress, Interface: "lo"}}, "name the program"},
+		{"XDP program on TC", routerSpec, nil, []Attachment{{Program: router.Program, Kind: TCIngress, Interface: "lo"}}, "not a TC classifier"},
+		{"no interface", routerSpec, nil, []Attachment{{Kind: XDP}}, "no interface given"},
+		{"no prog array", routerSpec, nil, []Attachment{{Program: router.Program, Kind: TailCall, ProgArray: "jmp"}}, `no program array "jmp"`},
+		{"twice", routerSpec, nil, append(xdpOn("lo"), xdpOn("lo")...), "given twice"},
+		{"malformed state: key size", routerSpec, badState(), xdpOn("lo"), `map "routes" entry 0: key has 3 bytes`},
+		{"malformed state: unknown map", routerSpec, unknownMap(), xdpOn("lo"), `map "no_such_map" does not exist`},
+		{"bad netns", routerSpec, nil, []Attachment{{Kind: XDP, Interface: "lo", Netns: "/nonexistent/netns"}}, "network namespace /nonexistent/netns"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nf, err := Load(context.Background(), tc.spec(t), tc.state, tc.atts, Options{Logger: testLogger(t)})
+			if err == nil {
+				nf.Close()
+				t.Fatalf("Load succeeded, want an error containing %q", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := Load(context.Background(), nil, nil, nil, Options{}); err == nil {
+		t.Error("nil spec accepted")
+	}
+	if _, err := LoadFile(context.Background(), "/nonexistent.o", nil, xdpOn("lo"), Options{}); err == nil || !strings.Contains(err.Error(), "nonexistent.o") {
+		t.Errorf("missing object: %v", err)
+	}
+	st, err := mapstate.Parse(strings.NewReader(`{"maps": {"routes": {"entires": []}}}`))
+	if err == nil {
+		t.Errorf("malformed state JSON parsed: %+v", st)
+	}
 }
