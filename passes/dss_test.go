@@ -256,7 +256,25 @@ func differential(t *testing.T, c *Context, prog string, insns asm.Instructions,
 	if !rep.Passed() {
 		t.Fatalf("differential test failed: %s\n%s", rep, c.Prog)
 	}
-	t.Logf("differential: %d packets, %d runs, no mismatch", rep.Packets, rep.Runs)
+	// The packets must take more than one path through the original, or
+	// agreement proves little (hits and misses alike).
+	orig, err := state.Load(c.Coll.Copy(), ebpf.CollectionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	verdicts := map[uint32]int{}
+	for _, f := range packets {
+		v, err := orig.Programs[prog].Run(&ebpf.RunOptions{Data: f})
+		if err != nil {
+			t.Fatal(err)
+		}
+		verdicts[v]++
+	}
+	if len(verdicts) < 2 {
+		t.Fatalf("every packet got the same verdict %v: the test does not exercise hits and misses", verdicts)
+	}
+	t.Logf("differential: %d packets, %d runs, no mismatch; original verdicts %v", rep.Packets, rep.Runs, verdicts)
 }
 
 // keyFrames builds 64-byte frames carrying key bytes at dssKeyAt and plen
