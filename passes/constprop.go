@@ -66,14 +66,21 @@ func constProp(c *Context) error {
 		}
 	}
 	if len(cp.touched) > 0 {
+		// The verifier rejects unreachable code: do not leave it to dce,
+		// which may not be selected. Functions go only once the fallback
+		// (which may still call them) is in place.
 		for _, f := range c.Prog.Funcs {
 			removeUnreachable(f)
 		}
-		removeUncalled(c.Prog)
 	}
 	if len(cp.guarded) > 0 {
 		if err := cp.addFallback(before); err != nil {
 			return err
+		}
+	}
+	if len(cp.touched) > 0 {
+		for _, name := range removeUncalled(c.Prog) {
+			c.changed(name, -1, "", "function removed: folding left no call or reference to it")
 		}
 	}
 	for _, f := range c.Prog.Funcs {
