@@ -91,7 +91,8 @@ type Program struct {
 	Attach []string `json:"attach,omitempty"`
 	// Enabled is false when optimization was switched off for it.
 	Enabled bool `json:"enabled"`
-	// Version counts the optimized programs swapped in; 0 is the original.
+	// Version counts the optimized programs swapped in since start; the
+	// original is version 0.
 	Version int `json:"version"`
 	// Optimized is true while an optimized candidate is running.
 	Optimized bool `json:"optimized"`
@@ -103,14 +104,16 @@ type Program struct {
 	// Passes and Remarks describe the running optimization.
 	Passes  []passes.PassResult `json:"passes,omitempty"`
 	Remarks []passes.Remark     `json:"remarks,omitempty"`
-	// Guards are the guard versions the running code was specialized to.
+	// Guards are the maps the running code depends on.
 	Guards []Guard `json:"guards,omitempty"`
 	// Maps names the maps the program uses.
 	Maps []string `json:"maps,omitempty"`
-	// LastCycle is when the program was last optimized; LastError says why
-	// the last candidate was not swapped in, if it was not.
-	LastCycle time.Time `json:"last_cycle,omitzero"`
-	LastError string    `json:"last_error,omitempty"`
+	// SwappedAt is when the running program was swapped in.
+	SwappedAt time.Time `json:"swapped_at,omitzero"`
+	// LastOutcome and LastReason are the result of the last cycle for
+	// the program ("swapped", "unchanged", "verifier-rejected", ...).
+	LastOutcome string `json:"last_outcome,omitempty"`
+	LastReason  string `json:"last_reason,omitempty"`
 	// Run holds the kernel's bpf_stats for the program (zero when
 	// kernel.bpf_stats_enabled is off).
 	Run RunStats `json:"run"`
@@ -130,15 +133,15 @@ func qualify(nf, name string) string {
 	return nf + ":" + name
 }
 
-// Guard is the state of one map's guard.
+// Guard is the state of a map the running optimized code depends on.
 type Guard struct {
-	Map  string `json:"map"`
-	Slot uint32 `json:"slot"`
-	// Version is the version the running code checks against.
-	Version uint64 `json:"version"`
-	// Live is the version currently in the guard map; it differs from
-	// Version after a control-plane change until the next swap.
-	Live uint64 `json:"live"`
+	Map string `json:"map"`
+	// Elided is true when the code depends on the map without a runtime
+	// guard; a change through the API then restores the original first.
+	Elided bool `json:"elided,omitempty"`
+	// Tripped is true when the guard was bumped since the code was
+	// specialized: its fast path for the map is off until the next swap.
+	Tripped bool `json:"tripped,omitempty"`
 }
 
 // RunStats are cumulative kernel run statistics of a program.
@@ -159,11 +162,12 @@ type Map struct {
 	MaxEntries uint32 `json:"max_entries"`
 	// PerCPU maps hold one value per possible CPU.
 	PerCPU bool `json:"per_cpu,omitempty"`
-	// Guarded is true when some running code depends on the map's
-	// contents, so a change bumps a guard and triggers re-optimization.
+	// Guarded is true when optimized code may depend on the map's
+	// contents, so a change bumps its guard and triggers re-optimization.
 	Guarded bool `json:"guarded"`
-	// ReadOnly maps are only written by the control plane.
-	ReadOnly bool `json:"read_only"`
+	// TrustedBy lists the running optimized programs whose fast path
+	// depends on the map now.
+	TrustedBy []string `json:"trusted_by,omitempty"`
 }
 
 // CycleResult is the outcome of a forced optimization cycle.

@@ -225,7 +225,7 @@ func TestClient(t *testing.T) {
 		t.Fatalf("lookup after update: %v %x", err, e.Value)
 	}
 	progs, err := c.Programs(ctx)
-	if err != nil || len(progs) != 2 || progs[1].Guards[0].Live != 2 {
+	if err != nil || len(progs) != 2 || !progs[1].Guards[0].Tripped {
 		t.Fatalf("programs after guarded update: %v %+v", err, progs)
 	}
 	if _, err := c.Delete(ctx, "router:routes", key); err != nil {

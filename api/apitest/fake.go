@@ -55,15 +55,15 @@ func New() *Fake {
 			InstructionsOriginal: 220, InstructionsRunning: 180,
 			Passes:  []passes.PassResult{{Name: "hotcache", Changes: 1, Duration: 3 * time.Millisecond}},
 			Remarks: []passes.Remark{{Pass: "hotcache", Func: "xdp_router", Block: 4, Map: "routes", Applied: true, Message: "cached 2 hot keys"}},
-			Guards:  []api.Guard{{Map: "routes", Slot: 0, Version: 1, Live: 1}},
+			Guards:  []api.Guard{{Map: "routes"}},
 			Maps:    []string{"routes", "counters"},
 		},
 	}
 	f.maps = []api.Map{
-		{Name: "routes", NF: "fw", Type: "Hash", KeySize: 4, ValueSize: 4, MaxEntries: 16, ReadOnly: true},
-		{Name: "rules", NF: "fw", Type: "Array", KeySize: 4, ValueSize: 8, MaxEntries: 4, ReadOnly: true},
+		{Name: "routes", NF: "fw", Type: "Hash", KeySize: 4, ValueSize: 4, MaxEntries: 16},
+		{Name: "rules", NF: "fw", Type: "Array", KeySize: 4, ValueSize: 8, MaxEntries: 4},
 		{Name: "counters", NF: "router", Type: "PerCPUArray", KeySize: 4, ValueSize: 8, MaxEntries: 4, PerCPU: true},
-		{Name: "routes", NF: "router", Type: "LPMTrie", KeySize: 8, ValueSize: 8, MaxEntries: 1024, Guarded: true, ReadOnly: true},
+		{Name: "routes", NF: "router", Type: "LPMTrie", KeySize: 8, ValueSize: 8, MaxEntries: 1024, Guarded: true, TrustedBy: []string{"xdp_router"}},
 	}
 	f.entries["router:routes"] = map[string][]byte{
 		"18000000c0a80100": {1, 0, 0, 0, 0, 0, 0, 0},
@@ -165,8 +165,8 @@ func (f *Fake) Cycle(ctx context.Context, nf, name string) (*api.CycleResult, er
 		} else {
 			p.Version++
 			p.Optimized = true
-			p.LastCycle = f.now()
-			r.Outcome = "swapped"
+			p.SwappedAt = f.now()
+			p.LastOutcome, r.Outcome = "swapped", "swapped"
 			f.stats.Swaps++
 			f.addEvent(api.Event{Kind: "swap", NF: p.NF, Program: p.Name, Message: fmt.Sprintf("version %d", p.Version)})
 		}
@@ -292,7 +292,7 @@ func (f *Fake) bump(m api.Map) {
 		for j := range f.programs[i].Guards {
 			g := &f.programs[i].Guards[j]
 			if f.programs[i].NF == m.NF && g.Map == m.Name {
-				g.Live++
+				g.Tripped = true
 			}
 		}
 	}

@@ -143,8 +143,12 @@
       card.append(el("div", { class: "meta" }, "passes: " +
         p.passes.map((x) => `${x.name} (${x.changes})`).join(", ")));
     }
-    if (p.last_error) {
-      card.append(el("div", { class: "meta" }, "last candidate: " + p.last_error));
+    if (p.guards && p.guards.length) {
+      card.append(el("div", { class: "meta" }, "guards: " + p.guards.map((g) =>
+        g.map + (g.elided ? " (elided)" : "") + (g.tripped ? " (tripped)" : "")).join(", ")));
+    }
+    if (p.last_outcome) {
+      card.append(el("div", { class: "meta" }, "last cycle: " + p.last_outcome + (p.last_reason ? " — " + p.last_reason : "")));
     }
     const last = samples.filter((s) => s.packets > 0).pop();
     card.append(el("h3", {}, "ns/packet" + (last ? ` (now ${last.ns_per_packet.toFixed(1)}, ${last.pps.toFixed(0)} pps)` : "")));

@@ -40,5 +40,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newInspectCmd())
+	root.AddCommand(newRunCmd())
+	root.AddCommand(newClientCmds()...)
 	return root
 }
