@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/nf/l2switch"
@@ -693,3 +694,29 @@ func TestDssL2Switch(t *testing.T) {
 	}
 	differential(t, c, l2switch.Program, insns, state, frames)
 }
+
+// goldenDssLPM: the golden LPM program over ten /24 routes (MaxInline is
+// lowered so that the table counts as large).
+func goldenDssLPM() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	spec, _, _ := goldenLPM()
+	st := mapstate.New()
+	for i := range 10 {
+		st.Put("routes", append(goldenU32(24), 10, byte(i), 1, 0), goldenU32(uint32(1+i%3)))
+	}
+	return spec, st, nil
+}
+
+var goldenDssLPMKeys = []uint32{goldenIP(10, 0, 1, 7), goldenIP(10, 4, 1, 200), goldenIP(10, 9, 1, 1), goldenIP(10, 9, 2, 1)}
+
+// goldenDssArray: the golden hash program over small integer keys with a
+// hole (102).
+func goldenDssArray() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	spec, _, _ := goldenHash()
+	st := mapstate.New()
+	for i, k := range []uint32{100, 101, 103, 104} {
+		st.Put("acl", goldenU32(k), goldenU32(uint32(1+i%3)))
+	}
+	return spec, st, nil
+}
+
+var goldenDssArrayKeys = []uint32{99, 100, 101, 102, 103, 104, 105}
