@@ -241,22 +241,10 @@ func liveFingerprint(m *ebpf.Map) (uint64, error) {
 // slots its code reads, unguarded where a pass rewrote a lookup in a hash
 // or LPM map without a guard check (guard elision).
 func (n *NF) deps(rep *optimize.ProgramReport) (guarded, unguarded []string) {
-	bySlot := map[uint32]string{}
-	for _, g := range n.table.Guarded() {
-		s, _ := n.table.Slot(g)
-		bySlot[s] = g
-	}
+	guarded = optimize.GuardedMaps(rep.Candidate.Spec.Programs[rep.Program].Instructions, n.table)
 	seen := map[string]bool{}
-	for _, ins := range rep.Candidate.Spec.Programs[rep.Program].Instructions {
-		if !ins.IsLoadFromMap() || ins.Reference() != guard.MapName {
-			continue
-		}
-		// LoadMapValue keeps the value offset in the upper 32 bits.
-		slot := uint32(uint64(ins.Constant)>>32) / 8
-		if name, ok := bySlot[slot]; ok && !seen[name] {
-			seen[name] = true
-			guarded = append(guarded, name)
-		}
+	for _, g := range guarded {
+		seen[g] = true
 	}
 	for _, r := range rep.Remarks {
 		if !r.Applied || r.Map == "" || seen[r.Map] {
@@ -271,7 +259,6 @@ func (n *NF) deps(rep *optimize.ProgramReport) (guarded, unguarded []string) {
 		seen[r.Map] = true
 		unguarded = append(unguarded, r.Map)
 	}
-	sort.Strings(guarded)
 	sort.Strings(unguarded)
 	return guarded, unguarded
 }
@@ -321,7 +308,8 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 			Generated: n.opts.Generated,
 			Seed:      n.opts.Seed,
 		},
-		Guards: n.table,
+		Guards:     n.table,
+		GuardCheck: !n.opts.SkipGuardCheck,
 	})
 	if err != nil {
 		return fail(OutcomeError, "optimizer: %v", err)

@@ -50,6 +50,12 @@ type Options struct {
 	// per cycle. Larger maps are not snapshotted, and a candidate that
 	// depends on one of them is dropped. Default DefaultMaxSnapshotEntries.
 	MaxSnapshotEntries int
+	// SkipGuardCheck turns off the guard check of every candidate (see
+	// optimize.LiveOptions.GuardCheck): one more differential test per
+	// guarded map, with that map emptied and the guards tripped, which
+	// proves the guards divert to the original code. It roughly doubles
+	// the time of a cycle; skip it only where that matters more.
+	SkipGuardCheck bool
 	// Profiler supplies heatmaps to the cycle; nil optimizes without.
 	Profiler Profiler
 	// Disabled lists programs the optimizer leaves alone until

@@ -32,7 +32,17 @@ type LiveOptions struct {
 	// table holds, which is the version of the live guard map. Nil uses a
 	// fresh table (versions 0), as [Run] does.
 	Guards *guard.Table
+	// GuardCheck runs, after the differential test, one more per guarded
+	// map (up to MaxGuardChecks): that map's entries deleted and every
+	// guard tripped. The candidate must then behave exactly like the
+	// original, which proves that its guards really divert to the
+	// original path when the control plane changes a map; a candidate
+	// whose guard does not is rejected.
+	GuardCheck bool
 }
+
+// MaxGuardChecks bounds the guarded maps LiveOptions.GuardCheck tests.
+const MaxGuardChecks = 4
 
 // RunLive optimizes one program (opts.Program, required) like [Run], but
 // against a persistent guard table, so that the candidate can run against
@@ -65,11 +75,12 @@ func RunLive(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.Sta
 	packets := slices.Clone(opts.Packets)
 	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
 	packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
-	return optimizeLive(ctx, spec, opts.Program, state, heat, packets, tbl, opts.Options)
+	return optimizeLive(ctx, spec, opts.Program, state, heat, packets, tbl, opts)
 }
 
 // optimizeLive is optimizeOne with a caller-supplied guard table.
-func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, packets [][]byte, tbl *guard.Table, opts Options) (*ProgramReport, error) {
+func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, packets [][]byte, tbl *guard.Table, lopts LiveOptions) (*ProgramReport, error) {
+	opts := lopts.Options
 	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
 	start := time.Now()
 
@@ -138,11 +149,102 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		pr.Reason = "differential test found mismatches"
 		return pr, nil
 	}
+	if lopts.GuardCheck {
+		ok, err := guardCheck(ctx, coll, state, cand, packets, tbl, opts)
+		if err != nil {
+			return nil, fmt.Errorf("program %s: guard check: %w", name, err)
+		}
+		if ok != nil {
+			pr.Differential = ok.report
+			pr.Reason = fmt.Sprintf("guard check failed: with map %s changed and its guard tripped the candidate differs from the original", ok.mapName)
+			return pr, nil
+		}
+	}
 	pr.Accepted = true
 	final := coll.Copy()
 	final.Programs[name].Instructions = insns
 	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: tbl}
 	return pr, nil
+}
+
+type guardFailure struct {
+	mapName string
+	report  *verify.Report
+}
+
+// guardCheck runs the differential test once per guarded map the
+// candidate reads, with that map emptied and every guard tripped; it
+// returns the first failure, or nil.
+func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.State, cand verify.Candidate, packets [][]byte, tbl *guard.Table, opts Options) (*guardFailure, error) {
+	gs, ok := coll.Maps[guard.MapName]
+	if !ok {
+		return nil, nil
+	}
+	used := GuardedMaps(cand[firstName(cand)], tbl)
+	if len(used) > MaxGuardChecks {
+		used = used[:MaxGuardChecks]
+	}
+	tripped := GuardValue(tbl)
+	for i := 0; i < len(tripped); i += 8 {
+		binary.LittleEndian.PutUint64(tripped[i:], binary.LittleEndian.Uint64(tripped[i:])+1)
+	}
+	for _, m := range used {
+		if _, inState := state.Maps[m]; !inState {
+			continue
+		}
+		changed := &mapstate.State{Variables: state.Variables, Maps: map[string]*mapstate.Map{}}
+		for k, v := range state.Maps {
+			if k != m {
+				changed.Maps[k] = v
+			}
+		}
+		spec := coll.Copy()
+		spec.Maps[guard.MapName] = gs.Copy()
+		spec.Maps[guard.MapName].Contents = []ebpf.MapKV{{Key: uint32(0), Value: tripped}}
+		dr, err := verify.Differential(ctx, spec, changed, cand, packets, verify.DiffOptions{Context: opts.Context})
+		if err != nil && dr == nil {
+			return nil, err
+		}
+		if !dr.Passed() {
+			return &guardFailure{mapName: m, report: dr}, nil
+		}
+	}
+	return nil, nil
+}
+
+func firstName(c verify.Candidate) string {
+	names := c.Names()
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
+}
+
+// GuardedMaps returns the maps whose guard slots the instructions read,
+// sorted: the maps whose contents the code is specialized to behind a
+// guard.
+func GuardedMaps(insns asm.Instructions, t *guard.Table) []string {
+	bySlot := map[uint32]string{}
+	for _, g := range t.Guarded() {
+		if s, err := t.Slot(g); err == nil {
+			bySlot[s] = g
+		}
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, ins := range insns {
+		if !ins.IsLoadFromMap() || ins.Reference() != guard.MapName {
+			continue
+		}
+		// LoadMapValue keeps the value offset in the upper 32 bits.
+		slot := uint32(uint64(ins.Constant)>>32) / 8
+		if name, ok := bySlot[slot]; ok && !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // GuardValue returns the value of the guard map's single element that

@@ -1,0 +1,110 @@
+package optimize
+
+import (
+	"context"
+	"math"
+	"math/rand"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/nf/router"
+	"github.com/morpheus-go/morpheus/passes"
+	"github.com/morpheus-go/morpheus/verify"
+)
+
+// TestGuardCheckCatchesBrokenGuard optimizes the router with a guard
+// table whose routes version is not zero, checks the candidate's guard
+// compares with it, then disables the guard's branch and checks that the
+// guard check rejects the result while it accepts the intact candidate.
+func TestGuardCheckCatchesBrokenGuard(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := router.ExampleConfig()
+	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A table that has seen three changes of the routes map.
+	tbl := guard.NewTable()
+	scratch, err := newGuardScratch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scratch.Close()
+	for range 3 {
+		if _, err := tbl.Slot(router.MapRoutes); err != nil {
+			t.Fatal(err)
+		}
+		if err := tbl.Bump(scratch, router.MapRoutes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := LiveOptions{Options: Options{Program: router.Program, Passes: passes.DefaultOptions(), Generated: 300, Seed: 3}, Guards: tbl, GuardCheck: true}
+	pr, err := RunLive(ctx, spec, state, nil, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pr.Accepted {
+		t.Fatalf("candidate rejected: %s", pr.Reason)
+	}
+	c := pr.Candidate
+	insns := c.Spec.Programs[c.Program].Instructions
+	if got := GuardedMaps(insns, tbl); len(got) != 1 || got[0] != router.MapRoutes {
+		t.Fatalf("guarded maps %v, want [routes]", got)
+	}
+	// Break the guard: the compare after the guard load never jumps.
+	broken := append(asm.Instructions(nil), insns...)
+	patched := 0
+	for i := 0; i+2 < len(broken); i++ {
+		if broken[i].IsLoadFromMap() && broken[i].Reference() == guard.MapName && broken[i+2].OpCode.JumpOp() == asm.JNE {
+			if broken[i+2].Constant != 3 {
+				t.Fatalf("guard compares with %d, want version 3", broken[i+2].Constant)
+			}
+			// Still a branch to the fallback for the verifier, but
+			// never taken: versions stay far below MaxInt32.
+			broken[i+2].OpCode = broken[i+2].OpCode.SetJumpOp(asm.JGT)
+			broken[i+2].Constant = math.MaxInt32
+			patched++
+		}
+	}
+	if patched == 0 {
+		t.Fatal("no guard check found in the candidate")
+	}
+	rnd := rand.New(rand.NewSource(3))
+	packets := Generate(spec, state, nil, 300, rnd)
+	packets = append(packets, verify.EdgeCases(packets, 50, rnd)...)
+	coll := c.Spec.Copy()
+	coll.Programs[c.Program].Instructions = spec.Programs[c.Program].Instructions
+	for _, tc := range []struct {
+		name  string
+		insns asm.Instructions
+		fail  bool
+	}{
+		{"intact", insns, false},
+		{"broken", broken, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := guardCheck(ctx, coll, state, verify.Candidate{c.Program: tc.insns}, packets, tbl, opts.Options)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (f != nil) != tc.fail {
+				t.Fatalf("guard check failure %+v, want failure %v", f, tc.fail)
+			}
+			if f != nil && f.mapName != router.MapRoutes {
+				t.Errorf("failure blames %s", f.mapName)
+			}
+		})
+	}
+}
+
+func newGuardScratch() (*ebpf.Map, error) { return ebpf.NewMap(guard.Spec()) }
