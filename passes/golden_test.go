@@ -146,10 +146,7 @@ var goldenCases = []goldenCase{
 	{name: "constprop_features", passes: []string{"constprop"}, build: goldenFeatures},
 	{name: "constprop_dce_features", passes: []string{"constprop", "dce"}, build: goldenFeatures},
 	{name: "dce_dead_defs", passes: []string{"dce"}, build: goldenDeadDefs},
-	{name: "dss_lpm", passes: []string{"dss"}, build: goldenDssLPM, keys: goldenDssLPMKeys,
-		opts: func(o *Options) { o.MaxInline = 2 }},
-	{name: "dss_array", passes: []string{"dss"}, build: goldenDssArray, keys: goldenDssArrayKeys,
-		opts: func(o *Options) { o.MaxInline = 2 }},
+	{name: "dce_stack_stores", passes: []string{"dce"}, build: goldenStackStores},
 }
 
 var goldenHashKeys = []uint32{goldenIP(192, 0, 2, 1), goldenIP(192, 0, 2, 2), goldenIP(198, 51, 100, 7)}
@@ -399,4 +396,29 @@ func goldenKernel(t *testing.T, c *Context, gc goldenCase) {
 	if !rep.Passed() {
 		t.Fatalf("differential test failed:\n%s", rep)
 	}
+}
+
+// goldenStackStores: a store overwritten before any read and a spill never
+// reloaded are dead; a key the lookup reads, a reloaded spill and a store
+// into map memory are not.
+func goldenStackStores() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	g := newGoldenAsm()
+	goldenPrologue(g)
+	g.add(
+		asm.StoreImm(asm.R10, -8, 1, asm.Word),        // overwritten below: dead
+		asm.StoreImm(asm.R10, -8, 0, asm.Word),        // the key: read by the lookup
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord), // reloaded: live
+		asm.StoreMem(asm.R10, -24, asm.R6, asm.DWord), // never reloaded: dead
+	)
+	goldenLookup(g, "table", -8)
+	g.jump(asm.JEq.Imm(asm.R0, 0, ""), "drop")
+	g.add(
+		asm.LoadMem(asm.R1, asm.R10, -16, asm.DWord),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord), // map memory: kept
+		asm.Mov.Imm(asm.R0, 2),
+		asm.Return(),
+	)
+	goldenDrop(g)
+	table := &ebpf.MapSpec{Name: "table", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 2}
+	return goldenCollection(g.done(), table), mapstate.New(), nil
 }
