@@ -146,6 +146,11 @@ func hashSpec(keySize, valueSize, maxEntries uint32) *ebpf.MapSpec {
 	return &ebpf.MapSpec{Type: ebpf.Hash, KeySize: keySize, ValueSize: valueSize, MaxEntries: maxEntries}
 }
 
+func noPrealloc(ms *ebpf.MapSpec) *ebpf.MapSpec {
+	ms.Flags |= bpfFNoPrealloc
+	return ms
+}
+
 // lpmState fills "tbl" with n distinct prefixes of the given lengths
 // (cycled), each with a value whose first word identifies it.
 func lpmState(dataBytes, n int, lengths []int, seed int64) *mapstate.State {
@@ -406,6 +411,8 @@ func TestDssDecisions(t *testing.T) {
 		{"hash dense u32", hashSpec(4, 16, 4096), intState(4, 16, keyRange(10, 200, 10)), 0, false, false, true, "as array"},
 		{"hash wide span", hashSpec(4, 16, 4096), intState(4, 16, keyRange(0, 100, 1000)), 0, false, false, false, "more than 4096 array slots"},
 		{"hash sparse", hashSpec(4, 16, 128), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, false, "would outgrow the hash"},
+		{"hash sparse preallocated", hashSpec(4, 16, 4096), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, true, "as array"},
+		{"hash sparse no prealloc", noPrealloc(hashSpec(4, 16, 4096)), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, false, "would outgrow the hash"},
 		{"hash struct key", hashSpec(12, 8, 1024), intState(12, 8, keyRange(0, 100, 1)), 0, false, false, false, "12-byte key is not an integer"},
 		{"hash small", hashSpec(4, 16, 1024), intState(4, 16, keyRange(0, 64, 1)), 0, false, false, false, "64 entries: left to mapinline"},
 	} {
