@@ -83,6 +83,24 @@ type Config struct {
 // New loads the driver for frames (each MinPacket..MaxPacket bytes, in
 // replay order). The trace is copied into the kernel; frames may be reused.
 func New(frames [][]byte, cfg Config) (*Harness, error) {
+	h, err := newReplay(frames, cfg)
+	if err != nil {
+		return nil, err
+	}
+	// Load the lane most NFs need now, so a kernel that refuses the
+	// driver fails New rather than the first measurement.
+	l, err := h.newLane(laneClasses[0])
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	h.lanes[l.class] = l
+	return h, nil
+}
+
+// newReplay checks frames and loads the driver state and the trace map,
+// which the harness and the live generator share.
+func newReplay(frames [][]byte, cfg Config) (*Harness, error) {
 	if len(frames) == 0 {
 		return nil, errors.New("bench: empty trace")
 	}
@@ -108,14 +126,14 @@ func New(frames [][]byte, cfg Config) (*Harness, error) {
 		ncpu:    ncpu,
 		lanes:   map[laneClass]*lane{},
 	}
-	if err := h.load(frames); err != nil {
+	if err := h.loadMaps(frames); err != nil {
 		h.Close()
 		return nil, err
 	}
 	return h, nil
 }
 
-func (h *Harness) load(frames [][]byte) error {
+func (h *Harness) loadMaps(frames [][]byte) error {
 	var err error
 	h.state, err = ebpf.NewMap(&ebpf.MapSpec{
 		Name: "bench_state", Type: ebpf.PerCPUArray,
@@ -131,17 +149,7 @@ func (h *Harness) load(frames [][]byte) error {
 	if err != nil {
 		return fmt.Errorf("bench: trace map (%d x %d bytes): %w", h.n, slotHeader+h.slot, err)
 	}
-	if err := h.fillTrace(frames); err != nil {
-		return err
-	}
-	// Load the lane most NFs need now, so a kernel that refuses the
-	// driver fails New rather than the first measurement.
-	l, err := h.newLane(laneClasses[0])
-	if err != nil {
-		return err
-	}
-	h.lanes[l.class] = l
-	return nil
+	return h.fillTrace(frames)
 }
 
 // fillTrace writes the frames into the trace map.

@@ -3,8 +3,6 @@
 package bench
 
 import (
-	"fmt"
-
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 )
@@ -42,7 +40,8 @@ const maxDrift = 256
 //  2. Take the next trace packet (per-CPU cursor, wrapping at n).
 //  3. Set the frame's length to the packet's with bpf_xdp_adjust_tail and
 //     copy the packet in with bpf_xdp_store_bytes.
-//  4. Tail-call the NF in slot 0 of the prog array.
+//  4. Tail-call the NF in slot 0 of the prog array, or, for the live
+//     generator (progs nil), return XDP_TX.
 //
 // Every failure is counted in the state and ends the run with XDP_ABORTED,
 // so the harness can refuse a measurement that did not replay the trace.
@@ -130,14 +129,19 @@ func driverInsns(state, trace, progs *ebpf.Map, n uint32, slot uint32) asm.Instr
 		asm.Add.Imm(asm.R3, slotHeader),
 		asm.FnXdpStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "err_store"),
-
-		// Run the NF. A tail call that returns did not happen.
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.LoadMapPtr(asm.R2, progs.FD()),
-		asm.Mov.Imm(asm.R3, 0),
-		asm.FnTailCall.Call(),
 	}
-	insns = append(insns, fail("err_call", stateErrCall)...)
+	if progs == nil {
+		insns = append(insns, asm.Mov.Imm(asm.R0, xdpTX), asm.Return())
+	} else {
+		// Run the NF. A tail call that returns did not happen.
+		insns = append(insns,
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.LoadMapPtr(asm.R2, progs.FD()),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnTailCall.Call(),
+		)
+		insns = append(insns, fail("err_call", stateErrCall)...)
+	}
 	insns = append(insns, fail("err_head", stateErrHead)...)
 	insns = append(insns, fail("err_slot", stateErrSlot)...)
 	insns = append(insns, fail("err_tail", stateErrTail)...)
@@ -150,6 +154,7 @@ const (
 	xdpAborted = 0
 	xdpDrop    = 1
 	xdpPass    = 2
+	xdpTX      = 3
 )
 
 // floorInsns is the trivial NF whose cost is the harness's own: XDP_DROP.
@@ -158,18 +163,4 @@ func floorInsns() asm.Instructions {
 		asm.Mov.Imm(asm.R0, xdpDrop),
 		asm.Return(),
 	}
-}
-
-// newDriver loads the driver program for a trace of n slots of slot bytes.
-func newDriver(state, trace, progs *ebpf.Map, n, slot uint32) (*ebpf.Program, error) {
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
-		Name:         "bench_driver",
-		Type:         ebpf.XDP,
-		License:      "GPL",
-		Instructions: driverInsns(state, trace, progs, n, slot),
-	}, ebpf.ProgramOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("bench: load driver (needs root: it keeps a packet address in a map): %w", err)
-	}
-	return prog, nil
 }

@@ -263,8 +263,10 @@ func firewallProto(s string) (uint8, bool) {
 // have entries: flows equal to an exact rule's 5-tuple (rules of other
 // protocols than tcp, udp and icmp are skipped), flows from inside a
 // source prefix, and flows to a destination prefix from outside every
-// source prefix; each is decided by that table. Misses match no rule and
-// no prefix and get the default policy.
+// source prefix; each is decided by that table. An exact rule gives one
+// flow, so with more hits than rules the prefix tables take the rest.
+// Misses match no rule and no prefix and get the default policy. Every
+// flow is distinct.
 func FirewallFlows(cfg *firewall.Config, n int, seed uint64) (FlowSet, error) {
 	if err := cfg.Validate(); err != nil {
 		return FlowSet{}, err
@@ -341,15 +343,29 @@ func FirewallFlows(cfg *firewall.Config, n int, seed uint64) (FlowSet, error) {
 	if len(kinds) == 0 {
 		return FlowSet{}, errors.New("traffic: firewall flows: the configuration has no rules or prefixes to hit")
 	}
+	// Every flow is distinct: a rule's 5-tuple is one flow however often
+	// it is drawn, and a duplicate would carry the popularity of two
+	// ranks. Once every exact rule is used, the prefix tables take the
+	// remaining hits.
 	var set FlowSet
+	seen := map[flowID]bool{}
 	for i := 0; len(set.Hit) < n; i++ {
+		if i > maxTries*n {
+			return FlowSet{}, fmt.Errorf("traffic: firewall flows: cannot find %d distinct hit flows", n)
+		}
 		f, err := kinds[i%len(kinds)]()
 		if err != nil {
 			return FlowSet{}, err
 		}
-		set.Hit = append(set.Hit, f)
+		if id := idOf(f); !seen[id] {
+			seen[id] = true
+			set.Hit = append(set.Hit, f)
+		}
 	}
-	for len(set.Miss) < n {
+	for i := 0; len(set.Miss) < n; i++ {
+		if i > maxTries*n {
+			return FlowSet{}, fmt.Errorf("traffic: firewall flows: cannot find %d distinct miss flows", n)
+		}
 		s, err := outside(src)
 		if err != nil {
 			return FlowSet{}, err
@@ -358,7 +374,10 @@ func FirewallFlows(cfg *firewall.Config, n int, seed uint64) (FlowSet, error) {
 		if err != nil {
 			return FlowSet{}, err
 		}
-		set.Miss = append(set.Miss, randomFlow(s, d))
+		if f := randomFlow(s, d); !seen[idOf(f)] {
+			seen[idOf(f)] = true
+			set.Miss = append(set.Miss, f)
+		}
 	}
 	return set, nil
 }

@@ -284,6 +284,9 @@ type Options struct {
 	Packets int
 	// Locality is the flow popularity skew. Default LocalityHigh.
 	Locality Locality
+	// Skew, when positive, is the Zipf exponent to use instead of the
+	// Locality preset's (a skew between or beyond the presets).
+	Skew float64
 	// PacketSize is the frame size in bytes without FCS. Default 64;
 	// frames are never shorter than their headers.
 	PacketSize int
@@ -309,6 +312,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.PacketSize == 0 {
 		o.PacketSize = 64
+	}
+	if o.Skew < 0 || o.Skew > 10 || math.IsNaN(o.Skew) {
+		return o, fmt.Errorf("traffic: skew %v out of range 0..10", o.Skew)
 	}
 	if o.PacketSize < 0 || o.PacketSize > 9000 {
 		return o, fmt.Errorf("traffic: packet size %d out of range 0..9000", o.PacketSize)
@@ -350,6 +356,9 @@ func Generate(set FlowSet, opts Options) (*Trace, error) {
 	s, err := opts.Locality.Skew()
 	if err != nil {
 		return nil, err
+	}
+	if opts.Skew > 0 {
+		s = opts.Skew
 	}
 	if len(set.Hit) == 0 && opts.MissShare < 1 {
 		return nil, errors.New("traffic: no hit flows")

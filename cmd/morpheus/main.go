@@ -40,6 +40,8 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newInspectCmd())
+	root.AddCommand(newTraceCmd())
+	root.AddCommand(newBenchCmd())
 	root.AddCommand(newRunCmd())
 	root.AddCommand(newClientCmds()...)
 	return root

@@ -1,0 +1,69 @@
+//go:build linux
+
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/traffic"
+)
+
+// smallConfigs are configurations smaller than the evaluation's for the
+// NFs whose differential test is slow at full size (it compares every map
+// after every packet). They also exercise ScenarioOptions.Config.
+var smallConfigs = map[string]func() (any, error){
+	"router":   func() (any, error) { return traffic.RouterConfig(300, []uint32{DefaultIngress, 2}, 1) },
+	"firewall": func() (any, error) { return traffic.FirewallConfig(90, false, 1) },
+}
+
+// TestCompareNFs runs the whole original-vs-optimized path on every NF
+// with a short trace and few, short rounds: it checks that the optimized
+// collection loads and replays the trace (tail calls included), not how
+// fast it is.
+func TestCompareNFs(t *testing.T) {
+	kerneltest.Require(t)
+	for _, nf := range NFs {
+		t.Run(nf, func(t *testing.T) {
+			var cfg []byte
+			if gen := smallConfigs[nf]; gen != nil {
+				c, err := gen()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg, err = json.Marshal(c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sc, err := NewScenario(ScenarioOptions{NF: nf, Config: cfg, Flows: 300, Trace: traffic.Options{
+				Packets: 4096, Locality: traffic.LocalityHigh, MissShare: 0.1, Seed: 1,
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmp, err := Compare(context.Background(), sc, CompareOptions{
+				Measure:     Options{Rounds: 1, Repeat: 1 << 12},
+				DiffPackets: 200, Generated: 200,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cmp.Accepted {
+				t.Errorf("no program of %s was replaced", nf)
+			}
+			for _, p := range cmp.Programs {
+				t.Logf("%s: accepted %v %q insns %d -> %d, xlated %d -> %d, %d rewrites", p.Program, p.Accepted, p.Reason,
+					p.InsnsBefore, p.InsnsAfter, p.XlatedOriginal, p.XlatedOptimized, len(p.Applied))
+				if p.XlatedOriginal == 0 || p.XlatedOptimized == 0 {
+					t.Errorf("%s: no xlated instruction count", p.Program)
+				}
+			}
+			t.Logf("floor %.1f original %.1f optimized %.1f speedup %.2f", cmp.FloorNs, cmp.OriginalNs, cmp.OptimizedNs, cmp.Speedup)
+			if cmp.Packets != 4096 || cmp.Result == nil || len(cmp.Programs) == 0 {
+				t.Errorf("comparison %+v", cmp)
+			}
+		})
+	}
+}
