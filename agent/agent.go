@@ -74,6 +74,7 @@ type progState struct {
 	enabled  bool
 	running  *running // nil: the original runs
 	swaps    uint64
+	prof     *profiler // nil until the first profiling window
 	outcome  Outcome
 	reason   string
 }
@@ -409,6 +410,8 @@ type ProgramStatus struct {
 	Unguarded []string  `json:"unguarded,omitempty"`
 	SwappedAt time.Time `json:"swapped_at,omitzero"`
 	Swaps     uint64    `json:"swaps"`
+	// Profiling is set while the instrumented variant runs.
+	Profiling bool `json:"profiling"`
 	// LastOutcome and LastReason are the program's result in the last
 	// cycle.
 	LastOutcome Outcome `json:"last_outcome,omitempty"`
@@ -447,6 +450,7 @@ func (n *NF) statusLocked(ps *progState) ProgramStatus {
 		InstructionsOriginal: ps.origIns,
 		InstructionsRunning:  ps.origIns,
 		Swaps:                ps.swaps,
+		Profiling:            ps.prof != nil && ps.prof.active,
 		LastOutcome:          ps.outcome,
 		LastReason:           ps.reason,
 	}

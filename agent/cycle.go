@@ -297,9 +297,16 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 		}
 		return pc
 	}
+	profiled := n.profileProgram(ctx, ps, snap)
 	heat, err := n.heatmap(ctx, ps.name)
 	if err != nil {
 		n.log.Warn("profiler", "program", ps.name, "err", err)
+	}
+	switch {
+	case heat == nil:
+		heat = profiled
+	case profiled != nil:
+		heat = heatmap.Merge(heat, profiled)
 	}
 	rep, err := optimize.RunLive(ctx, n.spec, snap.state, heat, optimize.LiveOptions{
 		Options: optimize.Options{

@@ -109,8 +109,11 @@ type Stats struct {
 	GuardBumps            uint64 `json:"guard_bumps"`
 	Deoptimizations       uint64 `json:"deoptimizations"`
 	FingerprintMismatches uint64 `json:"fingerprint_mismatches"`
-	MapUpdates            uint64 `json:"map_updates"`
-	MapDeletes            uint64 `json:"map_deletes"`
+	// ProfileWindows counts profiling windows (instrumented variant
+	// swapped in and out).
+	ProfileWindows uint64 `json:"profile_windows"`
+	MapUpdates     uint64 `json:"map_updates"`
+	MapDeletes     uint64 `json:"map_deletes"`
 	// DroppedEvents counts events not delivered to a slow subscriber.
 	DroppedEvents uint64 `json:"dropped_events"`
 	// LastCycle is the most recent cycle, nil before the first.

@@ -227,3 +227,14 @@ func mapGone(id ebpf.MapID) bool {
 	m.Close()
 	return false
 }
+
+// mustProgram opens a program by ID; it is closed when the test ends.
+func mustProgram(tb testing.TB, id ebpf.ProgramID) *ebpf.Program {
+	tb.Helper()
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		tb.Fatalf("program %d: %v", id, err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p
+}

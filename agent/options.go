@@ -56,8 +56,14 @@ type Options struct {
 	// proves the guards divert to the original code. It roughly doubles
 	// the time of a cycle; skip it only where that matters more.
 	SkipGuardCheck bool
-	// Profiler supplies heatmaps to the cycle; nil optimizes without.
+	// Profiler supplies heatmaps to the cycle; nil optimizes without
+	// (or with the agent's own profile only). If it implements io.Closer,
+	// Stop closes it.
 	Profiler Profiler
+	// Profile, if set, turns on the agent's own adaptive profiling with an
+	// instrumented variant (see ProfileOptions). Its hot keys are merged
+	// with the Profiler's.
+	Profile *ProfileOptions
 	// Disabled lists programs the optimizer leaves alone until
 	// [NF.SetEnabled] enables them.
 	Disabled []string
