@@ -62,6 +62,7 @@ import (
 
 	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/program"
+	"github.com/morpheus-go/morpheus/verify"
 )
 
 // Defaults of Options.
@@ -75,6 +76,10 @@ const (
 	// the map is full are not recorded until it is drained.
 	DefaultHeatmapEntries = 4096
 )
+
+// maxInterval is the countdown sampler's largest mean interval: reloads
+// draw from [1, 2N-1], which must fit the 32-bit immediate of BPF_MOD.
+const maxInterval = 1 << 30
 
 // Sampler selects how the injected code decides to record an execution.
 type Sampler int
@@ -252,6 +257,24 @@ func (v *Variant) Baseline() *ebpf.CollectionSpec {
 	return s
 }
 
+// Load loads the variant through the kernel verifier (verify.Load, so a
+// rejection is a *verify.VerifierError) with every map of live whose name
+// is in Spec used in place of a new one: pass the running NF's maps, and
+// the variant reads and updates the NF's state while its heat maps and
+// control map are created fresh. Passing the maps of a previously loaded
+// variant of the same program as well keeps its heat maps' counts. The
+// caller owns the returned collection and attaches (swaps in) its
+// Program.
+func (v *Variant) Load(live map[string]*ebpf.Map) (*ebpf.Collection, error) {
+	repl := map[string]*ebpf.Map{}
+	for name, m := range live {
+		if v.Spec.Maps[name] != nil {
+			repl[name] = m
+		}
+	}
+	return verify.Load(v.Spec, nil, verify.LoadOptions{MapReplacements: repl})
+}
+
 // Scale is the factor from recorded counts to estimated executions: 1/Rate.
 func (v *Variant) Scale() float64 { return 1 / v.Rate }
 
@@ -294,6 +317,9 @@ func Instrument(spec *ebpf.CollectionSpec, progName string, opts Options) (*Vari
 	}
 	var n int
 	if opts.Sampler == SamplerCountdown {
+		if opts.Rate < 1/float64(maxInterval) {
+			return nil, fmt.Errorf("instrument: rate %v is below the countdown sampler's 1/%d", opts.Rate, maxInterval)
+		}
 		n = int(math.Round(1 / opts.Rate))
 		v.Rate = 1 / float64(n)
 	}

@@ -207,6 +207,7 @@ func TestErrors(t *testing.T) {
 	}{
 		{"rate above 1", testSpec(), "prog", Options{Rate: 1.5}, "not in (0, 1]"},
 		{"negative rate", testSpec(), "prog", Options{Rate: -0.1}, "not in (0, 1]"},
+		{"rate below countdown range", testSpec(), "prog", Options{Rate: 1e-10}, "below the countdown sampler"},
 		{"unknown program", testSpec(), "nope", Options{}, `program "nope"`},
 		{"no sites", testSpec(), "prog", Options{Maps: []string{"arr"}}, ErrNoSites.Error()},
 		{"bad sampler", testSpec(), "prog", Options{Sampler: 7}, "unknown sampler"},

@@ -279,7 +279,7 @@ func routerVariant(tb testing.TB, opts Options) (*Variant, *ebpf.Collection, *eb
 		tb.Fatal(err)
 	}
 	// As the agent does: the variant shares the running NF's maps.
-	coll, err := ebpf.NewCollectionWithOptions(v.Spec, ebpf.CollectionOptions{MapReplacements: orig.Maps})
+	coll, err := v.Load(orig.Maps)
 	if err != nil {
 		tb.Fatal(err)
 	}
