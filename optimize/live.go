@@ -349,9 +349,13 @@ func LoadLive(c *Candidate, orig *ebpf.CollectionSpec, live map[string]*ebpf.Map
 	spec.Programs = map[string]*ebpf.ProgramSpec{c.Program: ps.Copy()}
 	used := referencedMaps(ps.Instructions)
 	repl := map[string]*ebpf.Map{}
-	for name := range spec.Maps {
+	for name, ms := range spec.Maps {
 		if m, ok := live[name]; ok {
 			repl[name] = m
+			// The loader would write Contents into replaced prog
+			// arrays (populating them with fresh copies of their
+			// programs): a live map is never written here.
+			ms.Contents = nil
 			continue
 		}
 		if _, orig := orig.Maps[name]; orig || name == guard.MapName {
