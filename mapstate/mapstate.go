@@ -21,7 +21,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -253,46 +252,6 @@ func put(m *ebpf.Map, e Entry) error {
 		}
 	}
 	return m.Put([]byte(e.Key), vals)
-}
-
-// ErrNotIterable is returned by Snapshot for maps whose contents cannot be
-// read back from user space (for example program arrays).
-var ErrNotIterable = errors.New("map contents cannot be read from user space")
-
-// SnapshotMap reads every entry of m, sorted by key. Per-CPU values are
-// returned per CPU in Values.
-func SnapshotMap(m *ebpf.Map) (*Map, error) {
-	switch m.Type() {
-	case ebpf.ProgramArray, ebpf.PerfEventArray, ebpf.RingBuf, ebpf.ArrayOfMaps, ebpf.HashOfMaps,
-		ebpf.DevMap, ebpf.DevMapHash, ebpf.CPUMap, ebpf.XSKMap, ebpf.SockMap, ebpf.SockHash:
-		return nil, ErrNotIterable
-	}
-	out := &Map{}
-	perCPU := PerCPU(m.Type())
-	key := make([]byte, m.KeySize())
-	it := m.Iterate()
-	if perCPU {
-		var vals [][]byte
-		for it.Next(&key, &vals) {
-			e := Entry{Key: bytes.Clone(key)}
-			for _, v := range vals {
-				e.Values = append(e.Values, bytes.Clone(v))
-			}
-			out.Entries = append(out.Entries, e)
-		}
-	} else {
-		val := make([]byte, m.ValueSize())
-		for it.Next(&key, &val) {
-			out.Entries = append(out.Entries, Entry{Key: bytes.Clone(key), Value: bytes.Clone(val)})
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(out.Entries, func(i, j int) bool {
-		return bytes.Compare(out.Entries[i].Key, out.Entries[j].Key) < 0
-	})
-	return out, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -2,6 +2,8 @@ package mapstate
 
 import (
 	"bytes"
+	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -109,5 +111,109 @@ func TestApplyAndSnapshot(t *testing.T) {
 	}
 	if err := s.Apply(map[string]*ebpf.Map{"h": hash}); err == nil || !strings.Contains(err.Error(), `map "p" does not exist`) {
 		t.Fatalf("missing map: got %v", err)
+	}
+}
+
+// TestSnapshotBatchMatchesIteration fills maps of every kind that batch
+// lookups treat differently (arrays, hashes with their bucket-size
+// limit, per-CPU values padded to 8 bytes, LPM tries without batch
+// support) and checks that SnapshotMap returns what key-by-key iteration
+// returns.
+func TestSnapshotBatchMatchesIteration(t *testing.T) {
+	kerneltest.Require(t)
+	cases := []struct {
+		name    string
+		spec    ebpf.MapSpec
+		entries int
+	}{
+		{"array", ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 100_000}, 0},
+		{"array odd value", ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 7, MaxEntries: 300}, 0},
+		{"hash", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 12, ValueSize: 16, MaxEntries: 20_000}, 20_000},
+		{"hash small", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 8}, 3},
+		{"hash empty", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 8}, 0},
+		{"lru hash", ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 8, ValueSize: 8, MaxEntries: 4096}, 1000},
+		{"percpu array", ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 12, MaxEntries: 50}, 0},
+		{"percpu hash", ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 4, ValueSize: 16, MaxEntries: 2000}, 1500},
+		{"lpm trie", ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 8, MaxEntries: 500, Flags: 1}, 400},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := ebpf.NewMap(&c.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			s := New()
+			n := c.entries
+			if c.spec.Type == ebpf.Array || c.spec.Type == ebpf.PerCPUArray {
+				n = int(c.spec.MaxEntries) / 3 // arrays hold every index anyway
+			}
+			for i := range n {
+				key := make([]byte, c.spec.KeySize)
+				val := make([]byte, c.spec.ValueSize)
+				for j := range key {
+					key[j] = byte(i >> (8 * (j % 4)))
+				}
+				if c.spec.Type == ebpf.LPMTrie {
+					key[0], key[1], key[2], key[3] = 32, 0, 0, 0
+				}
+				for j := range val {
+					val[j] = byte(i*7 + j)
+				}
+				s.Put("m", key, val)
+			}
+			if err := s.Apply(map[string]*ebpf.Map{"m": m}); err != nil {
+				t.Fatal(err)
+			}
+			got, err := SnapshotMap(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := &Raw{KeySize: int(m.KeySize()), ValueSize: int(m.ValueSize()), CPUs: 1, PerCPU: PerCPU(m.Type())}
+			if raw.PerCPU {
+				raw.CPUs, _ = ebpf.PossibleCPU()
+			}
+			if err := raw.readIterate(m); err != nil {
+				t.Fatal(err)
+			}
+			want := raw.Map()
+			sort.Slice(want.Entries, func(i, j int) bool { return bytes.Compare(want.Entries[i].Key, want.Entries[j].Key) < 0 })
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("batch snapshot (%d entries) differs from iteration (%d entries)", len(got.Entries), len(want.Entries))
+			}
+			if len(got.Entries) < n {
+				t.Fatalf("snapshot has %d entries, %d were written", len(got.Entries), n)
+			}
+		})
+	}
+}
+
+// BenchmarkSnapshotArray reads an array of the size of nf/lb's ring
+// (256 VIPs x 1021 slots) with batch lookups and key by key.
+func BenchmarkSnapshotArray(b *testing.B) {
+	kerneltest.Require(b)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 256 * 1021})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	for _, bc := range []struct {
+		name string
+		fn   func(*ebpf.Map) (*Map, error)
+	}{{"batch", SnapshotMap}, {"iterate", func(m *ebpf.Map) (*Map, error) {
+		r := &Raw{KeySize: 4, ValueSize: 4, CPUs: 1}
+		if err := r.readIterate(m); err != nil {
+			return nil, err
+		}
+		r.Sort()
+		return r.Map(), nil
+	}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := bc.fn(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

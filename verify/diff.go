@@ -25,10 +25,16 @@ const MinFrameSize = 14
 const DefaultMaxMismatches = 16
 
 // AutoMapCheckEntries is the largest total number of map entries for which
-// the automatic map check mode compares maps after every packet. Reading a
-// map costs a few system calls per entry and per copy; above this size maps
-// are compared once at the end and after any packet that already differs.
+// the automatic map check mode compares maps after every packet; above it
+// maps are compared once at the end and after any packet that already
+// differs. Maps are read with batch lookups; an entry of a map without
+// batch support (an LPM trie) costs two system calls and counts as
+// IteratedEntryCost entries.
 const AutoMapCheckEntries = 4096
+
+// IteratedEntryCost is what reading one entry key by key costs relative to
+// one entry of a batch lookup (measured: about 1.5 µs against 0.1 µs).
+const IteratedEntryCost = 16
 
 // outputRoom is added to every packet to size the output buffer. XDP can
 // grow a frame by its 256 bytes of headroom and by the tail room of its
@@ -154,6 +160,7 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 		ctxIn:         opts.Context,
 		maxMismatches: opts.MaxMismatches,
 		ndLoc:         map[string]struct{}{},
+		raws:          map[string]*[3]*mapstate.Raw{},
 		reported:      map[string]struct{}{},
 		report:        &Report{Programs: progs, Total: len(packets), Mismatches: []Mismatch{}},
 	}
