@@ -469,22 +469,9 @@ func (r *HeatRecorder) Last() *heatmap.Heatmap {
 	if len(r.last) == 0 {
 		return nil
 	}
-	counts := map[string]map[string]uint64{}
+	hs := make([]*heatmap.Heatmap, 0, len(r.last))
 	for _, h := range r.last {
-		for m, keys := range h.Maps {
-			if counts[m] == nil {
-				counts[m] = map[string]uint64{}
-			}
-			for _, k := range keys {
-				counts[m][string(k.Key)] += k.Count
-			}
-		}
+		hs = append(hs, h)
 	}
-	out := &heatmap.Heatmap{Maps: map[string][]heatmap.Key{}}
-	for m, ks := range counts {
-		for k, c := range ks {
-			out.Maps[m] = append(out.Maps[m], heatmap.Key{Key: mapstate.Hex(k), Count: c})
-		}
-	}
-	return out
+	return heatmap.Merge(hs...)
 }
