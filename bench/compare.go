@@ -107,6 +107,49 @@ type Comparison struct {
 // collection with its own maps filled from the same configuration) and
 // measures both against the floor with alternated rounds.
 func Compare(ctx context.Context, sc *Scenario, opts CompareOptions) (*Comparison, error) {
+	p, err := Optimize(ctx, sc, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	h, err := New(sc.Frames, Config{IngressIfindex: sc.Ingress})
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	mo := opts.Measure
+	if opts.Progress != nil {
+		mo.Progress = func(done, total int) { opts.Progress("measure", done, total) }
+	}
+	return p.Measure(ctx, h, mo)
+}
+
+// Pair is an NF loaded twice from the same configuration: as it is and
+// with the optimizer's accepted candidates. Close releases both.
+type Pair struct {
+	Scenario *Scenario
+	// Original and Optimized are the two collections; their entry
+	// programs are Scenario.Program.
+	Original, Optimized *ebpf.Collection
+	// Programs says what the optimizer did to each program.
+	Programs []ProgramOutcome
+	// Accepted is true when at least one program was replaced.
+	Accepted bool
+	// HeatSource says where the heatmap came from.
+	HeatSource string
+	// OptimizeTime is the optimizer's wall-clock time.
+	OptimizeTime time.Duration
+}
+
+// Close releases both collections.
+func (p *Pair) Close() {
+	p.Original.Close()
+	p.Optimized.Close()
+}
+
+// Optimize runs the optimizer on the scenario and loads the original and
+// the optimized collection. opts.Measure is not used.
+func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, error) {
 	progress := func(stage string, done, total int) {
 		if opts.Progress != nil {
 			opts.Progress(stage, done, total)
@@ -146,7 +189,7 @@ func Compare(ctx context.Context, sc *Scenario, opts CompareOptions) (*Compariso
 	if err != nil {
 		return nil, fmt.Errorf("bench: optimize %s: %w", sc.NF, err)
 	}
-	cmp := &Comparison{NF: sc.NF, Locality: sc.Locality, Packets: len(sc.Frames), HeatSource: src, OptimizeTime: time.Since(start)}
+	p := &Pair{Scenario: sc, HeatSource: src, OptimizeTime: time.Since(start)}
 	progress("optimize", 1, 1)
 
 	optSpec, err := mergeCandidates(sc.Spec, rep)
@@ -154,55 +197,55 @@ func Compare(ctx context.Context, sc *Scenario, opts CompareOptions) (*Compariso
 		return nil, err
 	}
 	progress("load", 0, 1)
-	orig, err := sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{})
-	if err != nil {
+	if p.Original, err = sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{}); err != nil {
 		return nil, fmt.Errorf("bench: load original %s: %w", sc.NF, err)
 	}
-	defer orig.Close()
-	opt, err := sc.State.Load(optSpec, ebpf.CollectionOptions{})
-	if err != nil {
+	if p.Optimized, err = sc.State.Load(optSpec, ebpf.CollectionOptions{}); err != nil {
+		p.Original.Close()
 		return nil, fmt.Errorf("bench: load optimized %s: %w", sc.NF, err)
 	}
-	defer opt.Close()
 	progress("load", 1, 1)
 
 	for _, pr := range rep.Programs {
 		o := ProgramOutcome{
 			Program: pr.Program, Accepted: pr.Accepted, Reason: pr.Reason,
 			InsnsBefore: pr.InstructionsBefore, InsnsAfter: pr.InstructionsAfter,
-			XlatedOriginal: xlated(orig.Programs[pr.Program]), XlatedOptimized: xlated(opt.Programs[pr.Program]),
+			XlatedOriginal: xlated(p.Original.Programs[pr.Program]), XlatedOptimized: xlated(p.Optimized.Programs[pr.Program]),
 		}
 		for _, r := range pr.Remarks {
 			if r.Applied {
 				o.Applied = append(o.Applied, r.String())
 			}
 		}
-		cmp.Accepted = cmp.Accepted || pr.Accepted
-		cmp.Programs = append(cmp.Programs, o)
+		p.Accepted = p.Accepted || pr.Accepted
+		p.Programs = append(p.Programs, o)
 	}
+	return p, nil
+}
 
-	h, err := New(sc.Frames, Config{IngressIfindex: sc.Ingress})
-	if err != nil {
-		return nil, err
+// Measure measures the pair's entry programs against the floor with h,
+// which must replay the pair's scenario's trace.
+func (p *Pair) Measure(ctx context.Context, h *Harness, mo Options) (*Comparison, error) {
+	sc := p.Scenario
+	cmp := &Comparison{
+		NF: sc.NF, Locality: sc.Locality, Packets: len(sc.Frames), HeatSource: p.HeatSource,
+		OptimizeTime: p.OptimizeTime, Accepted: p.Accepted, Programs: p.Programs,
 	}
-	defer h.Close()
-	mo := opts.Measure
-	mo.Progress = func(done, total int) { progress("measure", done, total) }
 	res, err := h.Measure(ctx, map[string]*ebpf.Program{
-		OriginalName:  orig.Programs[sc.Program],
-		OptimizedName: opt.Programs[sc.Program],
+		OriginalName:  p.Original.Programs[sc.Program],
+		OptimizedName: p.Optimized.Programs[sc.Program],
 	}, mo)
 	if err != nil {
 		return nil, err
 	}
 	cmp.Result = res
 	o, _ := res.Stat(OriginalName)
-	p, _ := res.Stat(OptimizedName)
+	q, _ := res.Stat(OptimizedName)
 	cmp.FloorNs = res.Floor.RawMedian
-	cmp.OriginalNs, cmp.OptimizedNs = o.NsPerPacket, p.NsPerPacket
+	cmp.OriginalNs, cmp.OptimizedNs = o.NsPerPacket, q.NsPerPacket
 	cmp.Speedup = res.Ratio(OriginalName, OptimizedName)
-	cmp.EndToEnd = o.RawMedian / p.RawMedian
-	cmp.Spread = max(o.Spread, p.Spread)
+	cmp.EndToEnd = o.RawMedian / q.RawMedian
+	cmp.Spread = max(o.Spread, q.Spread)
 	return cmp, nil
 }
 

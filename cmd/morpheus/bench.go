@@ -15,8 +15,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"golang.org/x/term"
 
 	"github.com/morpheus-go/morpheus/bench"
+	"github.com/morpheus-go/morpheus/passes"
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
@@ -50,6 +52,8 @@ type benchFlags struct {
 	markdown     bool
 	markdownFile string
 	noProgress   bool
+	topK         int
+	maxInline    int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -79,7 +83,10 @@ func newBenchCmd() *cobra.Command {
 	fs.BoolVar(&bf.asJSON, "json", false, "print stable JSON (an array with --all)")
 	fs.BoolVar(&bf.markdown, "markdown", false, "print the BENCHMARKS.md tables")
 	fs.StringVar(&bf.markdownFile, "markdown-file", "", "rewrite the generated section of this file (BENCHMARKS.md)")
-	fs.BoolVar(&bf.noProgress, "no-progress", false, "no progress bars on stderr")
+	fs.BoolVar(&bf.noProgress, "no-progress", false, "no progress bars (they are shown only when stderr is a terminal)")
+	def := passes.DefaultOptions()
+	fs.IntVar(&bf.topK, "top-k", def.TopK, "hot keys the hotcache pass compiles in front of a lookup")
+	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
 	return cmd
 }
 
@@ -130,12 +137,13 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 		if err != nil {
 			return err
 		}
-		bar := newStageBar(cmd.ErrOrStderr(), bf.noProgress, fmt.Sprintf("[%d/%d] %s %s", i+1, len(jobs), j.nf, sc.Locality))
+		bar := newStageBar(cmd.ErrOrStderr(), bf.noProgress || !isTerminal(cmd.ErrOrStderr()), fmt.Sprintf("[%d/%d] %s %s", i+1, len(jobs), j.nf, sc.Locality))
 		cmp, err := bench.Compare(cmd.Context(), sc, bench.CompareOptions{
 			Measure:     bench.Options{Rounds: bf.rounds, Repeat: bf.repeat, Warmup: bf.warmup},
 			DiffPackets: bf.diffPackets,
 			Generated:   bf.generated,
 			Seed:        int64(bf.seed),
+			Passes:      passes.Options{TopK: bf.topK, MaxInline: bf.maxInline},
 			Progress:    bar.update,
 		})
 		bar.finish()
@@ -169,6 +177,13 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 		}
 	}
 	return nil
+}
+
+// isTerminal reports whether w is a terminal: progress bars redrawn into a
+// file or pipe are noise.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // stageBar shows the stages of one comparison as a progress bar.
@@ -292,6 +307,13 @@ func commandLine(bf *benchFlags) string {
 	}
 	if bf.seed != 1 {
 		s += fmt.Sprintf(" --seed %d", bf.seed)
+	}
+	def := passes.DefaultOptions()
+	if bf.topK != def.TopK {
+		s += fmt.Sprintf(" --top-k %d", bf.topK)
+	}
+	if bf.maxInline != def.MaxInline {
+		s += fmt.Sprintf(" --max-inline %d", bf.maxInline)
 	}
 	return s
 }
