@@ -79,19 +79,21 @@ func dataStructSpec(c *Context) error {
 	// Rewrite from the last site of a block to the first so that earlier
 	// instruction indices stay valid.
 	sort.SliceStable(sites, func(i, j int) bool { return sites[i].index > sites[j].index })
-	d := &dss{c: c, res: res, taken: map[string][]int{}}
+	d := &dss{c: c, res: res, taken: map[string][]int{}, made: map[string]string{}}
 	for _, s := range sites {
 		ms := c.Coll.Maps[s.mapName]
 		if ms == nil || (ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie) {
 			continue // not a structure this pass converts
 		}
-		if why := c.tableRewritable(s, ms); why != "" {
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
-			continue
-		}
+		// Size first: the fallback lookup of a table mapinline compiled
+		// is no longer rewritable, and its size says why better.
 		entries := c.entries(s.mapName)
 		if len(entries) == 0 || len(entries) <= c.Opts.MaxInline {
 			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries: left to mapinline", len(entries))
+			continue
+		}
+		if why := c.tableRewritable(s, ms); why != "" {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
 			continue
 		}
 		if bad := badEntry(entries, ms); bad != "" {
@@ -176,6 +178,9 @@ type dss struct {
 	// taken lists the scratch stack slots handed out per function in this
 	// run: the analysis is not recomputed between sites.
 	taken map[string][]int
+	// made maps an original map to the specialized map built for it, so
+	// that several lookup sites of one table share one copy.
+	made map[string]string
 }
 
 // lpmToHash specializes a lookup in an LPM trie whose entries share one
@@ -290,6 +295,9 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 // have prefix length plen: key = the first keyBytes data bytes masked to
 // plen bits, value = the entry's value.
 func (d *dss) lpmHash(of string, ms *ebpf.MapSpec, entries []mapstate.Entry, plen uint32, keyBytes int) string {
+	if name, ok := d.made[of]; ok {
+		return name
+	}
 	mask := lpmMask(int(ms.KeySize), plen)[4 : 4+keyBytes]
 	// Keys equal under the mask are one trie node: the last write wins.
 	byKey := map[string][]byte{}
@@ -318,6 +326,7 @@ func (d *dss) lpmHash(of string, ms *ebpf.MapSpec, entries []mapstate.Entry, ple
 		Flags:      bpfFRdonlyProg,
 		Contents:   contents,
 	}
+	d.made[of] = name
 	return name
 }
 
@@ -369,21 +378,25 @@ func (d *dss) hashToArray(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Ent
 		return nil
 	}
 
-	all := make([]byte, span*slotSize)
-	for k, v := range values {
-		at := (k - lo) * slotSize
-		copy(all[at:], v)
-		all[at+uint64(ms.ValueSize)] = 1
-	}
-	name := d.mapName("da", s.mapName)
-	c.Coll.Maps[name] = &ebpf.MapSpec{
-		Name:       name,
-		Type:       ebpf.Array,
-		KeySize:    4,
-		ValueSize:  uint32(len(all)),
-		MaxEntries: 1,
-		Flags:      bpfFRdonlyProg,
-		Contents:   []ebpf.MapKV{{Key: uint32(0), Value: all}},
+	name, ok := d.made[s.mapName]
+	if !ok {
+		all := make([]byte, span*slotSize)
+		for k, v := range values {
+			at := (k - lo) * slotSize
+			copy(all[at:], v)
+			all[at+uint64(ms.ValueSize)] = 1
+		}
+		name = d.mapName("da", s.mapName)
+		c.Coll.Maps[name] = &ebpf.MapSpec{
+			Name:       name,
+			Type:       ebpf.Array,
+			KeySize:    4,
+			ValueSize:  uint32(len(all)),
+			MaxEntries: 1,
+			Flags:      bpfFRdonlyProg,
+			Contents:   []ebpf.MapKV{{Key: uint32(0), Value: all}},
+		}
+		d.made[s.mapName] = name
 	}
 
 	p := c.Prog

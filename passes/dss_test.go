@@ -36,14 +36,31 @@ const (
 	dssKeyAt  = 16
 )
 
+// lookupOpts shapes the hand-written test program of dssLookupSpec.
+type lookupOpts struct {
+	// valueOff is the offset of the value word written to the packet.
+	valueOff int16
+	// constPlen >= 0 stores that constant as the LPM prefix length
+	// instead of the packet's byte at dssPlenAt.
+	constPlen int
+	// writeValue also stores through the value pointer; deleteKey makes
+	// the data plane delete the key after a hit.
+	writeValue, deleteKey bool
+	// twice looks a second key up in the same table, from the packet
+	// bytes at dssKeyAt+dssSecond, and writes its value word at offset 4.
+	twice bool
+}
+
+// dssSecond is where the second key of lookupOpts.twice starts, relative
+// to dssKeyAt.
+const dssSecond = 20
+
 // dssLookupSpec builds an XDP program that looks a key taken from the
 // packet up in the map "tbl" (LPM: prefixlen byte, then keySize-4 data
 // bytes; otherwise keySize bytes), writes the value's word at valueOff
 // over the packet's first bytes and returns XDP_TX on a hit, XDP_DROP on a
-// miss. constPlen >= 0 stores that constant as the LPM prefix length
-// instead; writeValue also stores through the value pointer; deleteKey
-// makes the data plane delete the key after a hit.
-func dssLookupSpec(ms *ebpf.MapSpec, valueOff int16, constPlen int, writeValue, deleteKey bool) *ebpf.CollectionSpec {
+// miss.
+func dssLookupSpec(ms *ebpf.MapSpec, o lookupOpts) *ebpf.CollectionSpec {
 	ks := int(ms.KeySize)
 	keyOff := -int16((ks + 7) / 8 * 8)
 	insns := asm.Instructions{
@@ -51,58 +68,72 @@ func dssLookupSpec(ms *ebpf.MapSpec, valueOff int16, constPlen int, writeValue, 
 		asm.LoadMem(asm.R7, asm.R6, 0, asm.Word), // data
 		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
 		asm.Mov.Reg(asm.R4, asm.R7),
-		asm.Add.Imm(asm.R4, int32(dssKeyAt+ks)),
+		asm.Add.Imm(asm.R4, int32(dssKeyAt+dssSecond+ks)),
 		asm.JGT.Reg(asm.R4, asm.R3, "drop"),
 	}
-	data, dataOff := ks, keyOff
-	if ms.Type == ebpf.LPMTrie {
-		if constPlen >= 0 {
-			insns = append(insns, asm.StoreImm(asm.R10, keyOff, int64(constPlen), asm.Word))
-		} else {
-			insns = append(insns,
-				asm.LoadMem(asm.R5, asm.R7, dssPlenAt, asm.Byte),
-				asm.StoreMem(asm.R10, keyOff, asm.R5, asm.Word))
+	// key stores the key found at packet offset at on the stack.
+	key := func(at int) {
+		data, dataOff := ks, keyOff
+		if ms.Type == ebpf.LPMTrie {
+			if o.constPlen >= 0 {
+				insns = append(insns, asm.StoreImm(asm.R10, keyOff, int64(o.constPlen), asm.Word))
+			} else {
+				insns = append(insns,
+					asm.LoadMem(asm.R5, asm.R7, dssPlenAt, asm.Byte),
+					asm.StoreMem(asm.R10, keyOff, asm.R5, asm.Word))
+			}
+			data, dataOff = ks-4, keyOff+4
 		}
-		data, dataOff = ks-4, keyOff+4
-	}
-	// Copy the key bytes in the largest loads the key size allows.
-	for off := 0; off < data; {
-		sz := asm.Word
-		switch {
-		case data-off >= 8 && int(dataOff)%8 == 0 && off%8 == 0:
-			sz = asm.DWord
-		case data-off >= 4:
-		case data-off >= 2:
-			sz = asm.Half
-		default:
-			sz = asm.Byte
+		// Copy the key bytes in the largest loads the key size allows.
+		for off := 0; off < data; {
+			sz := asm.Word
+			switch {
+			case data-off >= 8 && int(dataOff)%8 == 0 && off%8 == 0:
+				sz = asm.DWord
+			case data-off >= 4:
+			case data-off >= 2:
+				sz = asm.Half
+			default:
+				sz = asm.Byte
+			}
+			insns = append(insns,
+				asm.LoadMem(asm.R5, asm.R7, int16(at+off), sz),
+				asm.StoreMem(asm.R10, dataOff+int16(off), asm.R5, sz))
+			off += sz.Sizeof()
 		}
 		insns = append(insns,
-			asm.LoadMem(asm.R5, asm.R7, int16(dssKeyAt+off), sz),
-			asm.StoreMem(asm.R10, dataOff+int16(off), asm.R5, sz))
-		off += sz.Sizeof()
+			asm.LoadMapPtr(asm.R1, 0).WithReference("tbl"),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, int32(keyOff)),
+			asm.FnMapLookupElem.Call(),
+		)
 	}
+	key(dssKeyAt)
 	insns = append(insns,
-		asm.LoadMapPtr(asm.R1, 0).WithReference("tbl"),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, int32(keyOff)),
-		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "drop"),
-		asm.LoadMem(asm.R5, asm.R0, valueOff, asm.Word),
+		asm.LoadMem(asm.R5, asm.R0, o.valueOff, asm.Word),
 		asm.StoreMem(asm.R7, 0, asm.R5, asm.Word),
 	)
-	if writeValue {
+	if o.writeValue {
 		insns = append(insns, asm.StoreImm(asm.R0, 0, 1, asm.Word))
 	}
-	if deleteKey {
+	if o.deleteKey {
 		insns = append(insns,
 			asm.LoadMapPtr(asm.R1, 0).WithReference("tbl"),
 			asm.Mov.Reg(asm.R2, asm.R10),
 			asm.Add.Imm(asm.R2, int32(keyOff)),
 			asm.FnMapDeleteElem.Call())
 	}
+	if o.twice {
+		key(dssKeyAt + dssSecond)
+		insns = append(insns,
+			asm.JEq.Imm(asm.R0, 0, "tx"),
+			asm.LoadMem(asm.R5, asm.R0, o.valueOff, asm.Word),
+			asm.StoreMem(asm.R7, 4, asm.R5, asm.Word),
+		)
+	}
 	insns = append(insns,
-		asm.Mov.Imm(asm.R0, 3), // XDP_TX
+		asm.Mov.Imm(asm.R0, 3).WithSymbol("tx"), // XDP_TX
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"), // XDP_DROP
 		asm.Return(),
@@ -247,6 +278,27 @@ func dssRemark(t *testing.T, c *Context, m string) Remark {
 	return found[0]
 }
 
+// checkSites checks that dss rewrote want lookup sites of "tbl" and that
+// they share one specialized map.
+func checkSites(t *testing.T, c *Context, want int) {
+	t.Helper()
+	applied := 0
+	for _, r := range c.Remarks {
+		if r.Pass == "dss" && r.Applied {
+			applied++
+		}
+	}
+	var made []string
+	for name := range c.Coll.Maps {
+		if strings.HasPrefix(name, "dh") || strings.HasPrefix(name, "da") {
+			made = append(made, name)
+		}
+	}
+	if applied != want || len(made) != 1 {
+		t.Fatalf("%d sites rewritten into maps %v, want %d sites sharing one map; remarks %v", applied, made, want, c.Remarks)
+	}
+}
+
 // differential checks the candidate against the original on packets: the
 // kernel must load it and every verdict, packet and map must agree.
 func differential(t *testing.T, c *Context, prog string, insns asm.Instructions, state *mapstate.State, packets [][]byte) {
@@ -317,6 +369,15 @@ func lpmFrames(state *mapstate.State, dataBytes int, seed int64) [][]byte {
 		out = append(out, keyFrame(plens[rnd.Intn(len(plens))], key))
 	}
 	return out
+}
+
+// secondKeys gives each frame the key of the next frame as its second key
+// (lookupOpts.twice).
+func secondKeys(frames [][]byte, n int) {
+	for i, f := range frames {
+		next := frames[(i+1)%len(frames)]
+		copy(f[dssKeyAt+dssSecond:], next[dssKeyAt:dssKeyAt+n])
+	}
 }
 
 // intFrames probes every key, its neighbours and random keys.
@@ -417,7 +478,7 @@ func TestDssDecisions(t *testing.T) {
 		{"hash small", hashSpec(4, 16, 1024), intState(4, 16, keyRange(0, 64, 1)), 0, false, false, false, "64 entries: left to mapinline"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			spec := dssLookupSpec(tc.ms, 0, tc.constPlen, tc.writeValue, tc.deleteKey)
+			spec := dssLookupSpec(tc.ms, lookupOpts{constPlen: tc.constPlen, writeValue: tc.writeValue, deleteKey: tc.deleteKey})
 			c, _ := runDss(t, spec, dssProg, tc.state, "dss")
 			r := dssRemark(t, c, "tbl")
 			if r.Applied != tc.applied || !strings.Contains(r.Message, tc.message) {
@@ -438,23 +499,31 @@ func TestDssLPMToHashKernel(t *testing.T) {
 		plen      int
 		constPlen int
 		n         int
+		twice     bool
 	}{
-		{"ipv4 /24 packet plen", 4, 24, -1, 500},
-		{"ipv4 /20 packet plen", 4, 20, -1, 300},
-		{"ipv4 /24 const plen", 4, 24, 32, 300},
-		{"ipv4 /8 const plen", 4, 8, 32, 200},
-		{"ipv6 /64 packet plen", 16, 64, -1, 300},
-		{"ipv6 /60 packet plen", 16, 60, -1, 300},
-		{"ipv6 /124 const plen", 16, 124, 128, 300},
+		{"ipv4 /24 packet plen", 4, 24, -1, 500, false},
+		{"ipv4 /20 packet plen", 4, 20, -1, 300, false},
+		{"ipv4 /24 const plen", 4, 24, 32, 300, false},
+		{"ipv4 /8 const plen", 4, 8, 32, 200, false},
+		{"ipv6 /64 packet plen", 16, 64, -1, 300, false},
+		{"ipv6 /60 packet plen", 16, 60, -1, 300, false},
+		{"ipv6 /124 const plen", 16, 124, 128, 300, false},
+		{"ipv4 /24 two sites", 4, 24, -1, 300, true},
+		{"ipv6 /48 two sites", 16, 48, 128, 300, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			state := lpmState(tc.dataBytes, tc.n, []int{tc.plen}, int64(tc.plen))
-			spec := dssLookupSpec(lpmSpec(tc.dataBytes), 0, tc.constPlen, false, false)
+			spec := dssLookupSpec(lpmSpec(tc.dataBytes), lookupOpts{constPlen: tc.constPlen, twice: tc.twice})
 			c, insns := runDss(t, spec, dssProg, state, "dss")
 			if r := dssRemark(t, c, "tbl"); !r.Applied {
 				t.Fatalf("dss not applied: %s", r.Message)
 			}
-			differential(t, c, dssProg, insns, state, lpmFrames(state, tc.dataBytes, 3))
+			frames := lpmFrames(state, tc.dataBytes, 3)
+			if tc.twice {
+				secondKeys(frames, tc.dataBytes)
+			}
+			checkSites(t, c, map[bool]int{false: 1, true: 2}[tc.twice])
+			differential(t, c, dssProg, insns, state, frames)
 		})
 	}
 }
@@ -469,21 +538,28 @@ func TestDssHashToArrayKernel(t *testing.T) {
 		valSize  uint32
 		valueOff int16
 		keys     []uint64
+		twice    bool
 	}{
-		{"u16 keys from 1000, odd value size", 2, 13, 8, keyRange(1000, 300, 2)},
-		{"u32 keys from 0", 4, 16, 12, keyRange(0, 100, 1)},
-		{"u32 keys, power-of-two slot", 4, 24, 4, keyRange(7, 200, 3)},
-		{"u8 keys", 1, 4, 0, keyRange(1, 200, 1)},
-		{"u64 keys above 2^32", 8, 8, 4, keyRange(1<<33, 500, 1)},
+		{"u16 keys from 1000, odd value size", 2, 13, 8, keyRange(1000, 300, 2), false},
+		{"u32 keys from 0", 4, 16, 12, keyRange(0, 100, 1), false},
+		{"u32 keys, power-of-two slot", 4, 24, 4, keyRange(7, 200, 3), false},
+		{"u8 keys", 1, 4, 0, keyRange(1, 200, 1), false},
+		{"u64 keys above 2^32", 8, 8, 4, keyRange(1<<33, 500, 1), false},
+		{"u32 keys, two sites", 4, 16, 0, keyRange(50, 100, 1), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			state := intState(int(tc.keySize), int(tc.valSize), tc.keys)
-			spec := dssLookupSpec(hashSpec(tc.keySize, tc.valSize, 1024), tc.valueOff, 0, false, false)
+			spec := dssLookupSpec(hashSpec(tc.keySize, tc.valSize, 1024), lookupOpts{valueOff: tc.valueOff, twice: tc.twice})
 			c, insns := runDss(t, spec, dssProg, state, "dss")
 			if r := dssRemark(t, c, "tbl"); !r.Applied {
 				t.Fatalf("dss not applied: %s", r.Message)
 			}
-			differential(t, c, dssProg, insns, state, intFrames(int(tc.keySize), tc.keys, 5))
+			frames := intFrames(int(tc.keySize), tc.keys, 5)
+			if tc.twice {
+				secondKeys(frames, int(tc.keySize))
+			}
+			checkSites(t, c, map[bool]int{false: 1, true: 2}[tc.twice])
+			differential(t, c, dssProg, insns, state, frames)
 		})
 	}
 }
