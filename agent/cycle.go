@@ -318,6 +318,10 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 		Guards:     n.table,
 		GuardCheck: !n.opts.SkipGuardCheck,
 	})
+	if ctx.Err() != nil {
+		// An aborted differential test is no verdict on the candidate.
+		return fail(OutcomeCancelled, "cycle cancelled")
+	}
 	if err != nil {
 		return fail(OutcomeError, "optimizer: %v", err)
 	}
@@ -333,7 +337,12 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 		case rep.Verifier != "" && rep.Verifier != "ok":
 			return fail(OutcomeVerifierRejected, "%s: %s", rep.Reason, firstLine(rep.Verifier))
 		case rep.Differential != nil && !rep.Differential.Passed():
-			return fail(OutcomeDifferentialFailed, "%s", rep.Reason)
+			why := rep.Reason
+			if len(rep.Differential.Mismatches) > 0 {
+				why += ": " + firstLine(rep.Differential.Mismatches[0].String())
+			}
+			n.log.Warn("candidate rejected", "program", ps.name, "reason", why)
+			return fail(OutcomeDifferentialFailed, "%s", why)
 		}
 		return fail(OutcomeSkipped, "%s", rep.Reason)
 	}

@@ -63,6 +63,9 @@ const (
 	// OutcomeRaced: a map the candidate depends on changed while it was
 	// built; it was dropped and another cycle queued.
 	OutcomeRaced Outcome = "raced"
+	// OutcomeCancelled: the cycle was cancelled (Stop, or the caller's
+	// context) before a verdict; the running program was kept.
+	OutcomeCancelled Outcome = "cancelled"
 	// OutcomeError: the cycle failed for this program; the running
 	// program was kept.
 	OutcomeError Outcome = "error"
@@ -99,21 +102,39 @@ type CycleStats struct {
 
 // Stats are the agent's counters since Load.
 type Stats struct {
-	Cycles                uint64 `json:"cycles"`
-	Swaps                 uint64 `json:"swaps"`
-	Unchanged             uint64 `json:"unchanged"`
-	VerifierRejections    uint64 `json:"verifier_rejections"`
-	DifferentialFailures  uint64 `json:"differential_failures"`
-	Raced                 uint64 `json:"raced"`
-	Errors                uint64 `json:"errors"`
-	GuardBumps            uint64 `json:"guard_bumps"`
-	Deoptimizations       uint64 `json:"deoptimizations"`
+	// Cycles counts optimization cycles run.
+	Cycles uint64 `json:"cycles"`
+	// Swaps counts candidates swapped in (on all their attachments).
+	Swaps uint64 `json:"swaps"`
+	// Unchanged counts candidates identical to the running program.
+	Unchanged uint64 `json:"unchanged"`
+	// VerifierRejections and DifferentialFailures count candidates the
+	// kernel verifier refused and candidates that behaved differently
+	// from the original (including failed guard checks).
+	VerifierRejections   uint64 `json:"verifier_rejections"`
+	DifferentialFailures uint64 `json:"differential_failures"`
+	// Raced counts candidates dropped because a map they depend on
+	// changed while they were built.
+	Raced uint64 `json:"raced"`
+	// Errors counts failures (load, swap, optimizer errors).
+	Errors uint64 `json:"errors"`
+	// GuardBumps counts guard version bumps (control-plane changes of
+	// guarded maps and fingerprint mismatches).
+	GuardBumps uint64 `json:"guard_bumps"`
+	// Deoptimizations counts the times the original program was swapped
+	// back in (guard elision, disable, stop, nothing left to optimize)
+	// and the guards tripped by fingerprint mismatches.
+	Deoptimizations uint64 `json:"deoptimizations"`
+	// FingerprintMismatches counts trusted maps found changed behind the
+	// agent's back.
 	FingerprintMismatches uint64 `json:"fingerprint_mismatches"`
 	// ProfileWindows counts profiling windows (instrumented variant
 	// swapped in and out).
 	ProfileWindows uint64 `json:"profile_windows"`
-	MapUpdates     uint64 `json:"map_updates"`
-	MapDeletes     uint64 `json:"map_deletes"`
+	// MapUpdates and MapDeletes count entries written and deleted through
+	// the agent.
+	MapUpdates uint64 `json:"map_updates"`
+	MapDeletes uint64 `json:"map_deletes"`
 	// DroppedEvents counts events not delivered to a slow subscriber.
 	DroppedEvents uint64 `json:"dropped_events"`
 	// LastCycle is the most recent cycle, nil before the first.

@@ -238,3 +238,34 @@ func mustProgram(tb testing.TB, id ebpf.ProgramID) *ebpf.Program {
 	tb.Cleanup(func() { p.Close() })
 	return p
 }
+
+// abandon drops every handle without restoring, detaching or unpinning,
+// as a killed process would. Tests use it to simulate a crash.
+func (n *NF) abandon() {
+	n.cancel()
+	n.cycleMu.Lock()
+	defer n.cycleMu.Unlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, ps := range n.progs {
+		if ps.running != nil {
+			ps.running.close()
+		}
+		ps.original.Close()
+		for _, at := range ps.atts {
+			if x, ok := at.(*xdpAttacher); ok && x.l != nil {
+				x.l.Close()
+			}
+		}
+	}
+	for _, m := range n.maps {
+		m.Close()
+	}
+	n.guards.Close()
+	if n.stateMap != nil {
+		n.stateMap.Close()
+	}
+	n.stopped, n.closed = true, true
+	close(n.done)
+	n.events.closeAll()
+}

@@ -184,7 +184,9 @@ func (n *NF) profileProgram(ctx context.Context, ps *progState, snap *snapshot) 
 		n.log.Warn("drain heat maps", "program", ps.name, "err", err)
 		return current()
 	}
+	n.mu.Lock() // NF.Heatmap reads the profile under the lock
 	prof.profile.Merge(heat)
+	n.mu.Unlock()
 	return current()
 }
 
