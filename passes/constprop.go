@@ -52,10 +52,7 @@ func constProp(c *Context) error {
 	cp := &propagator{c: c, guarded: map[string]bool{}, touched: map[string]bool{}, skips: map[Remark]bool{}, plain: map[string]int{}}
 	before := c.Prog.Clone()
 	cp.sharedBefore = c.Guards.Guarded()
-	var err error
-	if cp.written, err = c.writtenByOthers(); err != nil {
-		return err
-	}
+	cp.written = c.writtenByOthers()
 	for round := 0; round < constPropRounds; round++ {
 		res, err := analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true})
 		if err != nil {
@@ -507,7 +504,7 @@ func coreImmediates(p *program.Program) (string, string) {
 
 // writtenByOthers names the maps some other program of the collection may
 // write: the analysis of one program only sees its own writes.
-func (c *Context) writtenByOthers() (map[string]bool, error) {
+func (c *Context) writtenByOthers() map[string]bool {
 	out := map[string]bool{}
 	for name, ps := range c.Coll.Programs {
 		if ps == c.Prog.Spec || (c.Prog.Spec != nil && name == c.Prog.Spec.Name) {
@@ -523,7 +520,7 @@ func (c *Context) writtenByOthers() (map[string]bool, error) {
 			for m := range c.Coll.Maps {
 				out[m] = true
 			}
-			return out, nil
+			return out
 		}
 		for m, mi := range res.Maps {
 			if !mi.ReadOnly {
@@ -531,7 +528,7 @@ func (c *Context) writtenByOthers() (map[string]bool, error) {
 			}
 		}
 	}
-	return out, nil
+	return out
 }
 
 // arrayValue returns element idx of an array as the snapshot has it: the

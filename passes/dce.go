@@ -612,12 +612,16 @@ func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]s
 					e.store, e.lo, e.hi = true, lo, hi
 				}
 			case cls.IsJump() && ins.OpCode.JumpOp() == asm.Call:
-				// Helpers and functions reach forward from a frame pointer
-				// argument (a function, or a helper's callback, anywhere).
+				// Helpers reach forward from a frame pointer argument; a
+				// function, or a helper's callback, may reach anywhere.
+				callback := false
+				for r := asm.R1; r <= asm.R5; r++ {
+					callback = callback || st.Reg(r).Kind == analysis.PtrFunc
+				}
 				for r := asm.R1; r <= asm.R5; r++ {
 					v := st.Reg(r)
 					switch {
-					case v.Kind == analysis.PtrStack && v.OffKnown && ins.IsBuiltinCall():
+					case v.Kind == analysis.PtrStack && v.OffKnown && ins.IsBuiltinCall() && !callback:
 						e.reads.addRange(v.Off, 0)
 					case v.Kind == analysis.PtrStack || v.Kind == analysis.Unknown:
 						e.reads = allStack
