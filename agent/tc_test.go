@@ -136,3 +136,84 @@ func TestTCAndTailCall(t *testing.T) {
 		t.Error("TC filter left after Close")
 	}
 }
+
+// TestGuardElision marks the running classifier as depending on its map
+// without a guard (as a pass that elides a guard would report) and checks
+// the protocol: an update through the agent swaps the original back in
+// before it writes, and the next cycle optimizes again.
+func TestGuardElision(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	st := mapstate.New()
+	st.Put("verdicts", u32b(7), u32b(2))
+	nf, err := Load(ctx, tcSpec(), st, []Attachment{{Program: "classify", Kind: TailCall, ProgArray: "jmp"}},
+		Options{Generated: 100, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nf.Close()
+	if cs, err := nf.Cycle(ctx); err != nil || cs.Programs[0].Outcome != OutcomeSwapped {
+		t.Fatalf("cycle: %v %+v", err, cs)
+	}
+	nf.mu.Lock()
+	r := nf.progs["classify"].running
+	r.unguarded, r.guarded = []string{"verdicts"}, nil
+	nf.mu.Unlock()
+	ps, _ := nf.Program("classify")
+	if len(ps.Unguarded) != 1 {
+		t.Fatalf("status: %+v", ps)
+	}
+	m, _ := nf.Map("verdicts")
+	if err := m.Update(u32b(7), u32b(0), ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	ps, _ = nf.Program("classify")
+	if ps.Optimized || ps.RunningID != ps.OriginalID {
+		t.Fatalf("after changing a map with an elided guard the optimized program still runs: %+v", ps)
+	}
+	var restored bool
+	for _, e := range nf.Events(0) {
+		restored = restored || e.Kind == EventRestore
+	}
+	if !restored || nf.Stats().Deoptimizations != 1 {
+		t.Errorf("no restore recorded: %+v", nf.Stats())
+	}
+	if cs, err := nf.Cycle(ctx); err != nil || cs.Programs[0].Outcome != OutcomeSwapped {
+		t.Fatalf("cycle after the change: %v %+v", err, cs)
+	}
+	ps, _ = nf.Program("classify")
+	if got := runID(t, ps.RunningID, udpFrame(t, "10.0.0.1")); got.verdict != 0 {
+		t.Fatalf("re-optimized classifier: %d, want 0", got.verdict)
+	}
+}
+
+// TestSnapshotLimit checks that a map above MaxSnapshotEntries is not
+// snapshotted and that a candidate depending on it is dropped.
+func TestSnapshotLimit(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	st := mapstate.New()
+	for k := range uint32(5) {
+		st.Put("verdicts", u32b(k+3), u32b(2))
+	}
+	nf, err := Load(ctx, tcSpec(), st, []Attachment{{Program: "classify", Kind: TailCall, ProgArray: "jmp"}},
+		Options{Generated: 100, MaxSnapshotEntries: 4, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nf.Close()
+	cs, err := nf.Cycle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := cs.Skipped["verdicts"]; why == "" {
+		t.Fatalf("verdicts (16 slots, 5 entries, limit 4) snapshotted: %+v", cs.Skipped)
+	}
+	if pc := cs.Programs[0]; pc.Outcome != OutcomeSkipped && pc.Outcome != OutcomeNoChange {
+		t.Fatalf("candidate depending on an unsnapshotted map: %s (%s)", pc.Outcome, pc.Reason)
+	}
+	ps, _ := nf.Program("classify")
+	if ps.Optimized {
+		t.Fatal("optimized against an unsnapshotted map")
+	}
+}
