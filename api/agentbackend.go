@@ -153,6 +153,7 @@ func (b *AgentBackend) Programs(ctx context.Context) ([]Program, error) {
 				Enabled:              st.Enabled,
 				Version:              int(st.Swaps),
 				Optimized:            st.Optimized,
+				Profiling:            st.Profiling,
 				ProgramID:            uint32(st.RunningID),
 				InstructionsOriginal: st.InstructionsOriginal,
 				InstructionsRunning:  st.InstructionsRunning,
@@ -400,14 +401,24 @@ func mapError(err error) error {
 	return err
 }
 
-// Heatmaps implements Backend.
+// Heatmaps implements Backend: per NF, the agent's own profile of every
+// program merged with the heatmaps its Profiler served.
 func (b *AgentBackend) Heatmaps(ctx context.Context) (map[string]*heatmap.Heatmap, error) {
 	out := map[string]*heatmap.Heatmap{}
 	for _, n := range b.nfs {
+		var hs []*heatmap.Heatmap
 		if n.Heat != nil {
-			if h := n.Heat.Last(); h != nil {
-				out[n.NF.Name()] = h
+			hs = append(hs, n.Heat.Last())
+		}
+		for _, st := range n.NF.Programs() {
+			h, err := n.NF.Heatmap(st.Name)
+			if err != nil {
+				return nil, err
 			}
+			hs = append(hs, h)
+		}
+		if h := heatmap.Merge(hs...); h != nil && len(h.Maps) > 0 {
+			out[n.NF.Name()] = h
 		}
 	}
 	return out, ctx.Err()
@@ -432,6 +443,7 @@ func (b *AgentBackend) Stats(ctx context.Context) (Stats, error) {
 		s.DifferentialFailures += st.DifferentialFailures
 		s.GuardBumps += st.GuardBumps
 		s.Deoptimizations += st.Deoptimizations
+		s.ProfileWindows += st.ProfileWindows
 	}
 	return s, ctx.Err()
 }

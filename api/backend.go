@@ -96,6 +96,9 @@ type Program struct {
 	Version int `json:"version"`
 	// Optimized is true while an optimized candidate is running.
 	Optimized bool `json:"optimized"`
+	// Profiling is true while an instrumented variant runs to measure the
+	// hot keys.
+	Profiling bool `json:"profiling,omitempty"`
 	// ProgramID is the kernel ID of the program running now.
 	ProgramID uint32 `json:"program_id"`
 	// Instructions of the original and of the running program.
@@ -216,4 +219,6 @@ type Stats struct {
 	DifferentialFailures uint64 `json:"differential_failures"`
 	GuardBumps           uint64 `json:"guard_bumps"`
 	Deoptimizations      uint64 `json:"deoptimizations"`
+	// ProfileWindows counts the windows an instrumented variant ran.
+	ProfileWindows uint64 `json:"profile_windows"`
 }

@@ -28,6 +28,7 @@ var (
 	descDiffFailures = prometheus.NewDesc("morpheus_differential_failures_total", "Candidates that behaved differently from the original in the differential test.", nil, nil)
 	descGuardBumps   = prometheus.NewDesc("morpheus_guard_bumps_total", "Guard versions bumped by control-plane changes.", nil, nil)
 	descDeopts       = prometheus.NewDesc("morpheus_deoptimizations_total", "Optimized programs replaced by the original (guard invalidation, disable, foreign map writes).", nil, nil)
+	descProfiles     = prometheus.NewDesc("morpheus_profile_windows_total", "Profiling windows run with an instrumented variant.", nil, nil)
 
 	progLabels      = []string{"program", "nf"}
 	descPackets     = prometheus.NewDesc("morpheus_program_packets_total", "Packets processed by the program (bpf_stats run count).", progLabels, nil)
@@ -88,7 +89,7 @@ type collector struct {
 const scrapeTimeout = 5 * time.Second
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCycles, descSwaps, descRejections, descDiffFailures, descGuardBumps, descDeopts,
+	for _, d := range []*prometheus.Desc{descCycles, descSwaps, descRejections, descDiffFailures, descGuardBumps, descDeopts, descProfiles,
 		descPackets, descRunTime, descNSPerPacket, descVersion, descEnabled} {
 		ch <- d
 	}
@@ -111,6 +112,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			{descDiffFailures, st.DifferentialFailures},
 			{descGuardBumps, st.GuardBumps},
 			{descDeopts, st.Deoptimizations},
+			{descProfiles, st.ProfileWindows},
 		} {
 			ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n))
 		}

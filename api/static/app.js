@@ -134,6 +134,9 @@
     } else {
       title.append(el("span", { class: "badge" }, "original"));
     }
+    if (p.profiling) {
+      title.append(el("span", { class: "badge" }, "profiling"));
+    }
     card.append(title);
     const version = el("span", { class: "version" }, "version " + p.version);
     card.append(el("div", { class: "meta" }, version,
@@ -166,7 +169,8 @@
     const box = document.getElementById("stats");
     box.replaceChildren();
     for (const [k, label] of [["cycles", "cycles"], ["swaps", "swaps"], ["verifier_rejections", "verifier rejections"],
-      ["differential_failures", "differential failures"], ["guard_bumps", "guard bumps"], ["deoptimizations", "de-optimizations"]]) {
+      ["differential_failures", "differential failures"], ["guard_bumps", "guard bumps"], ["deoptimizations", "de-optimizations"],
+      ["profile_windows", "profile windows"]]) {
       box.append(el("div", { class: "stat" }, el("b", {}, String(st[k] || 0)), label));
     }
   }

@@ -23,6 +23,7 @@ import (
 	"github.com/morpheus-go/morpheus/agent"
 	"github.com/morpheus-go/morpheus/api"
 	"github.com/morpheus-go/morpheus/heatmap"
+	"github.com/morpheus-go/morpheus/instrument"
 	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/nf/ddos"
 	"github.com/morpheus-go/morpheus/nf/firewall"
@@ -67,6 +68,40 @@ type optimizerConfig struct {
 	Seed      int64 `yaml:"seed"`
 	// MaxSnapshotEntries bounds the entries read from one map per cycle.
 	MaxSnapshotEntries int `yaml:"max_snapshot_entries"`
+	// Profile turns on adaptive profiling; without it the hot keys come
+	// only from an NF's heatmap file.
+	Profile *profileConfig `yaml:"profile"`
+}
+
+// profileConfig configures the agent's adaptive profiling: each cycle an
+// instrumented variant runs for Window, sampling lookups at SampleRate.
+type profileConfig struct {
+	SampleRate float64       `yaml:"sample_rate"`
+	Window     time.Duration `yaml:"window"`
+	Decay      float64       `yaml:"decay"`
+	// Sampler is "countdown" (default) or "prandom".
+	Sampler string `yaml:"sampler"`
+}
+
+func (p *profileConfig) options() (*agent.ProfileOptions, error) {
+	if p == nil {
+		return nil, nil
+	}
+	if p.SampleRate < 0 || p.SampleRate > 1 {
+		return nil, fmt.Errorf("sample_rate %v: want a fraction in (0, 1]", p.SampleRate)
+	}
+	if p.Decay < 0 || p.Decay > 1 {
+		return nil, fmt.Errorf("decay %v: want a weight in [0, 1]", p.Decay)
+	}
+	o := &agent.ProfileOptions{Window: p.Window, Rate: p.SampleRate, Decay: p.Decay}
+	if p.Sampler != "" {
+		s, err := instrument.ParseSampler(p.Sampler)
+		if err != nil {
+			return nil, err
+		}
+		o.Sampler = s
+	}
+	return o, nil
 }
 
 type nfConfig struct {
@@ -205,6 +240,9 @@ func parseDaemonConfig(r io.Reader, dir string) (*daemonConfig, error) {
 			}
 		}
 		o := c.Optimizer.merge(n.Optimizer)
+		if _, err := o.Profile.options(); err != nil {
+			return nil, fmt.Errorf("%s: optimizer.profile: %w", where, err)
+		}
 		if len(o.Passes) > 0 {
 			if _, err := passes.ParsePassList(strings.Join(o.Passes, ",")); err != nil {
 				return nil, fmt.Errorf("%s: optimizer.passes: %w", where, err)
@@ -290,6 +328,9 @@ func (o optimizerConfig) merge(override *optimizerConfig) optimizerConfig {
 	}
 	if r.MaxSnapshotEntries == 0 {
 		r.MaxSnapshotEntries = o.MaxSnapshotEntries
+	}
+	if r.Profile == nil {
+		r.Profile = o.Profile
 	}
 	return r
 }
@@ -506,7 +547,12 @@ func loadNF(ctx context.Context, cfg *daemonConfig, nc nfConfig, log *slog.Logge
 		state = mapstate.New()
 	}
 	o := cfg.Optimizer.merge(nc.Optimizer)
+	profile, err := o.Profile.options()
+	if err != nil {
+		return api.AgentNF{}, err // validated already
+	}
 	opts := agent.Options{
+		Profile:            profile,
 		Name:               nc.Name,
 		Period:             o.Period,
 		FingerprintPeriod:  o.FingerprintPeriod,

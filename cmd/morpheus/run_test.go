@@ -34,6 +34,7 @@ optimizer:
   period: 5s
   passes: [mapinline, dce]
   max_inline: 16
+  profile: {sample_rate: 0.1, window: 200ms, decay: 0.25, sampler: prandom}
 nfs:
   - name: r1
     builtin: router
@@ -70,6 +71,9 @@ func TestParseDaemonConfig(t *testing.T) {
 	o := c.Optimizer.merge(c.NFs[0].Optimizer)
 	if o.Period != 5*time.Second || o.TopK != 4 || o.MaxInline != 16 {
 		t.Errorf("merged optimizer options %+v", o)
+	}
+	if po, err := o.Profile.options(); err != nil || po.Rate != 0.1 || po.Window != 200*time.Millisecond || po.Decay != 0.25 || po.Sampler.String() != "prandom" {
+		t.Errorf("profile options %+v, %v", po, err)
 	}
 	if p := o.passOptions(); p.TopK != 4 || p.MaxInline != 16 || strings.Join(p.Passes, ",") != "mapinline,dce" {
 		t.Errorf("pass options %+v", p)
@@ -128,6 +132,8 @@ func TestParseDaemonConfigErrors(t *testing.T) {
 		{"slot without index", `nfs: [{name: a, object: a.o, programs: [{name: p, attach: [{prog_array: pa}]}]}]`, "needs an index"},
 		{"slot with interface", `nfs: [{name: a, object: a.o, programs: [{name: p, attach: [{prog_array: pa, index: 0, interface: e}]}]}]`, "takes no interface"},
 		{"bad pass", `optimizer: {passes: [inline]}` + "\n" + `nfs: [{name: a, object: a.o, ` + prog + `}]`, "optimizer.passes"},
+		{"bad sample rate", `optimizer: {profile: {sample_rate: 5}}` + "\n" + `nfs: [{name: a, object: a.o, ` + prog + `}]`, "sample_rate 5"},
+		{"bad sampler", `optimizer: {profile: {sampler: dice}}` + "\n" + `nfs: [{name: a, object: a.o, ` + prog + `}]`, "dice"},
 		{"bad duration", `optimizer: {period: soon}` + "\n" + `nfs: [{name: a, object: a.o, ` + prog + `}]`, "soon"},
 	}
 	for _, tt := range tests {
@@ -347,6 +353,7 @@ api:
 optimizer:
   period: 1h
   seed: 1
+  profile: {window: 100ms}
 nfs:
   - name: edge
     builtin: router
@@ -471,7 +478,7 @@ nfs:
 		t.Fatalf("short key: %v", err)
 	}
 	st, err := c.Stats(ctx)
-	if err != nil || st.GuardBumps < 1 || st.Cycles < 1 || st.Swaps < 1 {
+	if err != nil || st.GuardBumps < 1 || st.Cycles < 1 || st.Swaps < 1 || st.ProfileWindows < 1 {
 		t.Fatalf("stats %v %+v", err, st)
 	}
 	evs, err := c.Events(ctx, 0, 0)
@@ -484,6 +491,10 @@ nfs:
 	}
 	if !kinds[string(agent.EventCycle)] || !kinds[string(agent.EventSwap)] || !kinds[string(agent.EventGuardBump)] {
 		t.Fatalf("events %+v lack a cycle, a swap or a guard bump", evs)
+	}
+
+	if _, err := c.Heatmaps(ctx, 5); err != nil {
+		t.Fatal(err)
 	}
 
 	// Metrics over the socket.
@@ -499,7 +510,7 @@ nfs:
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`morpheus_program_packets_total{nf="edge",program="xdp_router"}`, "morpheus_cycles_total", "morpheus_guard_bumps_total"} {
+	for _, want := range []string{`morpheus_program_packets_total{nf="edge",program="xdp_router"}`, "morpheus_cycles_total", "morpheus_guard_bumps_total", "morpheus_profile_windows_total"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
