@@ -475,7 +475,12 @@ func (d *dss) emit(s lookupSite, spec []*program.Block, miss *program.Block) err
 
 // scratch hands out n bytes of stack in fn that no instruction touches,
 // as the offset from R10 of their lowest byte, preferring slots closest to
-// R10 (they do not deepen the frame).
+// R10 (they do not deepen the frame). A slot that deepens the frame is only
+// taken while the frames of all functions together, each rounded up to 32
+// bytes as the verifier does, stay within the 512 bytes a call chain may
+// use: no chain can then exceed it, whatever the call graph. (A too deep
+// chain would only get the candidate rejected by the verifier, but with
+// every other rewrite of the run.)
 func (d *dss) scratch(fn string, n int) (int, bool) {
 	u := d.res.Stack(fn)
 	if u == nil || u.All {
@@ -490,15 +495,36 @@ func (d *dss) scratch(fn string, n int) (int, bool) {
 		for k := range need {
 			ok = ok && free(top-8*k)
 		}
-		if !ok {
+		low := top - 8*(need-1)
+		if grown := d.frames(fn, low); !ok || (grown > d.frames(fn, 0) && grown > analysis.StackSize) {
 			continue
 		}
 		for k := range need {
 			d.taken[fn] = append(d.taken[fn], top-8*k)
 		}
-		return top - 8*(need-1), true
+		return low, true
 	}
 	return 0, false
+}
+
+// frames is the sum of all functions' frame sizes if fn's frame reached
+// down to offset low.
+func (d *dss) frames(fn string, low int) int {
+	total := 0
+	for _, f := range d.c.Prog.Funcs {
+		depth := 0
+		if u := d.res.Stack(f.Name); u != nil {
+			depth = u.Depth
+		}
+		for _, off := range d.taken[f.Name] {
+			depth = min(depth, off)
+		}
+		if f.Name == fn {
+			depth = min(depth, low)
+		}
+		total += int(roundUp(uint64(-depth), 32))
+	}
+	return total
 }
 
 // mapName names a map DSS adds for map of, unique in the collection and

@@ -803,3 +803,53 @@ func goldenDssArray() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) 
 }
 
 var goldenDssArrayKeys = []uint32{99, 100, 101, 102, 103, 104, 105}
+
+// TestDssStackBudget: the masked key needs a stack slot below the frame of
+// a program whose subprogram has a deep frame. dss takes it only while the
+// frames together stay within 512 bytes.
+func TestDssStackBudget(t *testing.T) {
+	for _, tc := range []struct {
+		subDepth int16
+		applied  bool
+	}{
+		{448, true},  // 64 + 448 = 512
+		{480, false}, // 64 + 480 > 512
+	} {
+		t.Run(fmt.Sprint(tc.subDepth), func(t *testing.T) {
+			g := newGoldenAsm()
+			goldenPrologue(g)
+			g.add(
+				asm.StoreMem(asm.R10, -32, asm.R5, asm.DWord), // no hole above the key
+				asm.StoreMem(asm.R10, -24, asm.R5, asm.DWord),
+				asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+				asm.StoreImm(asm.R10, -8, 32, asm.Word),
+				asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
+				asm.Call.Label("sub"),
+			)
+			goldenLookup(g, "routes", -8)
+			g.jump(asm.JEq.Imm(asm.R0, 0, ""), "drop")
+			g.add(asm.LoadMem(asm.R0, asm.R0, 0, asm.Word), asm.Return())
+			goldenDrop(g)
+			g.add(asm.StoreMem(asm.R10, -tc.subDepth, asm.R1, asm.DWord).WithSymbol("sub"), asm.Mov.Imm(asm.R0, 0), asm.Return())
+			routes := &ebpf.MapSpec{Name: "routes", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 4, MaxEntries: 1024, Flags: 1}
+			st := mapstate.New()
+			for i := range 100 {
+				st.Put("routes", append(goldenU32(24), 10, byte(i), 1, 0), goldenU32(2))
+			}
+			c, insns := runDss(t, goldenCollection(g.done(), routes), goldenProg, st, "dss")
+			r := dssRemark(t, c, "routes")
+			if r.Applied != tc.applied {
+				t.Fatalf("applied %v, want %v: %s", r.Applied, tc.applied, r.Message)
+			}
+			if !r.Applied {
+				return
+			}
+			kerneltest.Require(t)
+			coll, err := verify.Load(c.Coll, verify.Candidate{goldenProg: insns}, verify.LoadOptions{})
+			if err != nil {
+				t.Fatalf("verifier: %v", err)
+			}
+			coll.Close()
+		})
+	}
+}

@@ -146,6 +146,10 @@ var goldenCases = []goldenCase{
 	{name: "constprop_features", passes: []string{"constprop"}, build: goldenFeatures},
 	{name: "constprop_dce_features", passes: []string{"constprop", "dce"}, build: goldenFeatures},
 	{name: "dce_dead_defs", passes: []string{"dce"}, build: goldenDeadDefs},
+	{name: "dss_lpm", passes: []string{"dss"}, build: goldenDssLPM, keys: goldenDssLPMKeys,
+		opts: func(o *Options) { o.MaxInline = 2 }},
+	{name: "dss_array", passes: []string{"dss"}, build: goldenDssArray, keys: goldenDssArrayKeys,
+		opts: func(o *Options) { o.MaxInline = 2 }},
 	{name: "dce_stack_stores", passes: []string{"dce"}, build: goldenStackStores},
 }
 
