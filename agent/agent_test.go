@@ -149,6 +149,9 @@ func TestRouterGuards(t *testing.T) {
 			if pc := cs.Programs[0]; pc.Outcome != OutcomeSwapped {
 				t.Fatalf("first cycle: %s (%s)", pc.Outcome, pc.Reason)
 			}
+			pc := cs.Programs[0]
+			t.Logf("cycle %v: snapshot %v, optimize %v, verifier %v, differential+guard check %v, swap %v; %d -> %d insns",
+				cs.Duration, cs.SnapshotTime, pc.OptimizeTime, pc.VerifyTime, pc.DifferentialTime, pc.SwapTime, pc.InstructionsBefore, pc.InstructionsAfter)
 			ps, _ = nf.Program(router.Program)
 			if ps.RunningID == ps.OriginalID || !ps.Optimized {
 				t.Fatalf("after the cycle the original still runs (%d)", ps.RunningID)
@@ -408,12 +411,15 @@ func TestDisable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nf, err := Load(ctx, spec, st, []Attachment{{Kind: XDP, Interface: ns.veth, Netns: ns.path}},
+	nf, err := Load(ctx, spec, st, []Attachment{{Kind: XDP, Interface: ns.veth, Netns: ns.path, XDPMode: XDPGeneric}},
 		Options{Generated: 200, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nf.Close()
+	if !ns.xdpAttached(t, ns.veth) {
+		t.Fatal("generic XDP not attached")
+	}
 	if _, err := nf.Cycle(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -583,5 +589,25 @@ func TestLoadErrors(t *testing.T) {
 	st, err := mapstate.Parse(strings.NewReader(`{"maps": {"routes": {"entires": []}}}`))
 	if err == nil {
 		t.Errorf("malformed state JSON parsed: %+v", st)
+	}
+}
+
+// TestLoadFile loads the router from its ELF object.
+func TestLoadFile(t *testing.T) {
+	kerneltest.Require(t)
+	st, err := router.ExampleConfig().State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newTestNetns(t)
+	nf, err := LoadFile(context.Background(), "../nf/router/bpf_bpfel.o", st,
+		[]Attachment{{Kind: XDP, Interface: ns.veth, Netns: ns.path}}, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nf.Close()
+	ps := nf.Programs()
+	if len(ps) != 1 || ps[0].Name != router.Program || ps[0].RunningID != ps[0].OriginalID {
+		t.Fatalf("programs: %+v", ps)
 	}
 }

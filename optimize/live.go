@@ -151,6 +151,7 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	}
 	if lopts.GuardCheck {
 		ok, err := guardCheck(ctx, coll, state, cand, packets, tbl, opts)
+		pr.DifferentialNS = time.Since(dstart) // the differential and guard tests
 		if err != nil {
 			return nil, fmt.Errorf("program %s: guard check: %w", name, err)
 		}
