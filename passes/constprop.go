@@ -258,8 +258,10 @@ func (cp *propagator) mapLoad(res *analysis.Result, f *program.Func, b *program.
 		return skip("the data plane may write this map")
 	case cp.written[s.Map]:
 		return skip("another program of the collection may write this map")
+	case ms.Type == ebpf.PerCPUArray:
+		return skip("per-CPU array: every CPU has its own value")
 	case ms.Type != ebpf.Array:
-		return skip("only values of (non-per-CPU) arrays are folded; %s values depend on which keys exist", ms.Type)
+		return skip("only array values are folded: a %s lookup's value depends on which keys exist", ms.Type)
 	case !s.OffsetKnown:
 		return skip("offset in the value is not known")
 	case cp.c.State == nil:

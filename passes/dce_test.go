@@ -1,0 +1,90 @@
+package passes
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/program"
+)
+
+// TestDeadStoresConservative checks that dce keeps every stack store some
+// instruction may read: through a spilled frame pointer, in a called
+// function, or by a helper; and removes the store nothing reads.
+func TestDeadStoresConservative(t *testing.T) {
+	marker := func(v int32) asm.Instruction { return asm.StoreImm(asm.R10, -16, int64(v), asm.Word) }
+	for _, tc := range []struct {
+		name  string
+		insns asm.Instructions
+		kept  bool // the marker store survives
+	}{
+		{name: "never read", kept: false, insns: asm.Instructions{
+			marker(7),
+			asm.Mov.Imm(asm.R0, 2),
+			asm.Return(),
+		}},
+		{name: "frame pointer spilled and reloaded", kept: true, insns: asm.Instructions{
+			marker(7),
+			asm.Mov.Reg(asm.R1, asm.R10),
+			asm.Add.Imm(asm.R1, -16),
+			asm.StoreMem(asm.R10, -8, asm.R1, asm.DWord),
+			asm.LoadMem(asm.R2, asm.R10, -8, asm.DWord),
+			asm.LoadMem(asm.R0, asm.R2, 0, asm.DWord),
+			asm.Return(),
+		}},
+		{name: "read by a called function", kept: true, insns: asm.Instructions{
+			marker(7),
+			asm.Mov.Reg(asm.R1, asm.R10),
+			asm.Add.Imm(asm.R1, -16),
+			asm.Call.Label("reader"),
+			asm.Return(),
+			asm.LoadMem(asm.R0, asm.R1, 0, asm.DWord).WithSymbol("reader"),
+			asm.Return(),
+		}},
+		{name: "read by a helper", kept: true, insns: asm.Instructions{
+			marker(7),
+			asm.LoadMapPtr(asm.R1, 0).WithReference("table"),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -16),
+			asm.Mov.Reg(asm.R3, asm.R2),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnMapUpdateElem.Call(),
+			asm.Mov.Imm(asm.R0, 2),
+			asm.Return(),
+		}},
+		{name: "overwritten before the helper reads it", kept: false, insns: asm.Instructions{
+			marker(7),
+			asm.StoreImm(asm.R10, -16, 1, asm.Word),
+			asm.LoadMapPtr(asm.R1, 0).WithReference("table"),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -16),
+			asm.Mov.Reg(asm.R3, asm.R2),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnMapUpdateElem.Call(),
+			asm.Mov.Imm(asm.R0, 2),
+			asm.Return(),
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			table := &ebpf.MapSpec{Name: "table", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 4}
+			spec := goldenCollection(tc.insns, table)
+			prog, err := program.Lift(spec.Programs[goldenProg])
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := &Context{Coll: spec, Prog: prog, State: mapstate.New(), Guards: guard.NewTable(), Opts: DefaultOptions()}
+			c.Opts.Passes = []string{"dce"}
+			if err := Run(c); err != nil {
+				t.Fatal(err)
+			}
+			kept := strings.Contains(c.Prog.String(), "off: -16 imm: 7")
+			if kept != tc.kept {
+				t.Errorf("marker store kept %v, want %v:\n%s", kept, tc.kept, c.Prog)
+			}
+		})
+	}
+}
