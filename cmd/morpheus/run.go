@@ -560,7 +560,7 @@ func loadNF(ctx context.Context, cfg *daemonConfig, nc nfConfig, log *slog.Logge
 		Generated:          o.Generated,
 		Seed:               o.Seed,
 		MaxSnapshotEntries: o.MaxSnapshotEntries,
-		Logger:             log.With("nf", nc.Name),
+		Logger:             log, // the agent adds the NF's name
 	}
 	if cfg.PinDir != "" {
 		opts.PinDir = filepath.Join(cfg.PinDir, nc.Name)

@@ -516,6 +516,36 @@ nfs:
 		}
 	}
 
+	req, _ = http.NewRequestWithContext(ctx, "GET", "http://localhost/", nil)
+	if resp, err = hc.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "/static/app.js") {
+		t.Errorf("status page: %d %s", resp.StatusCode, body)
+	}
+
+	// Disabling restores the original program; enabling optimizes again.
+	if err := c.SetEnabled(ctx, "xdp_router", false); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Program(ctx, "xdp_router"); err != nil || p.Optimized || p.Enabled {
+		t.Fatalf("after disable: %v %+v", err, p)
+	}
+	if err := c.SetEnabled(ctx, "xdp_router", true); err != nil {
+		t.Fatal(err)
+	}
+	// Enabling queues a cycle of its own, so the forced one may find
+	// nothing left to swap.
+	if res, err := c.Cycle(ctx, api.CycleRequest{NF: "edge"}); err != nil || len(res.Programs) != 1 ||
+		(res.Programs[0].Outcome != string(agent.OutcomeSwapped) && res.Programs[0].Outcome != string(agent.OutcomeUnchanged)) {
+		t.Fatalf("cycle after enable: %v %+v", err, res)
+	}
+	if p, err := c.Program(ctx, "xdp_router"); err != nil || !p.Optimized || !p.Enabled {
+		t.Fatalf("after enable and a cycle: %v %+v", err, p)
+	}
+
 	// The CLI against the daemon.
 	out, err := execute(t, "status", "--api", "unix:"+sock, "--token", "e2e-token")
 	if err != nil || !strings.Contains(out, "edge:xdp_router") || !strings.Contains(out, "optimized") {
