@@ -39,6 +39,10 @@ type Program struct {
 	// LiftError is set when the program model cannot represent the
 	// program; the optimizer leaves such programs alone.
 	LiftError string `json:"lift_error,omitempty"`
+	// Analysis is the optimizer's view of the program's map accesses;
+	// AnalysisError says why there is none.
+	Analysis      *Analysis `json:"analysis,omitempty"`
+	AnalysisError string    `json:"analysis_error,omitempty"`
 }
 
 // Function is one BPF function of a program.
@@ -101,7 +105,7 @@ func Describe(name string, spec *ebpf.CollectionSpec, opts Options) (*Report, er
 		if opts.Program != "" && pname != opts.Program {
 			continue
 		}
-		r.Programs = append(r.Programs, describeProgram(spec.Programs[pname]))
+		r.Programs = append(r.Programs, describeProgram(spec, spec.Programs[pname]))
 	}
 	if opts.Program != "" && len(r.Programs) == 0 {
 		return nil, fmt.Errorf("%w %q in %s (it has: %s)", ErrNoProgram, opts.Program, name,
@@ -113,7 +117,7 @@ func Describe(name string, spec *ebpf.CollectionSpec, opts Options) (*Report, er
 	return r, nil
 }
 
-func describeProgram(ps *ebpf.ProgramSpec) Program {
+func describeProgram(spec *ebpf.CollectionSpec, ps *ebpf.ProgramSpec) Program {
 	out := Program{
 		Name:         ps.Name,
 		Type:         ps.Type.String(),
@@ -136,6 +140,10 @@ func describeProgram(ps *ebpf.ProgramSpec) Program {
 			n += len(b.Insns)
 		}
 		out.Functions = append(out.Functions, Function{Name: f.Name, Blocks: len(f.Blocks), Instructions: n})
+	}
+	if out.Analysis, err = analyse(spec, p); err != nil {
+		out.AnalysisError = err.Error()
+		out.Analysis = nil
 	}
 	return out
 }
@@ -199,7 +207,23 @@ func (r *Report) WriteText(w io.Writer) error {
 	for _, m := range r.Maps {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%#x\t%s\t%s\n", m.Name, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, m.Flags, dash(m.KeyType), dash(m.ValueType))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, p := range r.Programs {
+		fmt.Fprintln(w)
+		switch {
+		case p.Analysis != nil:
+			if err := writeAnalysis(w, p.Name, p.Analysis); err != nil {
+				return err
+			}
+		case p.AnalysisError != "":
+			fmt.Fprintf(w, "Program %s: left alone: %s\n", p.Name, p.AnalysisError)
+		default:
+			fmt.Fprintf(w, "Program %s: left alone: %s\n", p.Name, p.LiftError)
+		}
+	}
+	return nil
 }
 
 func dash(s string) string {

@@ -1,8 +1,10 @@
 package inspect
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,5 +101,120 @@ func TestMissingProgram(t *testing.T) {
 	_, err = Describe(obj, spec, Options{Program: "no_such_prog"})
 	if !errors.Is(err, ErrNoProgram) {
 		t.Fatalf("want ErrNoProgram, got %v", err)
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestGoldenRouter pins the text and JSON reports of the router object,
+// which show the analysis: review the diff, then go test -update.
+func TestGoldenRouter(t *testing.T) {
+	const obj = "../nf/router/bpf_bpfel.o"
+	spec, err := LoadSpec(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Describe("nf/router/bpf_bpfel.o", spec, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ file, got string }{
+		{"router.golden", text.String()},
+		{"router.json.golden", string(js) + "\n"},
+	} {
+		path := filepath.Join("testdata", c.file)
+		if *update {
+			if err := os.MkdirAll("testdata", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(c.got), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (go test -update creates it)", err)
+		}
+		if c.got != string(want) {
+			t.Errorf("%s differs (review, then go test -update):\n%s", path, c.got)
+		}
+	}
+}
+
+// TestAnalysisEveryObject checks that every sample NF and corpus program
+// is analysed, or says why not, and that the router's facts are there.
+func TestAnalysisEveryObject(t *testing.T) {
+	corpus, err := filepath.Glob("../testdata/corpus/*.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range append(sampleObjects(t), corpus...) {
+		spec, err := LoadSpec(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Describe(obj, spec, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range r.Programs {
+			if p.Analysis == nil && p.AnalysisError == "" && p.LiftError == "" {
+				t.Errorf("%s %s: no analysis and no reason", obj, p.Name)
+			}
+			if p.Analysis == nil {
+				continue
+			}
+			for _, s := range p.Analysis.Sites {
+				for _, k := range []string{EligInline, EligHotCache, EligConstKey} {
+					e, ok := s.Eligible[k]
+					if !ok || (!e.OK && len(e.Reasons) == 0) {
+						t.Errorf("%s %s site %d: eligibility %s without reason", obj, p.Name, s.ID, k)
+					}
+				}
+			}
+		}
+	}
+	spec, err := LoadSpec("../nf/router/bpf_bpfel.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Describe("router", spec, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := r.Programs[0].Analysis
+	access := map[string]string{}
+	for _, m := range a.Maps {
+		access[m.Name] = m.Access
+	}
+	want := map[string]string{"routes": "RO", "nexthops": "RO", "ifconfig": "RO", "counters": "RW"}
+	for m, acc := range want {
+		if access[m] != acc {
+			t.Errorf("map %s: access %q, want %q", m, access[m], acc)
+		}
+	}
+	found := false
+	for _, s := range a.Sites {
+		if s.Map == "routes" && s.Kind == "lookup" {
+			found = true
+			if s.KeyBytes == nil || s.KeyBytes.Const != 4 || s.KeyBytes.Packet != 4 {
+				t.Errorf("routes lookup key bytes %+v, want 4 constant (prefix length) and 4 from the packet", s.KeyBytes)
+			}
+			if !s.Eligible[EligInline].OK || !s.Eligible[EligHotCache].OK {
+				t.Errorf("routes lookup not eligible: %+v", s.Eligible)
+			}
+		}
+	}
+	if !found {
+		t.Error("no routes lookup site")
 	}
 }

@@ -217,3 +217,67 @@ func BenchmarkSnapshotArray(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadRawSparseHash reads a hash map with 65,536 slots and 100
+// entries (nf/firewall's connection table early in a trace): a batch
+// lookup walks every bucket, so its cost follows the map's capacity.
+func BenchmarkReadRawSparseHash(b *testing.B) {
+	kerneltest.Require(b)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 24, MaxEntries: 65536})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	for i := range 100 {
+		key := make([]byte, 16)
+		key[0], key[1] = byte(i), 1
+		if err := m.Put(key, make([]byte, 24)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var r Raw
+	for b.Loop() {
+		if err := r.Read(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReadRawArray reads an array of 4,096 entries, the automatic
+// per-packet check limit of the differential test.
+func BenchmarkReadRawArray(b *testing.B) {
+	kerneltest.Require(b)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4096})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	var r Raw
+	for b.Loop() {
+		if err := r.Read(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReadRawLPM reads an LPM trie of 500 entries.
+func BenchmarkReadRawLPM(b *testing.B) {
+	kerneltest.Require(b)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 8, MaxEntries: 1000, Flags: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	for i := range 500 {
+		if err := m.Put([]byte{24, 0, 0, 0, 10, byte(i >> 8), byte(i), 0}, make([]byte, 8)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var r Raw
+	for b.Loop() {
+		if err := r.Read(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(map[bool]float64{true: 1}[r.Iterated], "iterated")
+}

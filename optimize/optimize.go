@@ -13,6 +13,7 @@ import (
 	"math/rand"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -34,7 +35,8 @@ type Options struct {
 	// packets and edge cases are added to them.
 	Packets [][]byte
 	// Generated is how many packets to generate from the map contents
-	// and the trace (default 2000).
+	// and the trace (0 means 2000, negative none); a quarter as many edge
+	// cases are derived from the trace and generated packets.
 	Generated int
 	// Seed makes generated packets reproducible.
 	Seed int64
@@ -60,9 +62,13 @@ type ProgramReport struct {
 	// Accepted is true when the candidate passed every check.
 	Accepted bool `json:"accepted"`
 	// Reason explains a rejected or skipped candidate.
-	Reason         string        `json:"reason,omitempty"`
-	OptimizeTime   time.Duration `json:"optimize_time_ns"`
-	VerifyTime     time.Duration `json:"verify_time_ns"`
+	Reason string `json:"reason,omitempty"`
+	// OptimizeTime is lift, analysis, passes and lower: the optimizer's
+	// own work, without the kernel verifier.
+	OptimizeTime time.Duration `json:"optimize_time_ns"`
+	// VerifyTime is the kernel verifier's load of the candidate.
+	VerifyTime time.Duration `json:"verify_time_ns"`
+	// DifferentialNS is the differential test.
 	DifferentialNS time.Duration `json:"differential_time_ns"`
 
 	// Before and After are listings of the program model, for --diff.
@@ -89,6 +95,9 @@ func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, 
 	if err := state.Check(spec); err != nil {
 		return nil, err
 	}
+	if err := CheckHeatmap(spec, heat); err != nil {
+		return nil, err
+	}
 	names := make([]string, 0, len(spec.Programs))
 	for n := range spec.Programs {
 		if opts.Program == "" || n == opts.Program {
@@ -96,13 +105,21 @@ func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, 
 		}
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("no program %q in the object", opts.Program)
+		all := make([]string, 0, len(spec.Programs))
+		for n := range spec.Programs {
+			all = append(all, n)
+		}
+		sort.Strings(all)
+		return nil, fmt.Errorf("no program %q in the object (it has: %s)", opts.Program, strings.Join(all, ", "))
 	}
 	sort.Strings(names)
 	packets := slices.Clone(opts.Packets)
 	gen := opts.Generated
-	if gen == 0 {
+	switch {
+	case gen == 0:
 		gen = 2000
+	case gen < 0:
+		gen = 0
 	}
 	rnd := rand.New(rand.NewSource(opts.Seed))
 	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
@@ -142,12 +159,16 @@ func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, st
 		Opts:   opts.Passes,
 	}
 	if err := passes.Run(pc); err != nil {
+		// One program the passes cannot handle must not stop the
+		// others: it is reported and left as it is.
+		pr.Passes, pr.Remarks = pc.Results, pc.Remarks
 		var ue *program.UnsupportedError
 		if errors.As(err, &ue) {
 			pr.Reason = "left alone: " + err.Error()
-			return pr, nil
+		} else {
+			pr.Reason = "left alone: optimization failed: " + err.Error()
 		}
-		return nil, err
+		return pr, nil
 	}
 	pr.Passes, pr.Remarks = pc.Results, pc.Remarks
 	pr.After = pc.Prog.String()
@@ -175,7 +196,13 @@ func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, st
 	dr, err := verify.Differential(ctx, coll, state, cand, packets, verify.DiffOptions{Context: opts.Context})
 	pr.DifferentialNS = time.Since(dstart)
 	if err != nil && dr == nil {
-		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+		}
+		// The collection has no program that takes packets (a tracing
+		// object, say): without a differential test nothing is swapped in.
+		pr.Reason = "not accepted: no differential test possible: " + err.Error()
+		return pr, nil
 	}
 	pr.Differential = dr
 	if !dr.Passed() {
@@ -187,4 +214,30 @@ func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, st
 	final.Programs[name].Instructions = insns
 	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: pc.Guards}
 	return pr, nil
+}
+
+// CheckHeatmap validates a heatmap against the object: every map must
+// exist and every key must have the map's key size. The error names the
+// map and the key's index, as mapstate's errors do for the state.
+func CheckHeatmap(spec *ebpf.CollectionSpec, heat *heatmap.Heatmap) error {
+	if heat == nil {
+		return nil
+	}
+	names := make([]string, 0, len(heat.Maps))
+	for n := range heat.Maps {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return fmt.Errorf("heatmap: map %q does not exist in the object", name)
+		}
+		for i, k := range heat.Maps[name] {
+			if uint32(len(k.Key)) != ms.KeySize {
+				return fmt.Errorf("heatmap: map %q key %d: %d bytes, map key size is %d", name, i, len(k.Key), ms.KeySize)
+			}
+		}
+	}
+	return nil
 }

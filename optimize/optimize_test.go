@@ -84,3 +84,24 @@ func TestOptimizeRouterHotCache(t *testing.T) {
 		t.Fatalf("candidate rejected: %s (verifier: %s, differential: %v)", p.Reason, p.Verifier, p.Differential)
 	}
 }
+
+func TestLineDiff(t *testing.T) {
+	cases := []struct {
+		name string
+		a, b []string
+		want []string
+	}{
+		{"same", []string{"x", "y"}, []string{"x", "y"}, []string{"      x", "      y"}},
+		{"insert", []string{"x", "z"}, []string{"x", "y", "z"}, []string{"      x", "+     y", "      z"}},
+		{"replace last", []string{"x", "goto b1"}, []string{"x", "load", "goto b2"}, []string{"      x", "+     load", "+     goto b2", "-     goto b1"}},
+		{"remove all", []string{"x"}, nil, []string{"-     x"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := lineDiff(c.a, c.b)
+			if strings.Join(got, "\n") != strings.Join(c.want, "\n") {
+				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(c.want, "\n"))
+			}
+		})
+	}
+}

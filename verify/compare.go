@@ -72,11 +72,7 @@ func (d *differ) planMapChecks(interval int) error {
 		if err != nil {
 			return fmt.Errorf("verify: read map %q: %w", name, err)
 		}
-		if snap.Iterated {
-			entries += snap.N * IteratedEntryCost
-		} else {
-			entries += snap.N
-		}
+		entries += readCost(m, snap)
 		d.mapNames = append(d.mapNames, name)
 		d.raws[name] = &[3]*mapstate.Raw{{}, {}, {}}
 	}
@@ -85,8 +81,11 @@ func (d *differ) planMapChecks(interval int) error {
 		d.every = interval
 	case interval < 0:
 		d.every = 0
-	case entries <= AutoMapCheckEntries:
+	case entries <= AutoMapCheckEvery:
 		d.every, d.auto = 1, true
+	case entries <= AutoMapCheckEntries:
+		// Spread the reads: about AutoMapCheckEvery entries per packet.
+		d.every, d.auto = (entries+AutoMapCheckEvery-1)/AutoMapCheckEvery, true
 	default:
 		d.every = 0
 	}
@@ -95,6 +94,21 @@ func (d *differ) planMapChecks(interval int) error {
 		d.report.MapCheck = fmt.Sprintf("end (maps hold %d entries, weighted by read cost)", entries)
 	}
 	return nil
+}
+
+// readCost estimates the cost of reading a map in units of one entry of a
+// batch lookup (about 0.27 µs on the reference machine).
+func readCost(m *ebpf.Map, r *mapstate.Raw) int {
+	n := r.N
+	if r.Iterated {
+		n *= IteratedEntryCost
+	}
+	switch m.Type() {
+	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash:
+		// A batch lookup walks every bucket, empty or not.
+		n += int(m.MaxEntries()) / HashBucketsPerEntry
+	}
+	return n
 }
 
 func describeInterval(every int) string {
@@ -397,11 +411,7 @@ func (d *differ) checkMaps(pkt int) error {
 				return fmt.Errorf("verify: read map %q after packet %d: %w", name, pkt, err)
 			}
 		}
-		if raws[0].Iterated {
-			entries += raws[0].N * IteratedEntryCost
-		} else {
-			entries += raws[0].N
-		}
+		entries += readCost(d.a.coll.Maps[name], raws[0])
 		if raws[0].Equal(raws[1]) && raws[0].Equal(raws[2]) {
 			continue
 		}
@@ -421,8 +431,8 @@ func (d *differ) checkMaps(pkt int) error {
 	// Maps that grew past the automatic limit are compared at the end
 	// only from now on.
 	if d.auto && d.every > 0 && entries > AutoMapCheckEntries {
+		d.report.MapCheck = fmt.Sprintf("%s up to packet %d, then end (maps grew to %d entries, weighted by read cost)", describeInterval(d.every), pkt, entries)
 		d.every = 0
-		d.report.MapCheck = fmt.Sprintf("every packet up to packet %d, then end (maps grew to %d entries, weighted by read cost)", pkt, entries)
 	}
 	return nil
 }

@@ -40,6 +40,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newInspectCmd())
+	root.AddCommand(newOptimizeCmd())
 	root.AddCommand(newTraceCmd())
 	root.AddCommand(newBenchCmd())
 	root.AddCommand(newRunCmd())
