@@ -477,12 +477,51 @@ func firstLine(s string) string {
 // returns the number of mismatches. Run calls it every
 // FingerprintPeriod.
 func (n *NF) CheckFingerprints(ctx context.Context) int {
+	// Hash outside the lock (a large map takes a while to read), then
+	// act only where neither the agent changed the map nor a cycle
+	// replaced the program meanwhile.
 	n.mu.Lock()
 	if n.stopped {
 		n.mu.Unlock()
 		return 0
 	}
-	found := n.checkFingerprintsLocked(ctx)
+	seen := map[string]*running{}
+	targets := map[string]*ebpf.Map{}
+	for _, name := range n.order {
+		if r := n.progs[name].running; r != nil {
+			seen[name] = r
+			for d := range r.relies {
+				targets[d] = n.maps[d]
+			}
+		}
+	}
+	gens := maps.Clone(n.gen)
+	n.mu.Unlock()
+
+	fps := map[string]uint64{}
+	for _, d := range slices.Sorted(maps.Keys(targets)) {
+		if ctx.Err() != nil {
+			return 0
+		}
+		fp, err := liveFingerprint(targets[d])
+		if err != nil {
+			n.log.Warn("fingerprint", "map", d, "err", err)
+			continue
+		}
+		fps[d] = fp
+	}
+
+	n.mu.Lock()
+	if n.stopped {
+		n.mu.Unlock()
+		return 0
+	}
+	for d := range fps {
+		if n.gen[d] != gens[d] {
+			delete(fps, d) // changed through the agent: its guard is bumped
+		}
+	}
+	found := n.checkFingerprintsLocked(ctx, fps, seen)
 	if found > 0 {
 		if err := n.persistLocked(); err != nil {
 			n.log.Warn("persist state", "err", err)
@@ -495,12 +534,16 @@ func (n *NF) CheckFingerprints(ctx context.Context) int {
 	return found
 }
 
-func (n *NF) checkFingerprintsLocked(ctx context.Context) int {
+// checkFingerprintsLocked compares what running programs trust with the
+// live contents. With fps set, only those maps are checked, with the
+// given hashes, and only programs still running what seen recorded;
+// with fps nil every trusted map is read now.
+func (n *NF) checkFingerprintsLocked(ctx context.Context, fps map[string]uint64, seen map[string]*running) int {
 	cache := map[string]uint64{}
 	found := 0
 	for _, name := range n.order {
 		ps := n.progs[name]
-		if ps.running == nil {
+		if ps.running == nil || (seen != nil && seen[name] != ps.running) {
 			continue
 		}
 		for _, d := range slices.Sorted(maps.Keys(ps.running.relies)) {
@@ -511,8 +554,12 @@ func (n *NF) checkFingerprintsLocked(ctx context.Context) int {
 			if !ok {
 				continue // dropped by an earlier bump in this loop
 			}
-			got, ok := cache[d]
-			if !ok {
+			var got uint64
+			if fps != nil {
+				if got, ok = fps[d]; !ok {
+					continue
+				}
+			} else if got, ok = cache[d]; !ok {
 				var err error
 				if got, err = liveFingerprint(n.maps[d]); err != nil {
 					n.log.Warn("fingerprint", "map", d, "err", err)

@@ -360,7 +360,7 @@ func (n *NF) adopt(ctx context.Context, atts []Attachment) (err error) {
 		}
 	}
 	n.adopted = true
-	n.checkFingerprintsLocked(ctx)
+	n.checkFingerprintsLocked(ctx, nil, nil)
 	if err := n.persistLocked(); err != nil {
 		return err
 	}
