@@ -65,8 +65,9 @@ import (
 // path at 31 ns; the replay harness measured the router's own cost go from
 // 162-177 to 72-76 ns per packet with it.
 // An array must also not outgrow the hash it replaces: its bytes may not
-// exceed the estimated footprint of the original hash (preallocated
-// elements and bucket array), so a sparse key set stays a hash.
+// exceed the estimated footprint of the original hash (its elements, all
+// max_entries of them unless BPF_F_NO_PREALLOC, and its bucket array), so
+// a sparse key set stays a hash.
 func dataStructSpec(c *Context) error {
 	sites, err := c.lookupSites()
 	if err != nil {
@@ -121,8 +122,10 @@ const (
 	// dssMargin is the largest ratio of new to old estimated cost at
 	// which a specialization pays for its guard and code size.
 	dssMargin = 0.75
-	// maxArraySlots bounds the key span of a hash turned into an array.
+	// maxArraySlots bounds the key span of a hash turned into an array,
+	// maxArrayBytes its size.
 	maxArraySlots = 4096
+	maxArrayBytes = 1 << 20
 )
 
 // lpmCost estimates a trie lookup over n entries of length plen with
@@ -236,7 +239,7 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 	var hashName string
 	miss := p.NewBlock()
 	if alwaysMiss {
-		// No entry is as short as the lookup's prefix: the trie misses.
+		// The lookup's constant prefix length matches no entry.
 		spec = []*program.Block{miss}
 	} else {
 		slot, ok := d.scratch(s.fn.Name, keyBytes)
@@ -368,6 +371,12 @@ func (d *dss) hashToArray(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Ent
 	}
 	span := hi - lo + 1
 	slotSize := roundUp(uint64(ms.ValueSize)+1, 8)
+	if ms.ValueSize >= math.MaxInt16 || span*slotSize > maxArrayBytes {
+		// The presence byte's offset must fit a load's 16-bit offset,
+		// and one array value must stay far below kmalloc's limit.
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d slots of %d bytes are too large for one array value", span, slotSize)
+		return nil
+	}
 	if arr, hb := span*slotSize, hashBytes(ms, len(values)); arr > hb {
 		c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d keys over a span of %d: the array (%d bytes) would outgrow the hash (~%d bytes)", len(values), span, arr, hb)
 		return nil

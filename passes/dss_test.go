@@ -474,6 +474,7 @@ func TestDssDecisions(t *testing.T) {
 		{"hash sparse", hashSpec(4, 16, 128), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, false, "would outgrow the hash"},
 		{"hash sparse preallocated", hashSpec(4, 16, 4096), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, true, "as array"},
 		{"hash sparse no prealloc", noPrealloc(hashSpec(4, 16, 4096)), intState(4, 16, keyRange(0, 100, 40)), 0, false, false, false, "would outgrow the hash"},
+		{"hash huge values", hashSpec(4, 1024, 4096), intState(4, 1024, keyRange(0, 1100, 1)), 0, false, false, false, "too large for one array value"},
 		{"hash struct key", hashSpec(12, 8, 1024), intState(12, 8, keyRange(0, 100, 1)), 0, false, false, false, "12-byte key is not an integer"},
 		{"hash small", hashSpec(4, 16, 1024), intState(4, 16, keyRange(0, 64, 1)), 0, false, false, false, "64 entries: left to mapinline"},
 	} {
