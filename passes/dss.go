@@ -448,8 +448,7 @@ func (d *dss) hashToArray(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Ent
 // of it. spec's blocks run in order, each falling through to the next; the
 // last one leaves the lookup's result in R0 and continues after the
 // lookup. miss, if any block jumps to it, gets R0 = NULL and continues
-// there too. On guard mismatch
-// the original call runs.
+// there too. On guard mismatch the original call runs.
 func (d *dss) emit(s lookupSite, spec []*program.Block, miss *program.Block) error {
 	p := d.c.Prog
 	call, after := isolateCall(p, s.fn, s.block, s.index)
