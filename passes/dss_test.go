@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/ddos"
 	"github.com/morpheus-go/morpheus/nf/l2switch"
 	"github.com/morpheus-go/morpheus/nf/router"
 	"github.com/morpheus-go/morpheus/program"
@@ -853,4 +855,55 @@ func TestDssStackBudget(t *testing.T) {
 			coll.Close()
 		})
 	}
+}
+
+// TestDssDDoS specializes the DDoS filter's prefix blocklist, a trie whose
+// result is only tested for NULL, when every blocked prefix is a /24.
+func TestDssDDoS(t *testing.T) {
+	kerneltest.Require(t)
+	rnd := rand.New(rand.NewSource(4))
+	cfg := &ddos.Config{PacketsPerWindow: 100}
+	var nets [][4]byte
+	for len(nets) < 400 {
+		a := [4]byte{byte(1 + rnd.Intn(222)), byte(rnd.Intn(256)), byte(rnd.Intn(256)), 0}
+		if a[0] == 127 || slices.Contains(nets, a) {
+			continue
+		}
+		nets = append(nets, a)
+		cfg.Blocklist = append(cfg.Blocklist, ddos.Block{Source: netip.PrefixFrom(netip.AddrFrom4(a), 24).String()})
+	}
+	cfg.Blocklist = append(cfg.Blocklist, ddos.Block{Source: "192.0.2.1"}) // a host: the exact hash
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := ddos.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, insns := runDss(t, spec, ddos.Program, state)
+	r := dssRemark(t, c, "blocklist_lpm")
+	if !r.Applied {
+		t.Fatalf("dss not applied to blocklist_lpm: %s", r.Message)
+	}
+	t.Log(r)
+	var frames [][]byte
+	src := func(a [4]byte) {
+		f, err := traffic.Build(traffic.Flow{
+			SrcMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 9}, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 1, 1},
+			SrcIP: netip.AddrFrom4(a), DstIP: netip.MustParseAddr("10.0.0.1"), Proto: traffic.ProtoUDP, SrcPort: 1, DstPort: 2,
+		}, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, f)
+	}
+	for _, n := range nets {
+		n[3] = byte(rnd.Intn(256))
+		src(n)
+		n[2]++
+		src(n)
+	}
+	src([4]byte{192, 0, 2, 1})
+	differential(t, c, ddos.Program, insns, state, frames)
 }
