@@ -36,8 +36,9 @@ const DefaultIngress = 1
 type nfKind struct {
 	program string
 	spec    func() (*ebpf.CollectionSpec, error)
-	// generate returns a configuration at the seed evaluation's sizes.
-	generate func(seed uint64) (any, error)
+	// generate returns a configuration at the seed evaluation's sizes
+	// with ingress as a port where the NF has ports.
+	generate func(ingress uint32, seed uint64) (any, error)
 	// decode parses a JSON configuration of the NF's Config type.
 	decode func(data []byte) (any, error)
 	state  func(cfg any) (*mapstate.State, error)
@@ -74,8 +75,8 @@ var nfKinds = map[string]nfKind{
 	"router": {
 		program: router.Program,
 		spec:    router.Spec,
-		generate: func(seed uint64) (any, error) {
-			return traffic.RouterConfig(0, []uint32{DefaultIngress, 2}, seed)
+		generate: func(in uint32, seed uint64) (any, error) {
+			return traffic.RouterConfig(0, []uint32{in, otherPort(in)}, seed)
 		},
 		decode: decodeJSON[router.Config],
 		state:  func(cfg any) (*mapstate.State, error) { return cfg.(*router.Config).State() },
@@ -89,8 +90,14 @@ var nfKinds = map[string]nfKind{
 	"l2switch": {
 		program: l2switch.Program,
 		spec:    l2switch.Spec,
-		generate: func(seed uint64) (any, error) {
-			return traffic.L2SwitchConfig([]uint32{DefaultIngress, 2, 3, 4, 5}, 4, 0, seed)
+		generate: func(in uint32, seed uint64) (any, error) {
+			ports := []uint32{in}
+			for p := uint32(2); len(ports) < 5; p++ {
+				if p != in {
+					ports = append(ports, p)
+				}
+			}
+			return traffic.L2SwitchConfig(ports, 4, 0, seed)
 		},
 		decode: decodeJSON[l2switch.Config],
 		state:  func(cfg any) (*mapstate.State, error) { return cfg.(*l2switch.Config).State() },
@@ -116,7 +123,7 @@ var nfKinds = map[string]nfKind{
 	"lb": {
 		program:  lb.Program,
 		spec:     lb.Spec,
-		generate: func(seed uint64) (any, error) { return traffic.LBConfig(0, 0, seed) },
+		generate: func(_ uint32, seed uint64) (any, error) { return traffic.LBConfig(0, 0, seed) },
 		decode:   decodeJSON[lb.Config],
 		state:    func(cfg any) (*mapstate.State, error) { return cfg.(*lb.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
@@ -136,7 +143,7 @@ var nfKinds = map[string]nfKind{
 		// Stateless, like the seed's iptables rule set: with connection
 		// tracking on, every packet after a flow's first is decided by
 		// the connection table and the rules are never consulted.
-		generate: func(seed uint64) (any, error) { return traffic.FirewallConfig(0, false, seed) },
+		generate: func(_ uint32, seed uint64) (any, error) { return traffic.FirewallConfig(0, false, seed) },
 		decode:   decodeJSON[firewall.Config],
 		state:    func(cfg any) (*mapstate.State, error) { return cfg.(*firewall.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
@@ -154,7 +161,7 @@ var nfKinds = map[string]nfKind{
 	"ddos": {
 		program: ddos.Program,
 		spec:    ddos.Spec,
-		generate: func(seed uint64) (any, error) {
+		generate: func(_ uint32, seed uint64) (any, error) {
 			return traffic.DDoSConfig(0, 200, 1_000_000, seed)
 		},
 		decode: decodeJSON[ddos.Config],
@@ -167,6 +174,15 @@ var nfKinds = map[string]nfKind{
 			return map[string][]byte{"blocklist": src, "blocklist_lpm": lpm32(f.SrcIP.As4()), "rate": src}
 		},
 	},
+}
+
+// otherPort is a second interface for NFs that route between ports: 2,
+// or 1 when the ingress is 2.
+func otherPort(in uint32) uint32 {
+	if in == 2 {
+		return 1
+	}
+	return 2
 }
 
 func kindOf(nf string) (nfKind, error) {
@@ -190,6 +206,10 @@ type ScenarioOptions struct {
 	// Flows is the number of hit and of miss flows drawn from the
 	// configuration. Default 1,000.
 	Flows int
+	// Ingress is the ifindex the frames arrive on (default
+	// DefaultIngress); generated router and switch configurations make it
+	// a port. A live testbed passes its NF interface here.
+	Ingress uint32
 	// Trace shapes the generated trace; its Seed also seeds the
 	// configuration and the flows. Zero fields take traffic's defaults.
 	Trace traffic.Options
@@ -225,13 +245,16 @@ func NewScenario(opts ScenarioOptions) (*Scenario, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := &Scenario{NF: opts.NF, Program: k.program, Ingress: DefaultIngress}
+	sc := &Scenario{NF: opts.NF, Program: k.program, Ingress: opts.Ingress}
+	if sc.Ingress == 0 {
+		sc.Ingress = DefaultIngress
+	}
 	if opts.Config != nil {
 		sc.Config, err = k.decode(opts.Config)
 		if err != nil {
 			return nil, fmt.Errorf("bench: %s configuration: %w", opts.NF, err)
 		}
-	} else if sc.Config, err = k.generate(opts.Trace.Seed); err != nil {
+	} else if sc.Config, err = k.generate(sc.Ingress, opts.Trace.Seed); err != nil {
 		return nil, fmt.Errorf("bench: generate %s configuration: %w", opts.NF, err)
 	}
 	if sc.State, err = k.state(sc.Config); err != nil {

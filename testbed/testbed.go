@@ -41,7 +41,9 @@ import (
 
 // Options configures a testbed.
 type Options struct {
-	// Frames is the trace the generator replays (required).
+	// Frames is the trace the generator replays. It may be left empty
+	// and loaded later with LoadTrace, for traces that depend on the
+	// NF's interface (its ifindex or MAC).
 	Frames [][]byte
 	// SampleInterval is the Sampler's period. Default 100 ms.
 	SampleInterval time.Duration
@@ -125,9 +127,6 @@ func (g GenStats) PPS() float64 {
 // must Close the testbed.
 func New(ctx context.Context, opts Options) (*Testbed, error) {
 	opts = opts.withDefaults()
-	if len(opts.Frames) == 0 {
-		return nil, errors.New("testbed: no frames to replay")
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -183,8 +182,10 @@ func (t *Testbed) setup() error {
 		return fmt.Errorf("testbed: set %s up: %w", t.nfName, err)
 	}
 	t.nfIfindex = nl.Attrs().Index
-	if t.gen, err = bench.NewGenerator(t.opts.Frames); err != nil {
-		return err
+	if len(t.opts.Frames) > 0 {
+		if t.gen, err = bench.NewGenerator(t.opts.Frames); err != nil {
+			return err
+		}
 	}
 	if t.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
 		return fmt.Errorf("testbed: enable bpf_stats: %w", err)
@@ -225,6 +226,26 @@ func newNamespaces() (gen, nf netns.NsHandle, err error) {
 	return gen, nf, nil
 }
 
+// LoadTrace replaces the trace the generator replays. The generator must
+// not be running.
+func (t *Testbed) LoadTrace(frames [][]byte) error {
+	gen, err := bench.NewGenerator(frames)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.running != nil {
+		gen.Close()
+		return errors.New("testbed: generator running")
+	}
+	if t.gen != nil {
+		t.gen.Close()
+	}
+	t.gen = gen
+	return nil
+}
+
 // NFIfindex returns the ifindex of the NF's veth end, in the NF namespace.
 func (t *Testbed) NFIfindex() int { return t.nfIfindex }
 
@@ -238,18 +259,30 @@ func (t *Testbed) NFNamespace() netns.NsHandle { return t.nfNS }
 // attach a program or resolve interfaces there) and returns its error.
 func (t *Testbed) InNF(fn func() error) error { return inNamespace(t.nfNS, fn) }
 
-// inNamespace runs fn on a fresh locked thread in ns. The thread is not
-// switched back: the goroutine exits locked, so the runtime discards the
-// thread rather than reuse it in the wrong namespace.
+// inNamespace runs fn on a locked thread in ns and switches the thread
+// back before releasing it. If the switch back fails, the goroutine exits
+// locked, so the runtime discards the thread rather than reuse it in the
+// wrong namespace. (Relying on that alone is not enough: a goroutine that
+// exits locked to the main thread wedges it, namespace and all.)
 func inNamespace(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("testbed: current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
 			errc <- fmt.Errorf("testbed: enter namespace: %w", err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
@@ -327,6 +360,10 @@ func (t *Testbed) Start(ctx context.Context, packets uint64) error {
 	if t.xdp == nil {
 		return errors.New("testbed: attach the NF before starting the generator")
 	}
+	if t.gen == nil {
+		return errors.New("testbed: no trace loaded")
+	}
+	gen := t.gen
 	ctx, cancel := context.WithTimeout(ctx, t.opts.MaxDuration)
 	r := &run{cancel: cancel, done: make(chan struct{})}
 	t.running = r
@@ -341,7 +378,7 @@ func (t *Testbed) Start(ctx context.Context, packets uint64) error {
 				if packets > 0 {
 					burst = uint32(min(uint64(burst), packets-r.res.Sent))
 				}
-				failed, err := t.gen.Run(uint32(t.genIfindex), burst, 0)
+				failed, err := gen.Run(uint32(t.genIfindex), burst, 0)
 				if err != nil {
 					return err
 				}

@@ -15,7 +15,9 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
 
+	"github.com/morpheus-go/morpheus/bench"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/nf/router"
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
@@ -57,17 +59,18 @@ func testFrames(t *testing.T) [][]byte {
 	return tr.Frames
 }
 
-// namespaceHeld reports whether any task of this process still has the
-// namespace id (as "net:[inode]") as its namespace or an open fd.
-func namespaceHeld(id string) bool {
+// namespaceHolders lists the tasks and fds of this process that still
+// have the namespace id (as "net:[inode]") as their namespace or open.
+func namespaceHolders(id string) []string {
 	tasks, _ := filepath.Glob("/proc/self/task/*/ns/net")
 	fds, _ := filepath.Glob("/proc/self/fd/*")
+	var out []string
 	for _, p := range append(tasks, fds...) {
 		if l, err := os.Readlink(p); err == nil && l == id {
-			return true
+			out = append(out, p)
 		}
 	}
-	return false
+	return out
 }
 
 func nsID(t *testing.T, tb *Testbed) string {
@@ -173,11 +176,11 @@ func TestTestbedLive(t *testing.T) {
 	}
 	closed = true
 	deadline := time.Now().Add(5 * time.Second)
-	for namespaceHeld(id) && time.Now().Before(deadline) {
+	for len(namespaceHolders(id)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if namespaceHeld(id) {
-		t.Errorf("namespace %s still held after Close", id)
+	if h := namespaceHolders(id); len(h) > 0 {
+		t.Errorf("namespace %s still held after Close by %v", id, h)
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -214,5 +217,56 @@ func TestSummarize(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestCompareLive runs the router, configured for the testbed's NF
+// interface, under live traffic: two copies alternate on the interface and
+// both route the generator's frames (the forwarded counter grows).
+func TestCompareLive(t *testing.T) {
+	kerneltest.Require(t)
+	tb, err := New(context.Background(), Options{SampleInterval: 20 * time.Millisecond, Burst: 1 << 14, MaxDuration: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	sc, err := bench.NewScenario(bench.ScenarioOptions{NF: "router", Ingress: uint32(tb.NFIfindex()), Flows: 200,
+		Trace: traffic.Options{Packets: 4096, Locality: traffic.LocalityHigh, MissShare: 0.1, Seed: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.LoadTrace(sc.Frames); err != nil {
+		t.Fatal(err)
+	}
+	progs := map[string]*ebpf.Program{}
+	var colls []*ebpf.Collection
+	for _, name := range []string{"a", "b"} {
+		coll, err := sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer coll.Close()
+		colls = append(colls, coll)
+		progs[name] = coll.Programs[sc.Program]
+	}
+	res, err := tb.CompareLive(context.Background(), progs, LiveOptions{Rounds: 2, Period: 200 * time.Millisecond, Settle: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range res.Programs {
+		t.Logf("%s: %.2f Mpps, %.1f ns/pkt over %d rounds", st.Name, st.PPS/1e6, st.NsPerPacket, len(st.Rounds))
+		if len(st.Rounds) != 2 || !(st.PPS > 0) || !(st.NsPerPacket > 0) {
+			t.Errorf("%s: %+v", st.Name, st)
+		}
+	}
+	t.Logf("generator: %d frames at %.2f Mpps", res.Generator.Sent, res.Generator.PPS()/1e6)
+	for i, coll := range colls {
+		c, err := router.ReadCounters(coll.Maps[router.MapCounters])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c[router.CounterForwarded].Packets == 0 && c[router.CounterTx].Packets == 0 {
+			t.Errorf("router copy %d forwarded nothing: %+v", i, c)
+		}
 	}
 }

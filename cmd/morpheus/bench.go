@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/morpheus-go/morpheus/bench"
 	"github.com/morpheus-go/morpheus/passes"
+	"github.com/morpheus-go/morpheus/testbed"
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
@@ -54,6 +56,8 @@ type benchFlags struct {
 	noProgress   bool
 	topK         int
 	maxInline    int
+	live         bool
+	period       time.Duration
 }
 
 func newBenchCmd() *cobra.Command {
@@ -84,6 +88,8 @@ func newBenchCmd() *cobra.Command {
 	fs.BoolVar(&bf.markdown, "markdown", false, "print the BENCHMARKS.md tables")
 	fs.StringVar(&bf.markdownFile, "markdown-file", "", "rewrite the generated section of this file (BENCHMARKS.md)")
 	fs.BoolVar(&bf.noProgress, "no-progress", false, "no progress bars (they are shown only when stderr is a terminal)")
+	fs.BoolVar(&bf.live, "live", false, "measure on a live veth testbed instead: generator in live-frames mode, NF in native XDP, bpf_stats")
+	fs.DurationVar(&bf.period, "period", time.Second, "with --live: how long each program carries the traffic per round")
 	def := passes.DefaultOptions()
 	fs.IntVar(&bf.topK, "top-k", def.TopK, "hot keys the hotcache pass compiles in front of a lookup")
 	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
@@ -117,6 +123,12 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 		}
 		jobs = []benchJob{{bf.nf, loc}}
 	}
+	if bf.live {
+		if bf.all || bf.markdown || bf.markdownFile != "" {
+			return errors.New("--live measures one NF: drop --all and --markdown")
+		}
+		return runLive(cmd, bf, jobs[0])
+	}
 	var frames [][]byte
 	if bf.tracePath != "" {
 		var err error
@@ -138,14 +150,9 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 			return err
 		}
 		bar := newStageBar(cmd.ErrOrStderr(), bf.noProgress || !isTerminal(cmd.ErrOrStderr()), fmt.Sprintf("[%d/%d] %s %s", i+1, len(jobs), j.nf, sc.Locality))
-		cmp, err := bench.Compare(cmd.Context(), sc, bench.CompareOptions{
-			Measure:     bench.Options{Rounds: bf.rounds, Repeat: bf.repeat, Warmup: bf.warmup},
-			DiffPackets: bf.diffPackets,
-			Generated:   bf.generated,
-			Seed:        int64(bf.seed),
-			Passes:      passes.Options{TopK: bf.topK, MaxInline: bf.maxInline},
-			Progress:    bar.update,
-		})
+		co := bf.compareOptions()
+		co.Progress = bar.update
+		cmp, err := bench.Compare(cmd.Context(), sc, co)
 		bar.finish()
 		if err != nil {
 			return fmt.Errorf("%s, %s locality: %w", j.nf, sc.Locality, err)
@@ -176,6 +183,103 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 			writeComparison(out, c)
 		}
 	}
+	return nil
+}
+
+// compareOptions are the optimizer and measurement settings of the flags.
+func (bf *benchFlags) compareOptions() bench.CompareOptions {
+	return bench.CompareOptions{
+		Measure:     bench.Options{Rounds: bf.rounds, Repeat: bf.repeat, Warmup: bf.warmup},
+		DiffPackets: bf.diffPackets,
+		Generated:   bf.generated,
+		Seed:        int64(bf.seed),
+		Passes:      passes.Options{TopK: bf.topK, MaxInline: bf.maxInline},
+	}
+}
+
+// liveComparison is what `bench --live` reports.
+type liveComparison struct {
+	NF       string `json:"nf"`
+	Locality string `json:"locality"`
+	Packets  int    `json:"packets"`
+	// Interface is the NF's veth end in its namespace.
+	Interface  string                 `json:"interface"`
+	HeatSource string                 `json:"heat_source"`
+	Accepted   bool                   `json:"accepted"`
+	Programs   []bench.ProgramOutcome `json:"programs"`
+	// Original and Optimized are the medians over the rounds.
+	Original  testbed.LiveStat `json:"original"`
+	Optimized testbed.LiveStat `json:"optimized"`
+	// Speedup is the ratio of ns/packet (bpf_stats run time per run),
+	// PPSRatio the ratio of packets per second the NF processed.
+	Speedup   float64          `json:"speedup"`
+	PPSRatio  float64          `json:"pps_ratio"`
+	Generator testbed.GenStats `json:"generator"`
+}
+
+// runLive measures one NF on a veth testbed: the scenario is built for
+// the testbed's NF interface, the optimizer runs as for the replay
+// harness, then original and optimized alternate on the interface under
+// live traffic.
+func runLive(cmd *cobra.Command, bf *benchFlags, j benchJob) error {
+	ctx := cmd.Context()
+	tb, err := testbed.New(ctx, testbed.Options{})
+	if err != nil {
+		return err
+	}
+	defer tb.Close()
+	o, err := bf.options(j.nf, j.loc)
+	if err != nil {
+		return err
+	}
+	if bf.tracePath != "" {
+		if o.Frames, err = traffic.ReadPcapFile(bf.tracePath); err != nil {
+			return err
+		}
+	}
+	o.Ingress = uint32(tb.NFIfindex())
+	sc, err := bench.NewScenario(o)
+	if err != nil {
+		return err
+	}
+	if err := tb.LoadTrace(sc.Frames); err != nil {
+		return err
+	}
+	bar := newStageBar(cmd.ErrOrStderr(), bf.noProgress || !isTerminal(cmd.ErrOrStderr()), fmt.Sprintf("%s %s live", j.nf, sc.Locality))
+	co := bf.compareOptions()
+	co.Progress = bar.update
+	p, err := bench.Optimize(ctx, sc, co)
+	if err != nil {
+		bar.finish()
+		return err
+	}
+	defer p.Close()
+	res, err := tb.CompareLive(ctx, map[string]*ebpf.Program{
+		bench.OriginalName:  p.Original.Programs[sc.Program],
+		bench.OptimizedName: p.Optimized.Programs[sc.Program],
+	}, testbed.LiveOptions{Rounds: bf.rounds, Period: bf.period, Progress: func(done, total int) { bar.update("measure", done, total) }})
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	lc := liveComparison{
+		NF: sc.NF, Locality: sc.Locality, Packets: len(sc.Frames), Interface: tb.NFLinkName(),
+		HeatSource: p.HeatSource, Accepted: p.Accepted, Programs: p.Programs, Generator: res.Generator,
+	}
+	lc.Original, _ = res.Stat(bench.OriginalName)
+	lc.Optimized, _ = res.Stat(bench.OptimizedName)
+	lc.Speedup = lc.Original.NsPerPacket / lc.Optimized.NsPerPacket
+	lc.PPSRatio = lc.Optimized.PPS / lc.Original.PPS
+	if bf.asJSON {
+		return writeJSON(cmd, lc)
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "%s, %s locality, live on %s: %d-packet trace; heatmap: %s\n", lc.NF, lc.Locality, lc.Interface, lc.Packets, lc.HeatSource)
+	writeOutcomes(w, lc.Programs)
+	fmt.Fprintf(w, "  medians of %d alternated rounds of %s (bpf_stats; generator %.2f Mpps):\n", bf.rounds, bf.period, lc.Generator.PPS()/1e6)
+	fmt.Fprintf(w, "  original   %7.1f ns/pkt  %6.3f Mpps\n", lc.Original.NsPerPacket, lc.Original.PPS/1e6)
+	fmt.Fprintf(w, "  optimized  %7.1f ns/pkt  %6.3f Mpps\n", lc.Optimized.NsPerPacket, lc.Optimized.PPS/1e6)
+	fmt.Fprintf(w, "  speedup    %7.2fx ns/pkt, %.2fx pps\n", lc.Speedup, lc.PPSRatio)
 	return nil
 }
 
@@ -234,14 +338,7 @@ func (s *stageBar) finish() {
 
 func writeComparison(w io.Writer, c *bench.Comparison) {
 	fmt.Fprintf(w, "%s, %s locality: %d packets; heatmap: %s\n", c.NF, c.Locality, c.Packets, c.HeatSource)
-	for _, p := range c.Programs {
-		state := "accepted"
-		if !p.Accepted {
-			state = "not replaced: " + p.Reason
-		}
-		fmt.Fprintf(w, "  %-14s %s; %d -> %d instructions (xlated %d -> %d), %d rewrites\n",
-			p.Program, state, p.InsnsBefore, p.InsnsAfter, p.XlatedOriginal, p.XlatedOptimized, len(p.Applied))
-	}
+	writeOutcomes(w, c.Programs)
 	r := c.Result
 	fmt.Fprintf(w, "  medians of %d alternated rounds x %d packets (spread up to %.0f%%), optimizer %.1fs:\n",
 		r.Rounds, r.Repeat, 100*c.Spread, c.OptimizeTime.Seconds())
@@ -253,6 +350,17 @@ func writeComparison(w io.Writer, c *bench.Comparison) {
 		fmt.Fprintf(w, " (seed: %.2fx)", t)
 	}
 	fmt.Fprintln(w)
+}
+
+func writeOutcomes(w io.Writer, progs []bench.ProgramOutcome) {
+	for _, p := range progs {
+		state := "accepted"
+		if !p.Accepted {
+			state = "not replaced: " + p.Reason
+		}
+		fmt.Fprintf(w, "  %-14s %s; %d -> %d instructions (xlated %d -> %d), %d rewrites\n",
+			p.Program, state, p.InsnsBefore, p.InsnsAfter, p.XlatedOriginal, p.XlatedOptimized, len(p.Applied))
+	}
 }
 
 // machine is what the tables say about where they were measured.

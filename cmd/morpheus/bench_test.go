@@ -65,6 +65,7 @@ func TestBenchErrors(t *testing.T) {
 		"bad locality": {"bench", "--nf", "router", "--locality", "some"},
 		"all + trace":  {"bench", "--all", "--trace", "x.pcap"},
 		"no trace":     {"bench", "--nf", "router", "--trace", "/nonexistent.pcap"},
+		"live + all":   {"bench", "--all", "--live"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if out, err := runCLI(t, args...); err == nil {
@@ -132,5 +133,23 @@ func TestRenderMarkdown(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestBenchLive runs `bench --live` on a small DDoS filter: the testbed
+// comes up, both programs carry live traffic, and the JSON says so.
+func TestBenchLive(t *testing.T) {
+	kerneltest.Require(t)
+	out, err := runCLI(t, "bench", "--nf", "ddos", "--live", "--rounds", "1", "--period", "200ms", "--packets", "2000",
+		"--flows", "100", "--diff-packets", "50", "--generated", "50", "--json")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var lc liveComparison
+	if err := json.Unmarshal([]byte(out), &lc); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if lc.NF != "ddos" || !(lc.Original.PPS > 0) || !(lc.Optimized.PPS > 0) || !(lc.Original.NsPerPacket > 0) || lc.Generator.Sent == 0 {
+		t.Errorf("live comparison %+v", lc)
 	}
 }
