@@ -317,6 +317,11 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 		},
 		Guards:     n.table,
 		GuardCheck: !n.opts.SkipGuardCheck,
+		Unchanged: func(d [32]byte) bool {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return ps.running != nil && ps.running.digest == d
+		},
 	})
 	if ctx.Err() != nil {
 		// An aborted differential test is no verdict on the candidate.
@@ -331,6 +336,10 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 		if r.Applied {
 			pc.Applied++
 		}
+	}
+	if rep.Reason == optimize.ReasonUnchanged {
+		pc.Outcome = OutcomeUnchanged
+		return pc
 	}
 	if !rep.Accepted {
 		switch {

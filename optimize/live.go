@@ -39,7 +39,17 @@ type LiveOptions struct {
 	// original path when the control plane changes a map; a candidate
 	// whose guard does not is rejected.
 	GuardCheck bool
+	// Unchanged, if set, is asked with the digest (Candidate.Digest) of
+	// the lowered candidate before the verifier and the differential
+	// test run; if it returns true, RunLive stops there and reports
+	// ReasonUnchanged. The agent uses it to skip the checks of a
+	// candidate identical to the one already running.
+	Unchanged func(digest [32]byte) bool
 }
+
+// ReasonUnchanged is the ProgramReport.Reason of a candidate that
+// LiveOptions.Unchanged recognized.
+const ReasonUnchanged = "identical to the running candidate"
 
 // MaxGuardChecks bounds the guarded maps LiveOptions.GuardCheck tests.
 const MaxGuardChecks = 4
@@ -119,6 +129,15 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	}
 	pr.InstructionsAfter = len(insns)
 	pr.OptimizeTime = time.Since(start)
+
+	if lopts.Unchanged != nil {
+		probe := &Candidate{Spec: coll.Copy(), Program: name}
+		probe.Spec.Programs[name].Instructions = insns
+		if lopts.Unchanged(probe.Digest(spec)) {
+			pr.Reason = ReasonUnchanged
+			return pr, nil
+		}
+	}
 
 	// The verifier and the differential test must see the guard versions
 	// the candidate compares with, or they would only test the fallback.
