@@ -474,6 +474,30 @@ func TestPinnedStopClose(t *testing.T) {
 	guardID, _ := gi.ID()
 	ps, _ := nf.Program(router.Program)
 	opt := ps.RunningID
+	// The maps only the optimized program uses: its cache maps.
+	optProg := mustProgram(t, opt)
+	optInfo, err := optProg.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	optMaps, _ := optInfo.MapIDs()
+	optProg.Close()
+	nfMaps := map[ebpf.MapID]bool{guardID: true}
+	for _, m := range nf.maps {
+		if mi, err := m.Info(); err == nil {
+			id, _ := mi.ID()
+			nfMaps[id] = true
+		}
+	}
+	var cacheMaps []ebpf.MapID
+	for _, id := range optMaps {
+		if !nfMaps[id] {
+			cacheMaps = append(cacheMaps, id)
+		}
+	}
+	if len(cacheMaps) == 0 {
+		t.Fatal("the optimized router has no cache map")
+	}
 	for _, p := range []string{"agent/guards", "agent/state", "maps/routes", "progs/xdp_router"} {
 		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
 			t.Errorf("pin %s: %v", p, err)
@@ -485,8 +509,14 @@ func TestPinnedStopClose(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "agent")); !os.IsNotExist(err) {
 		t.Errorf("agent pins left after Stop: %v", err)
 	}
-	if !eventually(5*time.Second, func() bool { return programGone(opt) && mapGone(guardID) }) {
-		t.Errorf("optimized program %d or guard map %d survived Stop", opt, guardID)
+	if !eventually(5*time.Second, func() bool {
+		gone := programGone(opt) && mapGone(guardID)
+		for _, id := range cacheMaps {
+			gone = gone && mapGone(id)
+		}
+		return gone
+	}) {
+		t.Errorf("optimized program %d, guard map %d or cache maps %v survived Stop", opt, guardID, cacheMaps)
 	}
 	ps, _ = nf.Program(router.Program)
 	if ps.RunningID != ps.OriginalID || !ns.xdpAttached(t, ns.veth) {
