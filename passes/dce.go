@@ -483,3 +483,192 @@ func computeLive(f *program.Func) liveSets {
 	}
 	return l
 }
+
+// stackBits is a set of the 512 bytes of a stack frame; bit i is the byte
+// at R10-512+i.
+type stackBits [analysis.StackSize / 64]uint64
+
+func (s *stackBits) addRange(lo, hi int64) {
+	lo, hi = max(lo, -analysis.StackSize), min(hi, 0)
+	for o := lo; o < hi; o++ {
+		i := o + analysis.StackSize
+		s[i/64] |= 1 << (i % 64)
+	}
+}
+
+func (s *stackBits) removeRange(lo, hi int64) {
+	lo, hi = max(lo, -analysis.StackSize), min(hi, 0)
+	for o := lo; o < hi; o++ {
+		i := o + analysis.StackSize
+		s[i/64] &^= 1 << (i % 64)
+	}
+}
+
+func (s stackBits) anyIn(lo, hi int64) bool {
+	lo, hi = max(lo, -analysis.StackSize), min(hi, 0)
+	for o := lo; o < hi; o++ {
+		i := o + analysis.StackSize
+		if s[i/64]&(1<<(i%64)) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *stackBits) or(t stackBits) {
+	for i := range s {
+		s[i] |= t[i]
+	}
+}
+
+var allStack = func() stackBits {
+	var s stackBits
+	s.addRange(-analysis.StackSize, 0)
+	return s
+}()
+
+// stackEffect is what one instruction does to the current frame.
+type stackEffect struct {
+	reads stackBits
+	// store is set for a plain store to known bytes [lo, hi), which a
+	// later store of the same bytes makes dead.
+	store  bool
+	lo, hi int64
+}
+
+// stackEffects classifies the frame accesses of every instruction of f with
+// the analysis' pointer values. ok is false when a pointer into the frame
+// escapes where the classification cannot follow it (stored to memory).
+func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]stackEffect, bool) {
+	out := map[*program.Block][]stackEffect{}
+	for _, b := range f.Blocks {
+		effs := make([]stackEffect, len(b.Insns))
+		out[b] = effs
+		if !res.Reachable(b) {
+			// No states: whatever it does, assume it reads everything.
+			for i := range effs {
+				effs[i].reads = allStack
+			}
+			continue
+		}
+		for i, ins := range b.Insns {
+			st := res.StateBefore(b, i)
+			if st == nil {
+				effs[i].reads = allStack
+				continue
+			}
+			e := &effs[i]
+			// base reports the frame bytes a pointer register reaches:
+			// known when it is a frame pointer at a known offset; every
+			// byte when it may point into the frame.
+			base := func(r asm.Register, off int64, size int) (lo, hi int64, known, frame bool) {
+				v := st.Reg(r)
+				switch v.Kind {
+				case analysis.PtrStack:
+					if v.OffKnown {
+						return v.Off + off, v.Off + off + int64(size), true, true
+					}
+					return 0, 0, false, true
+				case analysis.PtrCtx, analysis.PtrPacket, analysis.PtrPacketEnd, analysis.PtrMap,
+					analysis.PtrMapValue, analysis.PtrMapData, analysis.PtrParentStack, analysis.PtrFunc, analysis.PtrOther:
+					return 0, 0, false, false
+				}
+				return 0, 0, false, true // unknown: may be the frame
+			}
+			cls := ins.OpCode.Class()
+			size := ins.OpCode.Size().Sizeof()
+			switch {
+			case ins.OpCode.IsDWordLoad() || cls.IsALU() || cls == asm.LdClass:
+			case cls == asm.LdXClass:
+				if lo, hi, known, frame := base(ins.Src, int64(ins.Offset), size); known {
+					e.reads.addRange(lo, hi)
+				} else if frame {
+					e.reads = allStack
+				}
+			case cls == asm.StXClass && ins.OpCode.Mode() == asm.AtomicMode:
+				if lo, hi, known, frame := base(ins.Dst, int64(ins.Offset), size); known {
+					e.reads.addRange(lo, hi)
+				} else if frame {
+					e.reads = allStack
+				}
+				if st.Reg(ins.Src).Kind == analysis.PtrStack {
+					return nil, false
+				}
+			case cls == asm.StClass || cls == asm.StXClass:
+				if cls == asm.StXClass && st.Reg(ins.Src).Kind == analysis.PtrStack {
+					return nil, false // a frame pointer stored to memory
+				}
+				if lo, hi, known, _ := base(ins.Dst, int64(ins.Offset), size); known && lo >= -analysis.StackSize && hi <= 0 {
+					e.store, e.lo, e.hi = true, lo, hi
+				}
+			case cls.IsJump() && ins.OpCode.JumpOp() == asm.Call:
+				// Helpers reach forward from a frame pointer argument; a
+				// function, or a helper's callback, may reach anywhere.
+				callback := false
+				for r := asm.R1; r <= asm.R5; r++ {
+					callback = callback || st.Reg(r).Kind == analysis.PtrFunc
+				}
+				for r := asm.R1; r <= asm.R5; r++ {
+					v := st.Reg(r)
+					switch {
+					case v.Kind == analysis.PtrStack && v.OffKnown && ins.IsBuiltinCall() && !callback:
+						e.reads.addRange(v.Off, 0)
+					case v.Kind == analysis.PtrStack || v.Kind == analysis.Unknown:
+						e.reads = allStack
+					}
+				}
+			}
+		}
+	}
+	return out, true
+}
+
+// deadStores finds the plain stores to the frame that no later
+// instruction reads before the bytes are overwritten or the function
+// returns, with a backward byte-level liveness over the frame, and adds
+// them to marks.
+func deadStores(res *analysis.Result, f *program.Func, marks map[*program.Block][]int) {
+	effs, ok := stackEffects(res, f)
+	if !ok {
+		return
+	}
+	in := map[*program.Block]stackBits{}
+	transfer := func(b *program.Block, out stackBits) (stackBits, []int) {
+		live := out
+		var dead []int
+		for i := len(b.Insns) - 1; i >= 0; i-- {
+			e := effs[b][i]
+			if e.store {
+				if !live.anyIn(e.lo, e.hi) {
+					dead = append(dead, i)
+				}
+				live.removeRange(e.lo, e.hi)
+			}
+			live.or(e.reads)
+		}
+		return live, dead
+	}
+	for changed := true; changed; {
+		changed = false
+		for k := len(f.Blocks) - 1; k >= 0; k-- {
+			b := f.Blocks[k]
+			var out stackBits
+			for _, s := range b.Succs() {
+				out.or(in[s])
+			}
+			live, _ := transfer(b, out)
+			if live != in[b] {
+				in[b] = live
+				changed = true
+			}
+		}
+	}
+	for _, b := range f.Blocks {
+		var out stackBits
+		for _, s := range b.Succs() {
+			out.or(in[s])
+		}
+		_, dead := transfer(b, out)
+		marks[b] = append(marks[b], dead...)
+	}
+}
