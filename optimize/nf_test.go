@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
@@ -41,7 +42,7 @@ func xdpContext(ifindex uint32) []byte {
 type nfCase struct {
 	name  string
 	spec  func() (*ebpf.CollectionSpec, error)
-	setup func(t *testing.T, spec *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet)
+	setup func(t testing.TB, spec *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet)
 	// keys maps a trace flow to the keys it looks up, per map: the
 	// heatmap is the count of these keys over the trace.
 	keys    func(f traffic.Flow) map[string][]byte
@@ -59,7 +60,7 @@ func lpmHostKey(a netip.Addr) []byte {
 	return append(binary.LittleEndian.AppendUint32(nil, 32), b[:]...)
 }
 
-func must[T any](t *testing.T) func(v T, err error) T {
+func must[T any](t testing.TB) func(v T, err error) T {
 	return func(v T, err error) T {
 		t.Helper()
 		if err != nil {
@@ -74,7 +75,7 @@ func routerCase(n int) nfCase {
 	return nfCase{
 		name: fmt.Sprintf("router/%d-routes", n),
 		spec: router.Spec,
-		setup: func(t *testing.T, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
+		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
 			cfg := must[*router.Config](t)(traffic.RouterConfig(n, []uint32{loIfindex, 2, 3}, uint64(n)))
 			state := must[*mapstate.State](t)(cfg.State())
 			set := must[traffic.FlowSet](t)(traffic.RouterFlows(cfg, loIfindex, min(n, 256), 7))
@@ -104,7 +105,7 @@ func bigRouterCase(n int) nfCase {
 			spec.Maps[router.MapRoutes].MaxEntries = uint32(n + 1)
 			return spec, nil
 		},
-		setup: func(t *testing.T, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
+		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
 			cfg := must[*router.Config](t)(traffic.RouterConfig(8, []uint32{loIfindex, 2, 3}, 1))
 			state := must[*mapstate.State](t)(cfg.State())
 			delete(state.Maps, router.MapRoutes)
@@ -150,7 +151,7 @@ func firewallCase(name string, rules, flows int, stateful bool, edit func(*firew
 	return nfCase{
 		name: "firewall/" + name,
 		spec: firewall.Spec,
-		setup: func(t *testing.T, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
+		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
 			cfg := must[*firewall.Config](t)(traffic.FirewallConfig(rules, stateful, 3))
 			if edit != nil {
 				edit(cfg)
@@ -170,7 +171,7 @@ func lbCase(vips int) nfCase {
 	return nfCase{
 		name: fmt.Sprintf("lb/%d-vips", vips),
 		spec: lb.Spec,
-		setup: func(t *testing.T, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
+		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
 			cfg := must[*lb.Config](t)(traffic.LBConfig(vips, 16, 5))
 			state := must[*mapstate.State](t)(cfg.State())
 			set := must[traffic.FlowSet](t)(traffic.LBFlows(cfg, 200, 6))
@@ -190,7 +191,7 @@ func l2switchCase() nfCase {
 	return nfCase{
 		name: "l2switch/eval",
 		spec: l2switch.Spec,
-		setup: func(t *testing.T, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
+		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
 			cfg := must[*l2switch.Config](t)(traffic.L2SwitchConfig([]uint32{loIfindex, 2, 3, 4}, 4, 0, 8))
 			state := must[*mapstate.State](t)(cfg.State())
 			set := must[traffic.FlowSet](t)(traffic.L2SwitchFlows(cfg, loIfindex, 200, 9))
@@ -208,7 +209,7 @@ func ddosCase() nfCase {
 	return nfCase{
 		name: "ddos/eval",
 		spec: ddos.Spec,
-		setup: func(t *testing.T, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
+		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
 			cfg := must[*ddos.Config](t)(traffic.DDoSConfig(0, 64, 1000, 10))
 			state := must[*mapstate.State](t)(cfg.State())
 			set := must[traffic.FlowSet](t)(traffic.DDoSFlows(cfg, 200, 11))
@@ -264,22 +265,7 @@ func TestNFMatrix(t *testing.T) {
 		}
 		big = n
 	}
-	cases := []nfCase{
-		routerCase(1),
-		routerCase(8),
-		routerCase(500),
-		bigRouterCase(big),
-		firewallCase("stateless-all-tables", 0, 200, false, nil),
-		firewallCase("stateful-all-tables", 0, 200, true, nil),
-		firewallCase("rules-only", 64, 16, false, func(c *firewall.Config) {
-			c.SourcePrefixes, c.DestinationPrefixes = nil, nil
-		}),
-		firewallCase("prefixes-only", 64, 32, false, func(c *firewall.Config) { c.Rules = nil }),
-		lbCase(1),
-		lbCase(64),
-		l2switchCase(),
-		ddosCase(),
-	}
+	cases := nfCases(big)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			spec := must[*ebpf.CollectionSpec](t)(c.spec())
@@ -330,4 +316,75 @@ func TestNFMatrix(t *testing.T) {
 			t.Logf("setup %v, run %v, %d trace packets", setup.Round(time.Millisecond), total.Round(time.Millisecond), len(tr.Frames))
 		})
 	}
+}
+
+// nfCases is the configuration matrix; big is the size of the largest
+// router table.
+func nfCases(big int) []nfCase {
+	return []nfCase{
+		routerCase(1),
+		routerCase(8),
+		routerCase(500),
+		bigRouterCase(big),
+		firewallCase("stateless-all-tables", 0, 200, false, nil),
+		firewallCase("stateful-all-tables", 0, 200, true, nil),
+		firewallCase("rules-only", 64, 16, false, func(c *firewall.Config) {
+			c.SourcePrefixes, c.DestinationPrefixes = nil, nil
+		}),
+		firewallCase("prefixes-only", 64, 32, false, func(c *firewall.Config) { c.Rules = nil }),
+		lbCase(1),
+		lbCase(64),
+		l2switchCase(),
+		ddosCase(),
+	}
+}
+
+// BenchmarkOptimize measures one optimization cycle of every NF
+// configuration without the kernel: lift, analysis, passes and lower
+// (Options.NoVerify). The target is below 50 ms per program.
+//
+//	go test ./optimize -run XXX -bench Optimize -benchtime 20x
+func BenchmarkOptimize(b *testing.B) {
+	for _, c := range nfCases(100_000) {
+		b.Run(c.name, func(b *testing.B) {
+			spec, err := c.spec()
+			if err != nil {
+				b.Fatal(err)
+			}
+			state, set := c.setup(b, spec)
+			tr, err := traffic.Generate(set, traffic.Options{Packets: 3000, Locality: traffic.LocalityHigh, MalformedShare: c.malformed, Seed: 12})
+			if err != nil {
+				b.Fatal(err)
+			}
+			heat := heatFromTrace(tr, c.keys)
+			opts := Options{Passes: passes.DefaultOptions(), NoVerify: true}
+			var progs int
+			var insns int
+			cpu0 := cpuTime(b)
+			for b.Loop() {
+				rep, err := Run(context.Background(), spec, state, heat, opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				progs, insns = len(rep.Programs), 0
+				for _, p := range rep.Programs {
+					insns += p.InstructionsAfter
+				}
+			}
+			// CPU time (user and system, all threads: GC included) is the
+			// cost on a loaded machine, where wall time counts waiting.
+			b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(b.N)/float64(progs)/1e6, "cpu-ms/program")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(progs)/1e6, "ms/program")
+			b.ReportMetric(float64(insns), "insns")
+		})
+	}
+}
+
+// cpuTime is the process's CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -42,6 +42,10 @@ type Options struct {
 	Seed int64
 	// Context is the test-run context (xdp_md) for the differential test.
 	Context []byte
+	// NoVerify stops after lowering: no verifier, no differential test,
+	// and so never an accepted candidate. It measures the optimizer's own
+	// work (BenchmarkOptimize) without the kernel's.
+	NoVerify bool
 }
 
 // Report is the result for every program.
@@ -121,6 +125,9 @@ func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, 
 	case gen < 0:
 		gen = 0
 	}
+	if opts.NoVerify {
+		gen = 0
+	}
 	rnd := rand.New(rand.NewSource(opts.Seed))
 	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
 	packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
@@ -179,6 +186,10 @@ func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, st
 	}
 	pr.InstructionsAfter = len(insns)
 	pr.OptimizeTime = time.Since(start)
+	if opts.NoVerify {
+		pr.Reason = "not verified (NoVerify)"
+		return pr, nil
+	}
 
 	cand := verify.Candidate{name: insns}
 	vstart := time.Now()
