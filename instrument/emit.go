@@ -181,7 +181,10 @@ func (e *emitter) countdown(resume, record *program.Block) (count, reload *progr
 		asm.LSh.Imm32(asm.R2, 5),
 		asm.Xor.Reg32(asm.R0, asm.R2),
 		asm.StoreMem(asm.R1, stateOff, asm.R0, asm.Word),
-		asm.Mod.Imm32(asm.R0, int32(2*e.n-1)),
+		// Interval 1 + ⌊x·(2N-1)/2³²⌋, uniform on [1, 2N-1]: a multiply
+		// and a shift instead of a division (x < 2³², 2N-1 < 2³¹).
+		asm.Mul.Imm(asm.R0, int32(2*e.n-1)),
+		asm.RSh.Imm(asm.R0, 32),
 		asm.Add.Imm32(asm.R0, 1),
 		asm.StoreMem(asm.R1, countOff, asm.R0, asm.Word),
 	}

@@ -7,41 +7,47 @@
 // # What is instrumented
 //
 // A lookup site (bpf_map_lookup_elem) is instrumented when the analysis
-// knows which map it looks up and that its key lies in the function's own
-// stack at a known offset with the map's key size, and the map is worth
-// profiling: an LPM trie, or a hash map with more entries than
+// knows which map it looks up and where its key lives, and the map is
+// worth profiling: an LPM trie, or a hash map with more entries than
 // Options.MaxInline (smaller tables are inlined whole by the mapinline
 // pass, whatever the traffic). Arrays are never instrumented: their lookup
-// is already an index. Any other site is left exactly as it was and listed
-// in Variant.Skipped with the reason.
+// is already an index. The key may be in the function's own stack at a
+// known offset (the common case), or behind a pointer of a kind the
+// analysis resolved (a caller's stack, a map value, global data, the
+// packet). Any other site is left exactly as it was and listed in
+// Variant.Skipped with the reason.
 //
 // # The injected code
 //
 // In front of the original call, for a sampled execution:
 //
-//	r1 = heat map; r2 = r10 + keyOff
+//	r1 = heat map; r2 = key pointer
 //	r0 = bpf_map_lookup_elem(r1, r2)
 //	if r0 != 0 { lock *(u64 *)(r0 + 0) += 1 }
 //	else       { bpf_map_update_elem(heat, key, &one, BPF_NOEXIST) } // failure ignored
-//	r1 = map; r2 = r10 + keyOff                                       // rematerialized
+//	r1 = map; r2 = key pointer                                        // restored
 //	r0 = bpf_map_lookup_elem(r1, r2)                                   // the original call
 //
-// The injected code writes no stack byte and no NF map: only the heat
-// maps and the sampler's control map, which the NF's code never touches.
-// The key is read in place, so an LPM key is recorded whole (prefix length
-// and data). At a lookup call only R1 (the map) and R2 (the key pointer)
-// can be live among the caller-saved registers, since the call defines
-// R0-R5; both are rematerialized from what the analysis proved about them
-// (the map's identity, fp+keyOff) instead of being spilled, which needs no
-// scratch stack and costs two instructions. R6-R9 survive helper calls.
+// The injected code writes no NF map: only the heat maps and the
+// sampler's control map, which the NF's code never touches. The key is
+// read in place with the original map's key size, so an LPM key is
+// recorded whole (prefix length and data). At a lookup call only R1 (the
+// map) and R2 (the key pointer) can be live among the caller-saved
+// registers, since the call defines R0-R5; R1 is rematerialized from the
+// map's identity the analysis proved, R2 as fp+keyOff for a stack key,
+// else it is spilled to an 8-byte stack slot no instruction of the
+// function touches (analysis StackUsage.FreeSlots) and reloaded. R6-R9
+// survive helper calls. A stack key therefore costs no scratch memory.
 //
 // # Sampling
 //
 // SamplerCountdown (the default) keeps a countdown per CPU, in a
 // cache-line-sized slot of a single-element array reached by a direct
 // value pointer and indexed by bpf_get_smp_processor_id (which the x86-64
-// JIT inlines). An unsampled execution costs about ten ALU and memory
-// instructions and no helper call. When the countdown expires the site
+// verifier inlines). An unsampled execution costs 14 BPF instructions on
+// x86-64 (the inlined CPU id, one read-modify-write of the CPU's own cache
+// line, the branch, and restoring R1 and R2) and no helper call. When the
+// countdown expires the site
 // samples and reloads it with an interval drawn uniformly from
 // [1, 2N-1] (mean N = round(1/Rate)) by a per-CPU xorshift generator, so
 // the long-run sampling rate is exactly 1/N. SamplerPrandom is the seed's
@@ -78,7 +84,7 @@ const (
 )
 
 // maxInterval is the countdown sampler's largest mean interval: reloads
-// draw from [1, 2N-1], which must fit the 32-bit immediate of BPF_MOD.
+// draw from [1, 2N-1], and 2N-1 must fit a positive 32-bit immediate.
 const maxInterval = 1 << 30
 
 // Sampler selects how the injected code decides to record an execution.
