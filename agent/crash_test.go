@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"io"
 	"context"
 	"fmt"
 	"os"
@@ -23,7 +24,7 @@ import (
 const helperEnv = "MORPHEUS_AGENT_HELPER"
 
 // TestHelperProcess is not a test: TestCrashAdopt runs the test binary
-// with helperEnv set ("NETNS_PATH PIN_DIR") to get an agent process it can
+// with helperEnv set ("NETNS_PATH PIN_DIR IFINDEX") to get an agent process it can
 // kill -9. The helper optimizes the router, prints "READY <program id>"
 // and waits to be killed.
 func TestHelperProcess(t *testing.T) {
@@ -32,7 +33,11 @@ func TestHelperProcess(t *testing.T) {
 		t.Skip("helper process for TestCrashAdopt")
 	}
 	f := strings.Fields(arg)
-	st, err := testRouterConfig().State()
+	idx, err := strconv.Atoi(f[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := forwardConfig(idx).State()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +45,7 @@ func TestHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nf, err := Load(context.Background(), spec, st, []Attachment{{Kind: XDP, Interface: "veth0", Netns: f[0]}},
+	nf, err := Load(context.Background(), spec, st, []Attachment{{Kind: XDP, Interface: "veth0", Netns: f[0], XDPMode: XDPGeneric}},
 		Options{Name: "crash", PinDir: f[1], Generated: 200, Logger: testLogger(t)})
 	if err != nil {
 		fmt.Println("ERROR", err)
@@ -69,7 +74,9 @@ func TestCrashAdopt(t *testing.T) {
 	dir := bpffsDir(t)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"="+ns.path+" "+dir)
+	vethIdx := ns.ifindex(t, ns.veth)
+	cfg := forwardConfig(vethIdx)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d", helperEnv, ns.path, dir, vethIdx))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -81,14 +88,17 @@ func TestCrashAdopt(t *testing.T) {
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
+		var other []string
 		for sc.Scan() {
 			line := sc.Text()
 			if strings.HasPrefix(line, "READY ") || strings.HasPrefix(line, "ERROR") {
 				ready <- line
+				io.Copy(io.Discard, out)
 				return
 			}
+			other = append(other, line)
 		}
-		ready <- "EOF"
+		ready <- "EOF: " + strings.Join(other, "\n")
 	}()
 	var line string
 	select {
@@ -138,17 +148,41 @@ func TestCrashAdopt(t *testing.T) {
 	if got := runID(t, optID, pkt); got.verdict != want.verdict || got.verdict != xdpRedirect {
 		t.Fatalf("orphaned optimized program: verdict %d, original %d", got.verdict, want.verdict)
 	}
+	// And it forwards real frames: sent from the peer, sent back out of
+	// the veth by XDP_TX, counted by the router.
+	counters, err := ebpf.LoadPinnedMap(dir+"/maps/counters", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer counters.Close()
+	before, err := router.ReadCounters(counters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const nFrames = 50
+	frames := make([][]byte, nFrames)
+	for i := range frames {
+		frames[i] = udpFrame(t, "203.0.113.7")
+	}
+	ns.send(t, ns.peer, frames)
+	if !eventually(5*time.Second, func() bool {
+		c, err := router.ReadCounters(counters)
+		return err == nil && c[router.CounterTx].Packets >= before[router.CounterTx].Packets+nFrames
+	}) {
+		c, _ := router.ReadCounters(counters)
+		t.Fatalf("the orphaned router did not forward: tx %d -> %d, counters %+v", before[router.CounterTx].Packets, c[router.CounterTx].Packets, c)
+	}
 
 	// Adoption with untouched maps keeps the optimized program.
 	spec, err := router.Spec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := testRouterConfig().State()
+	st, err := cfg.State()
 	if err != nil {
 		t.Fatal(err)
 	}
-	atts := []Attachment{{Kind: XDP, Interface: ns.veth, Netns: ns.path}}
+	atts := []Attachment{{Kind: XDP, Interface: ns.veth, Netns: ns.path, XDPMode: XDPGeneric}}
 	opts := Options{Name: "crash", PinDir: dir, Generated: 200, Logger: testLogger(t)}
 	nf, err := Load(ctx, spec, st, atts, opts)
 	if err != nil {
@@ -165,7 +199,7 @@ func TestCrashAdopt(t *testing.T) {
 	// a cycle specializes to it: the next adoption must replay that
 	// version into its guard table.
 	other := "192.168.0.0/16"
-	okey, oval := routeEntry(t, withRoute(testRouterConfig(), other, router.Route{Action: router.ActionBlackhole}), other)
+	okey, oval := routeEntry(t, withRoute(cfg, other, router.Route{Action: router.ActionBlackhole}), other)
 	m, err := nf.Map(router.MapRoutes)
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +220,7 @@ func TestCrashAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, val := routeEntry(t, withRoute(testRouterConfig(), prefix, router.Route{Action: router.ActionBlackhole}), prefix)
+	key, val := routeEntry(t, withRoute(cfg, prefix, router.Route{Action: router.ActionBlackhole}), prefix)
 	err = routes.Put(key, val)
 	routes.Close()
 	if err != nil {

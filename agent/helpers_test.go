@@ -19,6 +19,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/morpheus-go/morpheus/nf/router"
 )
@@ -268,4 +269,61 @@ func (n *NF) abandon() {
 	n.stopped, n.closed = true, true
 	close(n.done)
 	n.events.closeAll()
+}
+
+// ifindex returns the index of dev in the namespace.
+func (ns *testNetns) ifindex(tb testing.TB, dev string) int {
+	tb.Helper()
+	h, err := netlinkHandle(ns.path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l.Attrs().Index
+}
+
+// send transmits frames out of dev (inside the namespace) through a
+// packet socket.
+func (ns *testNetns) send(tb testing.TB, dev string, frames [][]byte) {
+	tb.Helper()
+	idx := ns.ifindex(tb, dev)
+	var fd int
+	err := inNetns(ns.path, func() (err error) {
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		return err
+	})
+	if err != nil {
+		tb.Fatalf("packet socket: %v", err)
+	}
+	defer unix.Close(fd)
+	sa := &unix.SockaddrLinklayer{Ifindex: idx, Halen: 6}
+	for i, f := range frames {
+		if err := unix.Sendto(fd, f, 0, sa); err != nil {
+			tb.Fatalf("send frame %d: %v", i, err)
+		}
+	}
+}
+
+// forwardConfig is testRouterConfig plus the veth at ifindex: frames to
+// 203.0.113.0/24 arriving there go back out of it (XDP_TX), so a frame
+// sent from the peer is forwarded and counted as tx.
+func forwardConfig(ifindex int) *router.Config {
+	cfg := testRouterConfig()
+	found := false
+	for i := range cfg.Interfaces {
+		if cfg.Interfaces[i].Ifindex == uint32(ifindex) {
+			cfg.Interfaces[i].StrictDestMAC = false // test frames carry another MAC
+			found = true
+		}
+	}
+	if !found {
+		cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: uint32(ifindex), MAC: "02:00:00:00:0a:01"})
+	}
+	cfg.NextHops = append(cfg.NextHops, router.NextHop{Name: "back", Ifindex: uint32(ifindex), MAC: "02:00:00:00:0a:fe"})
+	cfg.Routes = append(cfg.Routes, router.Route{Prefix: "203.0.113.0/24", Via: "back"})
+	return cfg
 }
