@@ -2,9 +2,9 @@ package agent
 
 import (
 	"bufio"
-	"io"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
