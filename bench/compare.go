@@ -28,9 +28,14 @@ type CompareOptions struct {
 	// Measure is passed to Measure (rounds, repeat, warm-up). Its
 	// Progress is replaced by Progress below.
 	Measure Options
-	// Heat is the heatmap the optimizer specializes to; nil uses the
-	// scenario's TraceHeatmap stand-in.
+	// Heat is the heatmap the optimizer specializes to; nil builds one
+	// as HeatFrom says.
 	Heat *heatmap.Heatmap
+	// HeatFrom is HeatInstrument (the default: ProfileHeatmap with
+	// Profile) or HeatTrace (TraceHeatmap).
+	HeatFrom string
+	// Profile tunes ProfileHeatmap.
+	Profile ProfileOptions
 	// HeatSource describes Heat in the result (default HeatmapSource).
 	HeatSource string
 	// Passes tunes the optimizer's passes; the zero value means
@@ -156,12 +161,22 @@ func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, er
 		}
 	}
 	heat, src := opts.Heat, opts.HeatSource
-	if heat == nil {
+	switch {
+	case heat != nil:
+	case opts.HeatFrom == HeatTrace:
 		var err error
 		if heat, err = sc.TraceHeatmap(); err != nil {
 			return nil, err
 		}
 		src = HeatmapSource
+	case opts.HeatFrom == "" || opts.HeatFrom == HeatInstrument:
+		progress("profile", 0, 1)
+		var err error
+		if heat, src, err = sc.ProfileHeatmap(ctx, opts.Profile); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("bench: unknown heatmap source %q (want %s or %s)", opts.HeatFrom, HeatInstrument, HeatTrace)
 	}
 	if src == "" {
 		src = "given"

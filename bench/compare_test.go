@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"testing"
@@ -65,5 +66,36 @@ func TestCompareNFs(t *testing.T) {
 				t.Errorf("comparison %+v", cmp)
 			}
 		})
+	}
+}
+
+// TestProfileHeatmap cross-checks the two heatmap sources: the
+// instrumented router, recording every lookup (rate 1), and the trace's
+// key counts must agree on the hot routes and their counts.
+func TestProfileHeatmap(t *testing.T) {
+	kerneltest.Require(t)
+	sc, err := NewScenario(ScenarioOptions{NF: "router", Flows: 300, Trace: traffic.Options{
+		Packets: 5000, Locality: traffic.LocalityHigh, MissShare: 0.1, Seed: 3,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, src, err := sc.ProfileHeatmap(context.Background(), ProfileOptions{Rate: 1, Passes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := sc.TraceHeatmap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("source: %s", src)
+	g, w := got.Top("routes", 8), want.Top("routes", 8)
+	if len(g) != 8 || len(w) != 8 {
+		t.Fatalf("top keys: instrumented %d, trace %d", len(g), len(w))
+	}
+	for i := range w {
+		if !bytes.Equal(g[i].Key, w[i].Key) || g[i].Count != 2*w[i].Count {
+			t.Errorf("rank %d: instrumented %x x%d, trace %x x%d (two passes)", i, g[i].Key, g[i].Count, w[i].Key, w[i].Count)
+		}
 	}
 }

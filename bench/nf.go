@@ -292,15 +292,16 @@ func NewScenario(opts ScenarioOptions) (*Scenario, error) {
 	return sc, nil
 }
 
-// HeatmapSource names where a Comparison's heatmap came from.
-const HeatmapSource = "trace key counts (stand-in for the instrumented program)"
+// HeatmapSource names TraceHeatmap as a Comparison's heatmap source.
+const HeatmapSource = "trace key counts (exact, every packet)"
 
-// TraceHeatmap is a stand-in for the instrumented program's heatmap: it
-// parses every frame of the trace and counts, per map, the key the NF
-// would look that frame up with (the NF-specific key layouts are written
-// out next to each NF above). Malformed and non-IPv4 frames count
-// nowhere. Unlike sampling it sees every packet, so it is the best case of
-// what instrumentation can report.
+// TraceHeatmap is the exact heatmap of the trace, a reference for the
+// instrumented program's (ProfileHeatmap): it parses every frame and
+// counts, per map, the key the NF would look that frame up with (the
+// NF-specific key layouts are written out next to each NF above).
+// Malformed and non-IPv4 frames count nowhere. Unlike sampling it sees
+// every packet, so it is the best case of what instrumentation can
+// report.
 func (sc *Scenario) TraceHeatmap() (*heatmap.Heatmap, error) {
 	k, err := kindOf(sc.NF)
 	if err != nil {

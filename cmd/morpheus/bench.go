@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/morpheus-go/morpheus/bench"
+	"github.com/morpheus-go/morpheus/instrument"
 	"github.com/morpheus-go/morpheus/passes"
 	"github.com/morpheus-go/morpheus/testbed"
 	"github.com/morpheus-go/morpheus/traffic"
@@ -58,6 +59,8 @@ type benchFlags struct {
 	maxInline    int
 	live         bool
 	period       time.Duration
+	heat         string
+	sampleRate   float64
 }
 
 func newBenchCmd() *cobra.Command {
@@ -90,6 +93,8 @@ func newBenchCmd() *cobra.Command {
 	fs.BoolVar(&bf.noProgress, "no-progress", false, "no progress bars (they are shown only when stderr is a terminal)")
 	fs.BoolVar(&bf.live, "live", false, "measure on a live veth testbed instead: generator in live-frames mode, NF in native XDP, bpf_stats")
 	fs.DurationVar(&bf.period, "period", time.Second, "with --live: how long each program carries the traffic per round")
+	fs.StringVar(&bf.heat, "heat", bench.HeatInstrument, "heatmap source: instrument (profile the instrumented NF over the trace) or trace (exact key counts of the trace)")
+	fs.Float64Var(&bf.sampleRate, "sample-rate", instrument.DefaultRate, "with --heat instrument: the instrumentation's sampling rate")
 	def := passes.DefaultOptions()
 	fs.IntVar(&bf.topK, "top-k", def.TopK, "hot keys the hotcache pass compiles in front of a lookup")
 	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
@@ -194,6 +199,8 @@ func (bf *benchFlags) compareOptions() bench.CompareOptions {
 		Generated:   bf.generated,
 		Seed:        int64(bf.seed),
 		Passes:      passes.Options{TopK: bf.topK, MaxInline: bf.maxInline},
+		HeatFrom:    bf.heat,
+		Profile:     bench.ProfileOptions{Rate: bf.sampleRate},
 	}
 }
 
@@ -416,6 +423,12 @@ func commandLine(bf *benchFlags) string {
 	if bf.seed != 1 {
 		s += fmt.Sprintf(" --seed %d", bf.seed)
 	}
+	if bf.heat != bench.HeatInstrument {
+		s += " --heat " + bf.heat
+	}
+	if bf.sampleRate != instrument.DefaultRate {
+		s += fmt.Sprintf(" --sample-rate %g", bf.sampleRate)
+	}
 	def := passes.DefaultOptions()
 	if bf.topK != def.TopK {
 		s += fmt.Sprintf(" --top-k %d", bf.topK)
@@ -515,9 +528,11 @@ func firstHeatSource(results []*bench.Comparison) string {
 	return results[0].HeatSource
 }
 
-// summarizeRemarks condenses applied remarks to "pass: n rewrites" plus the
-// map-level ones verbatim (the interesting ones: what got cached or inlined).
+// summarizeRemarks condenses applied remarks to "pass ×n" per pass, plus
+// the map-level rewrites other than constant folding (what got cached,
+// inlined or specialized), at most maxListed of them.
 func summarizeRemarks(applied []string) string {
+	const maxListed = 4
 	if len(applied) == 0 {
 		return "no rewrite applied"
 	}
@@ -529,7 +544,7 @@ func summarizeRemarks(applied []string) string {
 			passes = append(passes, pass)
 		}
 		counts[pass]++
-		if strings.Contains(r, " map ") {
+		if strings.Contains(r, " map ") && pass != "constprop" && pass != "dce" {
 			maps = append(maps, r)
 		}
 	}
@@ -538,7 +553,11 @@ func summarizeRemarks(applied []string) string {
 		parts = append(parts, fmt.Sprintf("%s ×%d", p, counts[p]))
 	}
 	s := strings.Join(parts, ", ")
-	for _, m := range maps {
+	for i, m := range maps {
+		if i == maxListed {
+			s += fmt.Sprintf("; and %d more", len(maps)-maxListed)
+			break
+		}
 		s += "; " + m
 	}
 	return s

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/morpheus-go/morpheus/bench"
+	"github.com/morpheus-go/morpheus/instrument"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 )
 
@@ -66,6 +67,7 @@ func TestBenchErrors(t *testing.T) {
 		"all + trace":  {"bench", "--all", "--trace", "x.pcap"},
 		"no trace":     {"bench", "--nf", "router", "--trace", "/nonexistent.pcap"},
 		"live + all":   {"bench", "--all", "--live"},
+		"bad heat":     {"bench", "--nf", "ddos", "--heat", "guess", "--packets", "500", "--rounds", "1", "--repeat", "1024"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if out, err := runCLI(t, args...); err == nil {
@@ -115,7 +117,7 @@ var testTime = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 func TestRenderMarkdown(t *testing.T) {
 	bf := &benchFlags{rounds: 7, repeat: 1 << 20}
 	bf.packets, bf.size, bf.flows, bf.miss, bf.seed = defaultPackets, 64, 1000, 0.1, 1
-	bf.topK, bf.maxInline = 8, 64
+	bf.topK, bf.maxInline, bf.heat, bf.sampleRate = 8, 64, bench.HeatInstrument, instrument.DefaultRate
 	results := []*bench.Comparison{
 		{NF: "router", Locality: "high", FloorNs: 70, OriginalNs: 200, OptimizedNs: 100, Speedup: 2, EndToEnd: 1.6,
 			Result: &bench.Result{Rounds: 7, Repeat: 1 << 20},
