@@ -331,6 +331,7 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 		return fail(OutcomeError, "optimizer: %v", err)
 	}
 	pc.InstructionsAfter = rep.InstructionsAfter
+	pc.Passes, pc.Remarks = rep.Passes, rep.Remarks
 	pc.OptimizeTime, pc.VerifyTime, pc.DifferentialTime = rep.OptimizeTime, rep.VerifyTime, rep.DifferentialNS
 	for _, r := range rep.Remarks {
 		if r.Applied {

@@ -3,6 +3,8 @@ package agent
 import (
 	"sync"
 	"time"
+
+	"github.com/morpheus-go/morpheus/passes"
 )
 
 // EventKind classifies an [Event].
@@ -83,6 +85,10 @@ type ProgramCycle struct {
 	VerifyTime         time.Duration `json:"verify_time_ns"`
 	DifferentialTime   time.Duration `json:"differential_time_ns"`
 	SwapTime           time.Duration `json:"swap_time_ns"`
+	// Passes and Remarks say what each pass did and why it left sites
+	// alone, as the optimizer reported them.
+	Passes  []passes.PassResult `json:"passes,omitempty"`
+	Remarks []passes.Remark     `json:"remarks,omitempty"`
 }
 
 // CycleStats describes one optimization cycle.
