@@ -522,6 +522,22 @@ func TestPinnedStopClose(t *testing.T) {
 	if ps.RunningID != ps.OriginalID || !ns.xdpAttached(t, ns.veth) {
 		t.Fatalf("after Stop: running %d original %d attached %v", ps.RunningID, ps.OriginalID, ns.xdpAttached(t, ns.veth))
 	}
+	// A stopped NF stays pinned and attached: a new agent adopts it.
+	nf2, err := Load(ctx, spec, st, []Attachment{{Kind: XDP, Interface: ns.veth, Netns: ns.path}},
+		Options{Generated: 200, PinDir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps2, _ := nf2.Program(router.Program)
+	if !nf2.Adopted() || ps2.RunningID != ps.OriginalID {
+		t.Fatalf("adopting a stopped NF: adopted %v, running %d, original %d", nf2.Adopted(), ps2.RunningID, ps.OriginalID)
+	}
+	if cs, err := nf2.Cycle(ctx); err != nil || cs.Programs[0].Outcome != OutcomeSwapped {
+		t.Fatalf("cycle after adoption: %v %+v", err, cs)
+	}
+	if err := nf2.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if err := nf.Close(); err != nil {
 		t.Fatal(err)
 	}
