@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -47,12 +48,15 @@ type AgentBackend struct {
 }
 
 // runState accumulates the bpf_stats of a program across the kernel
-// programs that ran in its place.
+// programs that ran in its place (originals, candidates, profiling
+// variants). A program can come back (the optimized one after a profiling
+// window), so the latest counts are kept per kernel program until it is
+// gone, and only then folded into base.
 type runState struct {
-	id   ebpf.ProgramID
-	prog *ebpf.Program
-	last RunStats // of the program with id
-	base RunStats // of the programs before it
+	cur  ebpf.ProgramID
+	prog *ebpf.Program // handle on cur
+	seen map[ebpf.ProgramID]RunStats
+	base RunStats
 }
 
 // NewAgentBackend serves nfs, which must have distinct names. It
@@ -194,39 +198,56 @@ func describeAttachment(a agent.Attachment) string {
 	return s
 }
 
-// runStats returns the cumulative bpf_stats of a program. When a swap put
-// a new kernel program in its place, the last figures of the old one are
-// carried over so the totals never go backwards (runs between the last
-// sample and the swap are lost).
+// runStats returns the cumulative bpf_stats of a program, kept monotonic
+// across swaps (runs between the last sample and a swap are lost).
 func (b *AgentBackend) runStats(key string, id ebpf.ProgramID) RunStats {
 	b.runMu.Lock()
 	defer b.runMu.Unlock()
 	r := b.runs[key]
 	if r == nil {
-		r = &runState{}
+		r = &runState{seen: map[ebpf.ProgramID]RunStats{}}
 		b.runs[key] = r
 	}
-	if id != r.id {
+	if id != r.cur {
 		if r.prog != nil {
 			r.prog.Close()
 			r.prog = nil
 		}
-		r.base.Packets += r.last.Packets
-		r.base.RunTime += r.last.RunTime
-		r.last = RunStats{}
-		r.id = id
+		r.cur = id
 		if id != 0 {
 			if p, err := ebpf.NewProgramFromID(id); err == nil {
 				r.prog = p
 			}
 		}
+		// Programs that no longer exist cannot run again: their counts
+		// are final.
+		for old, st := range r.seen {
+			if old == id {
+				continue
+			}
+			p, err := ebpf.NewProgramFromID(old)
+			if err == nil {
+				p.Close()
+				continue
+			}
+			if errors.Is(err, os.ErrNotExist) {
+				r.base.Packets += st.Packets
+				r.base.RunTime += st.RunTime
+				delete(r.seen, old)
+			}
+		}
 	}
 	if r.prog != nil {
 		if st, err := r.prog.Stats(); err == nil {
-			r.last = RunStats{Packets: st.RunCount, RunTime: st.Runtime}
+			r.seen[r.cur] = RunStats{Packets: st.RunCount, RunTime: st.Runtime}
 		}
 	}
-	return RunStats{Packets: r.base.Packets + r.last.Packets, RunTime: r.base.RunTime + r.last.RunTime}
+	total := r.base
+	for _, st := range r.seen {
+		total.Packets += st.Packets
+		total.RunTime += st.RunTime
+	}
+	return total
 }
 
 // SetEnabled implements Backend.
