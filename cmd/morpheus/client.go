@@ -112,6 +112,8 @@ func newStatusCmd() *cobra.Command {
 				switch {
 				case !p.Enabled:
 					state = "disabled"
+				case p.Profiling:
+					state = "profiling"
 				case p.Optimized:
 					state = "optimized"
 				}

@@ -107,6 +107,30 @@ func TestParseDaemonConfig(t *testing.T) {
 	}
 }
 
+// TestReadmeConfig keeps the example configuration in the README valid.
+func TestReadmeConfig(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## Daemon and HTTP API")
+	if !ok {
+		t.Fatal("README has no daemon section")
+	}
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	if !ok {
+		t.Fatal("README daemon section has no yaml example")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	c, err := parseDaemonConfig(strings.NewReader(block), "/etc/morpheus")
+	if err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+	if _, _, err := builtins[c.NFs[0].Builtin](&c.NFs[0].Config); err != nil {
+		t.Fatalf("README example's router config: %v", err)
+	}
+}
+
 func TestParseDaemonConfigErrors(t *testing.T) {
 	const prog = `programs: [{name: p, attach: [{interface: e, xdp: native}]}]`
 	tests := []struct {
