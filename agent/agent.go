@@ -75,8 +75,12 @@ type progState struct {
 	running  *running // nil: the original runs
 	swaps    uint64
 	prof     *profiler // nil until the first profiling window
-	outcome  Outcome
-	reason   string
+	// lastInput and lastFull are the inputs and time of the last full
+	// optimization with a stable outcome (see cycleInput).
+	lastInput [32]byte
+	lastFull  time.Time
+	outcome   Outcome
+	reason    string
 }
 
 // running is an optimized program in service.

@@ -114,7 +114,7 @@ func (n *NF) runCycle(ctx context.Context, trigger string) (*CycleStats, error) 
 		if ctx.Err() != nil {
 			break
 		}
-		pc := n.optimizeProgram(ctx, ps, snap)
+		pc := n.optimizeProgram(ctx, ps, snap, trigger)
 		cs.Programs = append(cs.Programs, pc)
 	}
 	cs.Duration = time.Since(cs.Start)
@@ -287,7 +287,7 @@ func (n *NF) candidateVersions(c *optimize.Candidate, guarded []string) (map[str
 
 // optimizeProgram runs the optimizer on one program and swaps the result
 // in if it is new. Whatever fails, the running program stays.
-func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot) ProgramCycle {
+func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot, trigger string) ProgramCycle {
 	pc := ProgramCycle{Program: ps.name, InstructionsBefore: ps.origIns}
 	fail := func(o Outcome, format string, args ...any) ProgramCycle {
 		pc.Outcome, pc.Reason = o, fmt.Sprintf(format, args...)
@@ -308,6 +308,27 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot)
 	case profiled != nil:
 		heat = heatmap.Merge(heat, profiled)
 	}
+	// A periodic cycle whose inputs (maps changed through the agent,
+	// guard versions, heatmap) equal those of the last full run can only
+	// produce the same candidate: skip it, but run in full at least every
+	// FullCycleEvery (writes to maps no program trusts bypass the agent).
+	in := cycleInput(snap.gens, n.table, heat)
+	if trigger == "period" {
+		n.mu.Lock()
+		skip := ps.lastInput == in && time.Since(ps.lastFull) < n.opts.FullCycleEvery && stableOutcome(ps.outcome)
+		n.mu.Unlock()
+		if skip {
+			pc.Outcome, pc.Reason = OutcomeUnchanged, "inputs unchanged"
+			return pc
+		}
+	}
+	defer func() {
+		if stableOutcome(pc.Outcome) {
+			n.mu.Lock()
+			ps.lastInput, ps.lastFull = in, time.Now()
+			n.mu.Unlock()
+		}
+	}()
 	rep, err := optimize.RunLive(ctx, n.spec, snap.state, heat, optimize.LiveOptions{
 		Options: optimize.Options{
 			Program:   ps.name,
@@ -622,4 +643,37 @@ func (n *NF) bumpLocked(mapName string) error {
 		}
 	}
 	return nil
+}
+
+// stableOutcome says whether an outcome reflects the inputs alone (and
+// so repeats while they do).
+func stableOutcome(o Outcome) bool {
+	switch o {
+	case OutcomeSwapped, OutcomeUnchanged, OutcomeNoChange, OutcomeSkipped,
+		OutcomeVerifierRejected, OutcomeDifferentialFailed:
+		return true
+	}
+	return false
+}
+
+// cycleInput hashes what a cycle specializes a program to, apart from
+// map contents that changed behind the agent: the agent's change counts,
+// the guard versions and the heatmap.
+func cycleInput(gens map[string]uint64, t *guard.Table, heat *heatmap.Heatmap) [32]byte {
+	h := sha256.New()
+	for _, name := range slices.Sorted(maps.Keys(gens)) {
+		fmt.Fprintf(h, "g %s %d\n", name, gens[name])
+	}
+	h.Write(optimize.GuardValue(t))
+	if heat != nil {
+		for _, name := range slices.Sorted(maps.Keys(heat.Maps)) {
+			fmt.Fprintf(h, "h %s\n", name)
+			for _, k := range heat.Maps[name] {
+				fmt.Fprintf(h, "%x %d\n", []byte(k.Key), k.Count)
+			}
+		}
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
 }

@@ -14,6 +14,7 @@ import (
 const (
 	DefaultPeriod             = 2 * time.Second
 	DefaultFingerprintPeriod  = 500 * time.Millisecond
+	DefaultFullCycleEvery     = 30 * time.Second
 	DefaultMaxSnapshotEntries = 1 << 16
 	DefaultGenerated          = 1000
 	// DefaultEventBuffer is how many recent events [NF.Events] keeps.
@@ -29,6 +30,12 @@ type Options struct {
 	// Default DefaultPeriod. A control-plane change through the agent
 	// starts a cycle at once, whatever the period.
 	Period time.Duration
+	// FullCycleEvery bounds how long periodic cycles may skip the
+	// optimizer because nothing it depends on changed through the agent
+	// (no change, same guard versions, same heatmap). Default
+	// DefaultFullCycleEvery. Forced and change-triggered cycles always
+	// run in full.
+	FullCycleEvery time.Duration
 	// FingerprintPeriod is the time between checks of the guarded maps
 	// for writes that bypassed the agent. Default DefaultFingerprintPeriod.
 	FingerprintPeriod time.Duration
@@ -80,6 +87,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Period <= 0 {
 		o.Period = DefaultPeriod
+	}
+	if o.FullCycleEvery <= 0 {
+		o.FullCycleEvery = DefaultFullCycleEvery
 	}
 	if o.FingerprintPeriod <= 0 {
 		o.FingerprintPeriod = DefaultFingerprintPeriod

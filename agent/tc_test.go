@@ -217,3 +217,42 @@ func TestSnapshotLimit(t *testing.T) {
 		t.Fatal("optimized against an unsnapshotted map")
 	}
 }
+
+// TestPeriodicSkip checks that a periodic cycle with nothing changed
+// skips the optimizer, and that a change through the agent makes the
+// next one run in full.
+func TestPeriodicSkip(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	st := mapstate.New()
+	st.Put("verdicts", u32b(7), u32b(2))
+	nf, err := Load(ctx, tcSpec(), st, []Attachment{{Program: "classify", Kind: TailCall, ProgArray: "jmp"}},
+		Options{Generated: 100, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nf.Close()
+	for i, want := range []struct {
+		outcome Outcome
+		reason  string
+	}{{OutcomeSwapped, ""}, {OutcomeUnchanged, "inputs unchanged"}, {OutcomeUnchanged, "inputs unchanged"}} {
+		cs, err := nf.runCycle(ctx, "period")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pc := cs.Programs[0]; pc.Outcome != want.outcome || pc.Reason != want.reason {
+			t.Fatalf("periodic cycle %d: %s (%q), want %s (%q)", i, pc.Outcome, pc.Reason, want.outcome, want.reason)
+		}
+	}
+	m, _ := nf.Map("verdicts")
+	if err := m.Update(u32b(7), u32b(0), ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := nf.runCycle(ctx, "period")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc := cs.Programs[0]; pc.Outcome != OutcomeSwapped {
+		t.Fatalf("periodic cycle after a change: %s (%s)", pc.Outcome, pc.Reason)
+	}
+}
