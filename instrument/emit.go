@@ -66,6 +66,10 @@ func controlSpec(name string, slots, n int, seed uint64) *ebpf.MapSpec {
 	}
 }
 
+// skipRecording makes sampled executions record nothing, which isolates
+// the sampler's own cost; only benchmarks set it (export_test.go).
+var skipRecording bool
+
 // emitter rewrites lookup sites of one program.
 type emitter struct {
 	prog     *program.Program
@@ -145,6 +149,10 @@ func (e *emitter) site(f *program.Func, b *program.Block, s SiteInfo) {
 		blocks = append(blocks, count, reload)
 	}
 	blocks = append(blocks, record, bump, insert, resume)
+	if skipRecording {
+		record.Insns, record.Target, record.Next = nil, nil, resume
+		blocks = slices.DeleteFunc(blocks, func(x *program.Block) bool { return x == bump || x == insert })
+	}
 	at := slices.Index(f.Blocks, b)
 	f.Blocks = slices.Insert(f.Blocks, at+1, blocks...)
 }
