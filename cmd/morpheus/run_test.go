@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -405,7 +406,15 @@ nfs:
 	defer cancel()
 	logs := &syncBuffer{}
 	done := make(chan error, 1)
-	go func() { done <- runDaemon(ctx, runFlags{config: cfgPath, logLevel: "debug"}, logs) }()
+	go func() {
+		// Through the command, so flags and the signal handling are
+		// what a user gets.
+		root := newRootCmd()
+		root.SetOut(logs)
+		root.SetErr(logs)
+		root.SetArgs([]string{"run", "--config", cfgPath, "--log-level", "debug"})
+		done <- root.ExecuteContext(ctx)
+	}()
 	defer func() {
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", logs)
@@ -505,16 +514,24 @@ nfs:
 	if err != nil || st.GuardBumps < 1 || st.Cycles < 1 || st.Swaps < 1 || st.ProfileWindows < 1 {
 		t.Fatalf("stats %v %+v", err, st)
 	}
-	evs, err := c.Events(ctx, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kinds := map[string]bool{}
-	for _, e := range evs {
-		kinds[e.Kind] = true
-	}
-	if !kinds[string(agent.EventCycle)] || !kinds[string(agent.EventSwap)] || !kinds[string(agent.EventGuardBump)] {
-		t.Fatalf("events %+v lack a cycle, a swap or a guard bump", evs)
+	// Events reach the API asynchronously (the agent publishes them to a
+	// subscriber), so wait for the guard bump.
+	for start := time.Now(); ; {
+		evs, err := c.Events(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds := map[string]bool{}
+		for _, e := range evs {
+			kinds[e.Kind] = true
+		}
+		if kinds[string(agent.EventCycle)] && kinds[string(agent.EventSwap)] && kinds[string(agent.EventGuardBump)] {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("events %+v lack a cycle, a swap or a guard bump", evs)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	if _, err := c.Heatmaps(ctx, 5); err != nil {
@@ -576,8 +593,12 @@ nfs:
 		t.Fatalf("morpheus status: %v\n%s", err, out)
 	}
 
-	// Shutdown restores and detaches, and removes the socket.
-	cancel()
+	// SIGTERM restores the original, detaches it (no pin directory) and
+	// removes the socket. The daemon's handler catches the signal, so it
+	// does not end the test process.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case err := <-done:
 		if err != nil {
