@@ -45,5 +45,6 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newBenchCmd())
 	root.AddCommand(newRunCmd())
 	root.AddCommand(newClientCmds()...)
+	root.AddCommand(newDemoCmd())
 	return root
 }
