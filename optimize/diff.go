@@ -154,7 +154,7 @@ func writeFuncDiff(b *strings.Builder, name string, bf, af *listFunc, applied ma
 			default:
 				fmt.Fprintf(&out, "  %s:\n", label)
 				remark("@", applied[label])
-				for _, l := range lineDiff(old, now) {
+				for _, l := range withContext(lineDiff(old, now), diffContext) {
 					fmt.Fprintf(&out, "  %s\n", l)
 				}
 			}
@@ -173,16 +173,8 @@ func writeFuncDiff(b *strings.Builder, name string, bf, af *listFunc, applied ma
 	}
 	if len(skipped) > 0 {
 		out.WriteString("  not rewritten:\n")
-		for _, r := range skipped {
-			where := ""
-			if r.Block >= 0 {
-				where = " b" + strconv.Itoa(r.Block)
-			}
-			m := ""
-			if r.Map != "" {
-				m = " [map " + r.Map + "]"
-			}
-			fmt.Fprintf(&out, "    %s%s%s: %s\n", r.Pass, where, m, r.Message)
+		for _, l := range GroupRemarks(skipped, false) {
+			fmt.Fprintf(&out, "    %s\n", l)
 		}
 		some = true
 	}
@@ -224,6 +216,86 @@ func lineDiff(a, b []string) []string {
 			out = append(out, "-     "+a[i])
 			i++
 		}
+	}
+	return out
+}
+
+// diffContext is how many unchanged lines are shown around a change.
+const diffContext = 2
+
+// withContext keeps the changed lines of a line diff and up to n
+// unchanged lines around each, folding longer unchanged runs.
+func withContext(lines []string, n int) []string {
+	changed := func(l string) bool { return l[0] == '+' || l[0] == '-' }
+	keep := make([]bool, len(lines))
+	for i, l := range lines {
+		if !changed(l) {
+			continue
+		}
+		for j := max(0, i-n); j <= min(len(lines)-1, i+n); j++ {
+			keep[j] = true
+		}
+	}
+	var out []string
+	for i := 0; i < len(lines); {
+		if keep[i] {
+			out = append(out, lines[i])
+			i++
+			continue
+		}
+		j := i
+		for j < len(lines) && !keep[j] {
+			j++
+		}
+		out = append(out, fmt.Sprintf("      ... %d unchanged", j-i))
+		i = j
+	}
+	return out
+}
+
+// GroupRemarks renders remarks one per line in their order, except that
+// remarks of one pass and function with the same map, verdict and message
+// (a per-CPU counter map skipped at twenty sites) share a line that lists
+// their blocks. withVerdict prefixes "applied" or "skipped".
+func GroupRemarks(rs []passes.Remark, withVerdict bool) []string {
+	type key struct {
+		pass, fn, m, msg string
+		applied          bool
+	}
+	var order []key
+	where := map[key][]string{}
+	for _, r := range rs {
+		k := key{r.Pass, r.Func, r.Map, r.Message, r.Applied}
+		if _, ok := where[k]; !ok {
+			order = append(order, k)
+		}
+		if r.Block >= 0 {
+			where[k] = append(where[k], "b"+strconv.Itoa(r.Block))
+		} else {
+			where[k] = append(where[k], "")
+		}
+	}
+	out := make([]string, 0, len(order))
+	for _, k := range order {
+		var sb strings.Builder
+		if withVerdict {
+			if k.applied {
+				sb.WriteString("applied ")
+			} else {
+				sb.WriteString("skipped ")
+			}
+			fmt.Fprintf(&sb, "%-10s %s", k.pass, k.fn)
+		} else {
+			sb.WriteString(k.pass)
+		}
+		if bs := strings.TrimSpace(strings.Join(where[k], " ")); bs != "" {
+			sb.WriteString(" " + bs)
+		}
+		if k.m != "" {
+			sb.WriteString(" [map " + k.m + "]")
+		}
+		sb.WriteString(": " + k.msg)
+		out = append(out, sb.String())
 	}
 	return out
 }

@@ -105,3 +105,28 @@ func TestLineDiff(t *testing.T) {
 		})
 	}
 }
+
+func TestWithContext(t *testing.T) {
+	in := []string{"      a", "      b", "      c", "      d", "+     e", "      f", "      g", "      h", "      i", "      j", "-     k"}
+	want := []string{"      ... 2 unchanged", "      c", "      d", "+     e", "      f", "      g", "      ... 1 unchanged", "      i", "      j", "-     k"}
+	if got := withContext(in, 2); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestGroupRemarks(t *testing.T) {
+	rs := []passes.Remark{
+		{Pass: "mapinline", Func: "f", Block: 1, Map: "c", Message: "per-CPU"},
+		{Pass: "mapinline", Func: "f", Block: 5, Map: "r", Applied: true, Message: "inlined"},
+		{Pass: "mapinline", Func: "f", Block: 3, Map: "c", Message: "per-CPU"},
+		{Pass: "dce", Func: "f", Block: -1, Applied: true, Message: "removed"},
+	}
+	want := []string{
+		"skipped mapinline  f b1 b3 [map c]: per-CPU",
+		"applied mapinline  f b5 [map r]: inlined",
+		"applied dce        f: removed",
+	}
+	if got := GroupRemarks(rs, true); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

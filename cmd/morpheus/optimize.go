@@ -240,7 +240,7 @@ func writeProgramText(w io.Writer, p *optimize.ProgramReport) {
 	}
 	if len(p.Remarks) > 0 {
 		fmt.Fprintln(w, "  remarks")
-		for _, g := range groupRemarks(p.Remarks) {
+		for _, g := range optimize.GroupRemarks(p.Remarks, true) {
 			fmt.Fprintf(w, "    %s\n", g)
 		}
 	}
@@ -269,46 +269,6 @@ func writeProgramText(w io.Writer, p *optimize.ProgramReport) {
 		fmt.Fprintf(w, "  time           optimize %v, with verifier %v, with differential test %v\n",
 			roundDur(p.OptimizeTime), roundDur(p.OptimizeTime+p.VerifyTime), roundDur(p.OptimizeTime+p.VerifyTime+p.DifferentialNS))
 	}
-}
-
-// groupRemarks renders remarks one per line, in order, except that the
-// remarks of one pass with the same map, verdict and message (a per-CPU
-// counter map skipped at twenty sites) share a line listing their places.
-func groupRemarks(rs []passes.Remark) []string {
-	type key struct {
-		pass, fn, m, msg string
-		applied          bool
-	}
-	var order []key
-	where := map[key][]string{}
-	for _, r := range rs {
-		k := key{r.Pass, r.Func, r.Map, r.Message, r.Applied}
-		if _, ok := where[k]; !ok {
-			order = append(order, k)
-		}
-		w := ""
-		if r.Block >= 0 {
-			w = fmt.Sprintf("b%d", r.Block)
-		}
-		where[k] = append(where[k], w)
-	}
-	out := make([]string, 0, len(order))
-	for _, k := range order {
-		verb := "skipped"
-		if k.applied {
-			verb = "applied"
-		}
-		at := k.fn
-		if bs := strings.TrimSpace(strings.Join(where[k], " ")); bs != "" {
-			at += " " + bs
-		}
-		m := ""
-		if k.m != "" {
-			m = " [map " + k.m + "]"
-		}
-		out = append(out, fmt.Sprintf("%s %-10s %s%s: %s", verb, k.pass, at, m, k.msg))
-	}
-	return out
 }
 
 func roundDur(d time.Duration) time.Duration {
