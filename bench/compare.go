@@ -17,10 +17,13 @@ import (
 	"github.com/morpheus-go/morpheus/passes"
 )
 
-// Names under which Compare measures the two programs.
+// Names under which Compare measures the programs. The control is a
+// second copy of the original, loaded the same way: original/control is
+// the noise floor of a ratio in that run.
 const (
 	OriginalName  = "original"
 	OptimizedName = "optimized"
+	ControlName   = "control"
 )
 
 // CompareOptions controls Compare.
@@ -49,6 +52,9 @@ type CompareOptions struct {
 	DiffPackets, Generated int
 	// Seed seeds the optimizer's generated test packets.
 	Seed int64
+	// Control also measures a second copy of the original, for the noise
+	// floor of the ratio (Comparison.Control).
+	Control bool
 	// Progress, if set, is told the current stage ("optimize", "load",
 	// "measure") and, while measuring, the measurements done and total.
 	Progress func(stage string, done, total int)
@@ -70,8 +76,10 @@ type ProgramOutcome struct {
 	// executed per packet, which the kernel does not report.
 	XlatedOriginal  int `json:"xlated_original"`
 	XlatedOptimized int `json:"xlated_optimized"`
-	// Applied lists the passes' applied remarks.
+	// Applied lists the passes' applied remarks, Skipped the map-level
+	// rewrites a pass considered and left alone, with the reason.
 	Applied []string `json:"applied,omitempty"`
+	Skipped []string `json:"skipped,omitempty"`
 }
 
 // Comparison is the outcome of Compare: original against optimized, side
@@ -97,6 +105,10 @@ type Comparison struct {
 	// Spread is the larger of the two programs' (max-min)/median of the
 	// per-round costs: the measurement's noise.
 	Spread float64 `json:"spread"`
+	// Control is original / control, two identical programs measured in
+	// the same rounds: how far from 1 a ratio of this run strays by noise
+	// alone. 0 when no control was measured.
+	Control float64 `json:"control,omitempty"`
 	// Accepted is true when at least one program was replaced.
 	Accepted bool             `json:"accepted"`
 	Programs []ProgramOutcome `json:"programs"`
@@ -134,8 +146,9 @@ func Compare(ctx context.Context, sc *Scenario, opts CompareOptions) (*Compariso
 type Pair struct {
 	Scenario *Scenario
 	// Original and Optimized are the two collections; their entry
-	// programs are Scenario.Program.
-	Original, Optimized *ebpf.Collection
+	// programs are Scenario.Program. Control is a second copy of the
+	// original, loaded when CompareOptions.Control is set.
+	Original, Optimized, Control *ebpf.Collection
 	// Programs says what the optimizer did to each program.
 	Programs []ProgramOutcome
 	// Accepted is true when at least one program was replaced.
@@ -150,6 +163,9 @@ type Pair struct {
 func (p *Pair) Close() {
 	p.Original.Close()
 	p.Optimized.Close()
+	if p.Control != nil {
+		p.Control.Close()
+	}
 }
 
 // Optimize runs the optimizer on the scenario and loads the original and
@@ -219,6 +235,12 @@ func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, er
 		p.Original.Close()
 		return nil, fmt.Errorf("bench: load optimized %s: %w", sc.NF, err)
 	}
+	if opts.Control {
+		if p.Control, err = sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{}); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("bench: load control %s: %w", sc.NF, err)
+		}
+	}
 	progress("load", 1, 1)
 
 	for _, pr := range rep.Programs {
@@ -228,8 +250,11 @@ func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, er
 			XlatedOriginal: xlated(p.Original.Programs[pr.Program]), XlatedOptimized: xlated(p.Optimized.Programs[pr.Program]),
 		}
 		for _, r := range pr.Remarks {
-			if r.Applied {
+			switch {
+			case r.Applied:
 				o.Applied = append(o.Applied, r.String())
+			case r.Map != "" && r.Pass != "constprop" && r.Pass != "dce":
+				o.Skipped = append(o.Skipped, r.String())
 			}
 		}
 		p.Accepted = p.Accepted || pr.Accepted
@@ -246,12 +271,19 @@ func (p *Pair) Measure(ctx context.Context, h *Harness, mo Options) (*Comparison
 		NF: sc.NF, Locality: sc.Locality, Packets: len(sc.Frames), HeatSource: p.HeatSource,
 		OptimizeTime: p.OptimizeTime, Accepted: p.Accepted, Programs: p.Programs,
 	}
-	res, err := h.Measure(ctx, map[string]*ebpf.Program{
+	progs := map[string]*ebpf.Program{
 		OriginalName:  p.Original.Programs[sc.Program],
 		OptimizedName: p.Optimized.Programs[sc.Program],
-	}, mo)
+	}
+	if p.Control != nil {
+		progs[ControlName] = p.Control.Programs[sc.Program]
+	}
+	res, err := h.Measure(ctx, progs, mo)
 	if err != nil {
 		return nil, err
+	}
+	if p.Control != nil {
+		cmp.Control = res.Ratio(OriginalName, ControlName)
 	}
 	cmp.Result = res
 	o, _ := res.Stat(OriginalName)

@@ -23,7 +23,7 @@ import (
 
 // dropProg returns an XDP program that drops every frame after spinning
 // for loops iterations, so two of them differ in cost.
-func dropProg(t *testing.T, loops int32) *ebpf.Program {
+func dropProg(t testing.TB, loops int32) *ebpf.Program {
 	t.Helper()
 	insns := asm.Instructions{asm.Mov.Imm(asm.R0, 1)}
 	if loops > 0 {
@@ -42,7 +42,7 @@ func dropProg(t *testing.T, loops int32) *ebpf.Program {
 	return p
 }
 
-func testFrames(t *testing.T) [][]byte {
+func testFrames(t testing.TB) [][]byte {
 	t.Helper()
 	cfg, err := traffic.LBConfig(2, 10, 1)
 	if err != nil {

@@ -61,6 +61,7 @@ type benchFlags struct {
 	period       time.Duration
 	heat         string
 	sampleRate   float64
+	control      bool
 }
 
 func newBenchCmd() *cobra.Command {
@@ -93,6 +94,7 @@ func newBenchCmd() *cobra.Command {
 	fs.BoolVar(&bf.noProgress, "no-progress", false, "no progress bars (they are shown only when stderr is a terminal)")
 	fs.BoolVar(&bf.live, "live", false, "measure on a live veth testbed instead: generator in live-frames mode, NF in native XDP, bpf_stats")
 	fs.DurationVar(&bf.period, "period", time.Second, "with --live: how long each program carries the traffic per round")
+	fs.BoolVar(&bf.control, "control", true, "also measure a second copy of the original: original/copy is the run's noise floor for a ratio")
 	fs.StringVar(&bf.heat, "heat", bench.HeatInstrument, "heatmap source: instrument (profile the instrumented NF over the trace) or trace (exact key counts of the trace)")
 	fs.Float64Var(&bf.sampleRate, "sample-rate", instrument.DefaultRate, "with --heat instrument: the instrumentation's sampling rate")
 	def := passes.DefaultOptions()
@@ -201,6 +203,7 @@ func (bf *benchFlags) compareOptions() bench.CompareOptions {
 		Passes:      passes.Options{TopK: bf.topK, MaxInline: bf.maxInline},
 		HeatFrom:    bf.heat,
 		Profile:     bench.ProfileOptions{Rate: bf.sampleRate},
+		Control:     bf.control,
 	}
 }
 
@@ -357,6 +360,9 @@ func writeComparison(w io.Writer, c *bench.Comparison) {
 		fmt.Fprintf(w, " (seed: %.2fx)", t)
 	}
 	fmt.Fprintln(w)
+	if c.Control > 0 {
+		fmt.Fprintf(w, "  noise      %7.2fx original vs an identical copy in the same rounds\n", c.Control)
+	}
 }
 
 func writeOutcomes(w io.Writer, progs []bench.ProgramOutcome) {
@@ -423,6 +429,9 @@ func commandLine(bf *benchFlags) string {
 	if bf.seed != 1 {
 		s += fmt.Sprintf(" --seed %d", bf.seed)
 	}
+	if !bf.control {
+		s += " --control=false"
+	}
 	if bf.heat != bench.HeatInstrument {
 		s += " --heat " + bf.heat
 	}
@@ -455,7 +464,9 @@ func renderMarkdown(results []*bench.Comparison, bf *benchFlags, m machine, when
 		firstHeatSource(results))
 	fmt.Fprintln(&b, "NF cost = ns/packet with the harness floor (driver, copy, tail call) of the same round removed; "+
 		"speedup = original NF cost / optimized NF cost; end to end = the same with the floor left in. "+
-		"Spread = (max-min)/median over the rounds, the larger of the two programs'.")
+		"Spread = (max-min)/median over the rounds, the larger of the two programs'. "+
+		"Noise = original / an identical copy of it measured in the same rounds: a speedup within that distance "+
+		"of 1 is not a measured effect.")
 	fmt.Fprintln(&b)
 	fmt.Fprintln(&b, "### Summary: speedup of the NF cost (seed's published throughput speedup in parentheses)")
 	fmt.Fprintln(&b)
@@ -483,8 +494,8 @@ func renderMarkdown(results []*bench.Comparison, bf *benchFlags, m machine, when
 	for _, nf := range order {
 		fmt.Fprintf(&b, "\n### %s\n\n", nf)
 		fmt.Fprintf(&b, "Command: `go run ./cmd/morpheus bench --nf %s --locality L --rounds %d`\n\n", nf, bf.rounds)
-		fmt.Fprintln(&b, "| locality | floor ns/pkt | original ns/pkt | optimized ns/pkt | speedup (NF) | end to end | seed | spread | instructions (xlated) |")
-		fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(&b, "| locality | floor ns/pkt | original ns/pkt | optimized ns/pkt | speedup (NF) | end to end | seed | noise | spread | instructions (xlated) |")
+		fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|")
 		for _, c := range byNF[nf] {
 			seed := "-"
 			if t, ok := seedSpeedups[nf][c.Locality]; ok {
@@ -494,9 +505,13 @@ func renderMarkdown(results []*bench.Comparison, bf *benchFlags, m machine, when
 			for _, p := range c.Programs {
 				insns = append(insns, fmt.Sprintf("%s %d→%d", p.Program, p.XlatedOriginal, p.XlatedOptimized))
 			}
-			fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %s | %s | %s | %.0f%% | %s |\n",
+			noise := "-"
+			if c.Control > 0 {
+				noise = fmtRatio(c.Control)
+			}
+			fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %s | %s | %s | %s | %.0f%% | %s |\n",
 				c.Locality, c.FloorNs, c.OriginalNs, c.OptimizedNs, fmtRatio(c.Speedup), fmtRatio(c.EndToEnd), seed,
-				100*c.Spread, strings.Join(insns, ", "))
+				noise, 100*c.Spread, strings.Join(insns, ", "))
 		}
 		fmt.Fprintln(&b)
 		fmt.Fprintln(&b, "What the optimizer did (high locality run):")
@@ -507,6 +522,13 @@ func renderMarkdown(results []*bench.Comparison, bf *benchFlags, m machine, when
 				continue
 			}
 			fmt.Fprintf(&b, "- `%s`: accepted, %s\n", p.Program, summarizeRemarks(p.Applied))
+			for i, r := range p.Skipped {
+				if i == 4 {
+					fmt.Fprintf(&b, "  - and %d more left alone\n", len(p.Skipped)-4)
+					break
+				}
+				fmt.Fprintf(&b, "  - left alone: %s\n", r)
+			}
 		}
 	}
 	fmt.Fprintln(&b)

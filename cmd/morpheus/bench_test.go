@@ -117,20 +117,22 @@ var testTime = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 func TestRenderMarkdown(t *testing.T) {
 	bf := &benchFlags{rounds: 7, repeat: 1 << 20}
 	bf.packets, bf.size, bf.flows, bf.miss, bf.seed = defaultPackets, 64, 1000, 0.1, 1
-	bf.topK, bf.maxInline, bf.heat, bf.sampleRate = 8, 64, bench.HeatInstrument, instrument.DefaultRate
+	bf.topK, bf.maxInline, bf.heat, bf.sampleRate, bf.control = 8, 64, bench.HeatInstrument, instrument.DefaultRate, true
 	results := []*bench.Comparison{
-		{NF: "router", Locality: "high", FloorNs: 70, OriginalNs: 200, OptimizedNs: 100, Speedup: 2, EndToEnd: 1.6,
+		{NF: "router", Locality: "high", FloorNs: 70, OriginalNs: 200, OptimizedNs: 100, Speedup: 2, EndToEnd: 1.6, Control: 1.02,
 			Result: &bench.Result{Rounds: 7, Repeat: 1 << 20},
 			Programs: []bench.ProgramOutcome{{Program: "xdp_router", Accepted: true, XlatedOriginal: 770, XlatedOptimized: 799,
-				Applied: []string{"hotcache: xdp_router b51 map routes: applied: 8 hot keys cached"}}}},
+				Applied: []string{"hotcache: xdp_router b51 map routes: applied: 8 hot keys cached"},
+				Skipped: []string{"hotcache: xdp_router b9 map ifconfig: skipped: array"}}}},
 		{NF: "router", Locality: "low", FloorNs: 70, OriginalNs: 200, OptimizedNs: 190, Speedup: 200.0 / 190, EndToEnd: 1.03,
 			Result: &bench.Result{Rounds: 7, Repeat: 1 << 20}},
 	}
 	md := renderMarkdown(results, bf, machine{Kernel: "Linux 6.18", CPUs: 2, CPU: "test", Load: "1 1 1"}, testTime)
 	for _, want := range []string{
 		mdBegin, mdEnd, "| router | 2.00x (1.94x) | 1.05x (1.77x) | - |", "### router",
-		"| high | 70.0 | 200.0 | 100.0 | 2.00x | 1.60x | 1.94x |", "xdp_router 770→799",
+		"| high | 70.0 | 200.0 | 100.0 | 2.00x | 1.60x | 1.94x | 1.02x |", "xdp_router 770→799",
 		"`go run ./cmd/morpheus bench --all --markdown-file BENCHMARKS.md`", "hotcache ×1",
+		"  - left alone: hotcache: xdp_router b9 map ifconfig: skipped: array",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
