@@ -153,8 +153,9 @@ type Report struct {
 	Hot []HotSet `json:"hot,omitempty"`
 	// Stats are the agent's counters at the end.
 	Stats agent.Stats `json:"stats"`
-	// OriginalID is the original program's kernel ID; Versions the
-	// optimized versions swapped in, in order.
+	// OriginalID is the entry program's original kernel ID; Versions
+	// the optimized programs swapped in (any program of the NF), in
+	// order.
 	OriginalID ebpf.ProgramID   `json:"original_id"`
 	Versions   []ebpf.ProgramID `json:"versions"`
 	// Files are the plots and the page written to OutDir.
@@ -230,9 +231,15 @@ type Change struct {
 	// UsedAtOnce says the run right after the change already behaves
 	// like the original on the new table, and differently from before.
 	UsedAtOnce bool `json:"used_at_once"`
-	// Reoptimized is the time from the change to the next swap, 0 if
-	// none came during the phase.
-	Reoptimized time.Duration `json:"reoptimized_ns"`
+	// Reoptimized is the time from the change to the end of the first
+	// cycle that re-optimized on the new table, 0 if none ended during
+	// the phase; ReoptimizeOutcome is that cycle's outcome (swapped, or
+	// unchanged when the running candidate still fits).
+	Reoptimized       time.Duration `json:"reoptimized_ns"`
+	ReoptimizeOutcome string        `json:"reoptimize_outcome,omitempty"`
+	// Unguarded lists written maps without a guard: no optimized code
+	// depends on them, so there was nothing to bump.
+	Unguarded []string `json:"unguarded,omitempty"`
 }
 
 // TestResult is the result of one BPF_PROG_TEST_RUN.
@@ -313,8 +320,10 @@ type demo struct {
 	phase    string
 	versions map[ebpf.ProgramID]string
 	nextVer  int
-	// swapTimes are the times of the swaps of the entry program.
+	// swapTimes are the times of the swaps of every program, cycles the
+	// completed cycles of the entry program.
 	swapTimes []time.Time
+	cycles    []cycleRec
 }
 
 // Run runs the demo and returns its report. On error, the report holds
@@ -600,16 +609,14 @@ func (d *demo) record(ev agent.Event) {
 	switch ev.Kind {
 	case agent.EventSwap:
 		if ps, err := d.nf.Program(ev.Program); err == nil {
+			// The kernel reports the program on the first attachment:
+			// for a tail-call target, its prog-array slot.
 			e.ProgramID = ps.RunningID
-			if ev.Program == d.kind.program {
-				e.Version = d.versionOf(ps.RunningID, false)
-			}
+			e.Version = d.versionOf(ps.RunningID, false)
 		}
-		if ev.Program == d.kind.program {
-			d.mu.Lock()
-			d.swapTimes = append(d.swapTimes, ev.Time)
-			d.mu.Unlock()
-		}
+		d.mu.Lock()
+		d.swapTimes = append(d.swapTimes, ev.Time)
+		d.mu.Unlock()
 		line = fmt.Sprintf(">> swap    %s: %s (program %d %s)", ev.Program, ev.Message, e.ProgramID, e.Version)
 	case agent.EventRestore:
 		line = fmt.Sprintf(">> restore %s: %s", ev.Program, ev.Message)
@@ -635,6 +642,13 @@ func (d *demo) record(ev agent.Event) {
 		}
 		if len(parts) == 0 {
 			return // every program disabled: nothing happened
+		}
+		for _, pc := range ev.Cycle.Programs {
+			if pc.Program == d.kind.program {
+				d.mu.Lock()
+				d.cycles = append(d.cycles, cycleRec{start: ev.Cycle.Start, end: ev.Time, outcome: pc.Outcome})
+				d.mu.Unlock()
+			}
 		}
 		e.Message = fmt.Sprintf("cycle %d (%s) in %v: %s", ev.Cycle.Seq, ev.Cycle.Trigger, ev.Cycle.Duration.Round(time.Millisecond), strings.Join(parts, "; "))
 		line = ".. " + e.Message

@@ -111,10 +111,14 @@ var kinds = map[string]nfKind{
 			return &c, fmt.Sprintf("move VIP %s/%s from port %d to %d (clients of the old port go to the stack)", v.Address, v.Protocol, old, v.Port), nil
 		},
 		hotLabel: func(_ any, m string, key []byte) string {
-			if m != "vips" || len(key) < 6 {
-				return ""
+			switch {
+			case m == "vips" && len(key) >= 6:
+				return fmt.Sprintf("%s:%d", netip.AddrFrom4([4]byte(key[:4])), binary.BigEndian.Uint16(key[4:6]))
+			case m == "conns" && len(key) >= 12:
+				// Connection 5-tuples: label the client and the VIP.
+				return fmt.Sprintf("%s>%s:%d", netip.AddrFrom4([4]byte(key[:4])), netip.AddrFrom4([4]byte(key[4:8])), binary.BigEndian.Uint16(key[10:12]))
 			}
-			return fmt.Sprintf("%s:%d", netip.AddrFrom4([4]byte(key[:4])), binary.BigEndian.Uint16(key[4:6]))
+			return ""
 		},
 	},
 	"firewall": {

@@ -42,7 +42,7 @@ func printSummary(w io.Writer, r *Report) {
 	if c := r.Change; c != nil {
 		fmt.Fprintf(w, "change: %s; guard bumps %v; the optimized program's next test run %s", c.Description, c.GuardBumps, map[bool]string{true: "used it at once", false: "did NOT use it"}[c.UsedAtOnce])
 		if c.Reoptimized > 0 {
-			fmt.Fprintf(w, "; re-optimized %v later", c.Reoptimized.Round(time.Millisecond))
+			fmt.Fprintf(w, "; re-optimized %v later (%s)", c.Reoptimized.Round(time.Millisecond), c.ReoptimizeOutcome)
 		}
 		fmt.Fprintln(w)
 	}
@@ -67,7 +67,7 @@ func writeOutputs(r *Report) ([]string, error) {
 		}
 		files = append(files, path)
 	}
-	if len(r.Hot) > 0 {
+	if hasHotKeys(r) {
 		path := filepath.Join(r.OutDir, HotPNG)
 		if err := hotPlot(path, r); err != nil {
 			return files, err
@@ -178,6 +178,17 @@ func timePlot(path string, r *Report, pts []point, title, unit string, value fun
 	return p.Save(10*vg.Inch, 4*vg.Inch, path)
 }
 
+// hasHotKeys says whether the profiler reported hot keys of the NF's
+// tables: tables small enough to be inlined whole are not profiled.
+func hasHotKeys(r *Report) bool {
+	for _, hs := range r.Hot {
+		if len(hs.Keys) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // hotPlot draws the hot sets side by side as grouped bars of their
 // shares.
 func hotPlot(path string, r *Report) error {
@@ -251,7 +262,7 @@ Agent: {{.R.Stats.Cycles}} cycles, {{.R.Stats.Swaps}} swaps, {{.R.Stats.ProfileW
 <tr><td class="l">before the change</td><td class="l">{{.Before}}</td></tr>
 <tr><td class="l">right after the change</td><td class="l">{{.After}}</td></tr>
 <tr><td class="l">original program, new table</td><td class="l">{{.Original}}</td></tr></table>
-<p>The new entry was {{if .UsedAtOnce}}used by the very next packet{{else}}<b>not</b> used at once{{end}}{{if .Reoptimized}}; re-optimized {{.Reoptimized}} later{{end}}.</p>{{end}}
+<p>The new entry was {{if .UsedAtOnce}}used by the very next packet{{else}}<b>not</b> used at once{{end}}{{if .Reoptimized}}; re-optimized {{.Reoptimized}} later ({{.ReoptimizeOutcome}}){{end}}.</p>{{end}}
 <h2>Plots</h2>
 {{range .Images}}<p><img src="{{base .}}" alt="{{base .}}"></p>
 {{end}}

@@ -56,18 +56,16 @@ func (d *demo) phases(ctx context.Context, trace *traffic.Trace, set traffic.Flo
 
 	// 3: control-plane change, proven by a test run, then re-optimized.
 	d.begin(2)
-	before := d.swapCount()
 	changed := time.Now()
 	if err := d.change(ctx, trace); err != nil {
 		return err
 	}
-	if err := d.runPhase(ctx, 2, share(2), swapsSince(before)); err != nil {
+	if err := d.runPhase(ctx, 2, share(2), d.cycleSince(changed)); err != nil {
 		return err
 	}
-	if d.rep.Change != nil {
-		if at := d.firstSwapAfter(changed); !at.IsZero() {
-			d.rep.Change.Reoptimized = at.Sub(changed)
-		}
+	if c, ok := d.firstCycleAfter(changed); ok && d.rep.Change != nil {
+		d.rep.Change.Reoptimized = c.end.Sub(changed)
+		d.rep.Change.ReoptimizeOutcome = string(c.outcome)
 	}
 
 	// 4: traffic shift: the same flows, another popularity ranking.
@@ -78,11 +76,12 @@ func (d *demo) phases(ctx context.Context, trace *traffic.Trace, set traffic.Flo
 	}
 	fmt.Fprintf(d.opts.Out, "%7.1fs  >> traffic shift: new trace, %d of the 10 hottest flows are new\n",
 		d.elapsed().Seconds(), newHot(trace, shifted, 10))
-	before = d.swapCount()
 	if err := d.rig.start(ctx, shifted.Frames, d.opts.Duration*4+time.Minute); err != nil {
 		return fmt.Errorf("traffic generator: %w", err)
 	}
-	if err := d.runPhase(ctx, 3, share(3), swapsSince(before)); err != nil {
+	// The profile decays window by window: wait for a cycle that
+	// swaps, or for a second complete cycle after the shift.
+	if err := d.runPhase(ctx, 3, share(3), d.shiftSettled(time.Now())); err != nil {
 		return err
 	}
 	d.snapshotHot("hot keys after the traffic shift")
@@ -130,15 +129,16 @@ func (d *demo) runPhase(ctx context.Context, i int, share time.Duration, goal fu
 	announced := false
 	for {
 		now := time.Now()
-		done := goal == nil
+		done, reached := goal == nil, goal == nil
 		if !done {
-			at, ok := goal()
-			done = ok && !now.Before(at.Add(settle))
+			var at time.Time
+			at, reached = goal()
+			done = reached && !now.Before(at.Add(settle))
 		}
 		if !now.Before(maxEnd) || (done && !now.Before(minEnd)) {
 			return nil
 		}
-		if !done && !now.Before(minEnd) && !announced {
+		if !reached && !now.Before(minEnd) && !announced {
 			fmt.Fprintf(d.opts.Out, "%7.1fs  .. waiting for the optimizer (at most %v more)\n", d.elapsed().Seconds(), maxEnd.Sub(now).Round(time.Second))
 			announced = true
 		}
@@ -153,17 +153,64 @@ func (d *demo) runPhase(ctx context.Context, i int, share time.Duration, goal fu
 	}
 }
 
-// firstSwapAfter returns the time of the first swap event after t.
-func (d *demo) firstSwapAfter(t time.Time) time.Time {
+// cycleRec is one completed cycle as far as the entry program goes.
+type cycleRec struct {
+	start, end time.Time
+	outcome    agent.Outcome
+}
+
+// settledOutcome says whether a cycle re-optimized the program on the
+// current maps and traffic (a raced or failed cycle did not).
+func settledOutcome(o agent.Outcome) bool {
+	switch o {
+	case agent.OutcomeSwapped, agent.OutcomeUnchanged, agent.OutcomeNoChange:
+		return true
+	}
+	return false
+}
+
+// firstCycleAfter returns the first cycle that started after t and
+// re-optimized the entry program.
+func (d *demo) firstCycleAfter(t time.Time) (cycleRec, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	off := t.Sub(d.start)
-	for _, e := range d.rep.Events {
-		if e.Kind == string(agent.EventSwap) && e.Elapsed >= off {
-			return d.start.Add(e.Elapsed)
+	for _, c := range d.cycles {
+		if !c.start.Before(t) && settledOutcome(c.outcome) {
+			return c, true
 		}
 	}
-	return time.Time{}
+	return cycleRec{}, false
+}
+
+// cycleSince is the goal of phase 3: the first cycle started after t
+// that re-optimized (swapped, or found the running candidate still
+// right).
+func (d *demo) cycleSince(t time.Time) func() (time.Time, bool) {
+	return func() (time.Time, bool) {
+		c, ok := d.firstCycleAfter(t)
+		return c.end, ok
+	}
+}
+
+// shiftSettled is the goal of phase 4: a swap after t, or two
+// re-optimizing cycles started after t (the decayed profile then holds
+// mostly the new hot set).
+func (d *demo) shiftSettled(t time.Time) func() (time.Time, bool) {
+	return func() (time.Time, bool) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		n := 0
+		for _, c := range d.cycles {
+			if c.start.Before(t) || !settledOutcome(c.outcome) {
+				continue
+			}
+			n++
+			if c.outcome == agent.OutcomeSwapped || n == 2 {
+				return c.end, true
+			}
+		}
+		return time.Time{}, false
+	}
 }
 
 // hottestFlow returns the hit flow with the most packets in the trace.
@@ -303,11 +350,23 @@ func (d *demo) change(ctx context.Context, trace *traffic.Trace) error {
 	if ps, err := d.nf.Program(d.kind.program); err == nil {
 		c.Tripped = ps.Tripped
 	}
+	written := map[string]bool{}
+	for _, w := range writes {
+		written[w.Map] = true
+	}
+	for _, mi := range d.nf.Maps() {
+		if written[mi.Name] && !mi.Guarded {
+			c.Unguarded = append(c.Unguarded, mi.Name)
+		}
+	}
 	c.UsedAtOnce = c.After.equal(c.Original) && !c.After.equal(c.Before)
 	for _, e := range d.nf.Events(0) {
 		if e.Kind == agent.EventGuardBump && !e.Time.Before(wrote) {
 			c.GuardBumps = append(c.GuardBumps, e.Map+" "+e.Message)
 		}
+	}
+	if len(c.Unguarded) > 0 {
+		fmt.Fprintf(d.opts.Out, "%7.1fs  >> no guard on %v: no optimized code depends on it\n", d.elapsed().Seconds(), c.Unguarded)
 	}
 	verdict := "the new entry is used at once"
 	if !c.UsedAtOnce {
