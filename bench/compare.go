@@ -76,8 +76,9 @@ type ProgramOutcome struct {
 	// executed per packet, which the kernel does not report.
 	XlatedOriginal  int `json:"xlated_original"`
 	XlatedOptimized int `json:"xlated_optimized"`
-	// Applied lists the passes' applied remarks, Skipped the map-level
-	// rewrites a pass considered and left alone, with the reason.
+	// Applied lists the passes' applied remarks, Skipped the maps the
+	// hotcache and dss passes considered and left alone, with the reason
+	// (once per map and reason).
 	Applied []string `json:"applied,omitempty"`
 	Skipped []string `json:"skipped,omitempty"`
 }
@@ -249,12 +250,19 @@ func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, er
 			InsnsBefore: pr.InstructionsBefore, InsnsAfter: pr.InstructionsAfter,
 			XlatedOriginal: xlated(p.Original.Programs[pr.Program]), XlatedOptimized: xlated(p.Optimized.Programs[pr.Program]),
 		}
+		seen := map[string]bool{}
 		for _, r := range pr.Remarks {
 			switch {
 			case r.Applied:
 				o.Applied = append(o.Applied, r.String())
-			case r.Map != "" && r.Pass != "constprop" && r.Pass != "dce":
-				o.Skipped = append(o.Skipped, r.String())
+			case r.Map != "" && (r.Pass == "hotcache" || r.Pass == "dss"):
+				// Why a traffic- or structure-driven rewrite did not
+				// happen, once per map and reason.
+				k := r.Pass + "\x00" + r.Map + "\x00" + r.Message
+				if !seen[k] {
+					seen[k] = true
+					o.Skipped = append(o.Skipped, fmt.Sprintf("%s: map %s: %s", r.Pass, r.Map, r.Message))
+				}
 			}
 		}
 		p.Accepted = p.Accepted || pr.Accepted
