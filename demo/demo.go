@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -187,6 +188,12 @@ type Phase struct {
 	// ns/packet over this phase's.
 	Speedup   float64 `json:"speedup"`
 	NsSpeedup float64 `json:"ns_speedup"`
+	// SteadyNsPerPacket is the ns/packet of the program that ran last in
+	// the phase, over the intervals it ran alone (no swap, no profiling
+	// window): the cost of that program itself. SteadySpeedup compares
+	// it with the baseline's.
+	SteadyNsPerPacket float64 `json:"steady_ns_per_packet"`
+	SteadySpeedup     float64 `json:"steady_speedup"`
 	// Swaps counts the optimized versions swapped in during the phase.
 	Swaps int `json:"swaps"`
 	// Programs lists the program IDs that ran on the attachment.
@@ -284,12 +291,23 @@ type HotKey struct {
 
 // Check reports why the demo cannot run here: not root, or BPF programs
 // cannot be loaded.
-func Check() error {
-	if os.Geteuid() != 0 {
+func Check() error { return check(os.Geteuid(), loadTrivial) }
+
+// check is Check with the effective user ID and the probe given.
+func check(euid int, probe func() error) error {
+	if euid != 0 {
 		return errors.New("the demo needs root: it creates network namespaces and loads XDP programs (run it with sudo)")
 	}
+	if err := probe(); err != nil {
+		return fmt.Errorf("BPF unavailable: loading a trivial XDP program failed: %w", err)
+	}
+	return nil
+}
+
+// loadTrivial loads and releases an XDP program that returns XDP_PASS.
+func loadTrivial() error {
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("BPF unavailable: %w", err)
+		return err
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.XDP,
@@ -297,7 +315,7 @@ func Check() error {
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
 	})
 	if err != nil {
-		return fmt.Errorf("BPF unavailable: loading a trivial XDP program failed: %w", err)
+		return err
 	}
 	return prog.Close()
 }
@@ -409,7 +427,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	atts := []agent.Attachment{{Program: d.kind.program, Kind: agent.XDP, Interface: d.rig.nfName, Netns: d.rig.nfNetnsPath(), XDPMode: agent.XDPNative}}
 	disabled := []string{d.kind.program}
-	for _, name := range slices.Sorted(mapKeys(spec.Maps)) {
+	for _, name := range slices.Sorted(maps.Keys(spec.Maps)) {
 		if ms := spec.Maps[name]; ms.Type == ebpf.ProgramArray {
 			for _, kv := range ms.Contents {
 				prog, ok := kv.Value.(string)
@@ -481,21 +499,11 @@ func (d *demo) run(ctx context.Context) (err error) {
 	return d.phases(ctx, trace, set)
 }
 
-func mapKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
 // describeState summarizes the configuration's table sizes, e.g.
 // "routes 2593, nexthops 16".
 func describeState(st *mapstate.State) string {
 	var parts []string
-	for _, name := range slices.Sorted(mapKeys(st.Maps)) {
+	for _, name := range slices.Sorted(maps.Keys(st.Maps)) {
 		if n := len(st.Maps[name].Entries); n > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", name, n))
 		}

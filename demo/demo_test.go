@@ -374,17 +374,18 @@ func TestSummarizePhases(t *testing.T) {
 	tests := []struct {
 		i                     int
 		pps, ns, speedup, nsx float64
+		steady                float64
 		swaps                 int
 		optimized             bool
 		programs              int
 	}{
-		{0, 1000, 100, 1, 1, 0, false, 1},
-		{1, 2000, 55, 2, 100.0 / 55, 1, true, 3},
-		{2, 0, 0, 0, 0, 0, false, 0},
+		{0, 1000, 100, 1, 1, 100, 0, false, 1},
+		{1, 2000, 55, 2, 100.0 / 55, 50, 1, true, 3},
+		{2, 0, 0, 0, 0, 0, 0, false, 0},
 	}
 	for _, tc := range tests {
 		p := phases[tc.i]
-		if !near(p.PPS, tc.pps) || !near(p.NsPerPacket, tc.ns) || !near(p.Speedup, tc.speedup) || !near(p.NsSpeedup, tc.nsx) ||
+		if !near(p.PPS, tc.pps) || !near(p.NsPerPacket, tc.ns) || !near(p.Speedup, tc.speedup) || !near(p.NsSpeedup, tc.nsx) || !near(p.SteadyNsPerPacket, tc.steady) ||
 			p.Swaps != tc.swaps || p.Optimized != tc.optimized || len(p.Programs) != tc.programs {
 			t.Errorf("phase %s: got %+v, want pps %v ns %v speedup %v/%v swaps %d optimized %v programs %d",
 				p.Name, p, tc.pps, tc.ns, tc.speedup, tc.nsx, tc.swaps, tc.optimized, tc.programs)
@@ -522,6 +523,33 @@ func TestChangesKernel(t *testing.T) {
 			t.Logf("%s: %s -> %s", desc, TestResult{v0, out0}, TestResult{v1, out1})
 			if (TestResult{v0, out0}).equal(TestResult{v1, out1}) {
 				t.Errorf("%s does not change how flow %s is handled: %s", desc, flow, TestResult{v0, out0})
+			}
+		})
+	}
+}
+
+func TestCheck(t *testing.T) {
+	tests := []struct {
+		name  string
+		euid  int
+		probe error
+		want  string
+	}{
+		{"root", 0, nil, ""},
+		{"not root", 1000, nil, "needs root"},
+		{"no BPF", 0, os.ErrPermission, "BPF unavailable: loading a trivial XDP program failed: permission denied"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := check(tc.euid, func() error { return tc.probe })
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
 			}
 		})
 	}

@@ -34,11 +34,12 @@ const (
 func printSummary(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "\nsummary (%s, %s locality)\n", r.NF, r.Locality)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\ttime\tmean pps\tns/packet\tspeedup (pps)\tspeedup (ns)\tswaps\t")
+	fmt.Fprintln(tw, "phase\ttime\tmean pps\tns/packet\tspeedup (pps)\tspeedup (ns)\tlast program ns/packet\tspeedup\tswaps\t")
 	for _, p := range r.Phases {
-		fmt.Fprintf(tw, "%s\t%.1f-%.1fs\t%s\t%.1f\t%.2fx\t%.2fx\t%d\t\n", p.Name, p.Start.Seconds(), p.End.Seconds(), formatPPS(p.PPS), p.NsPerPacket, p.Speedup, p.NsSpeedup, p.Swaps)
+		fmt.Fprintf(tw, "%s\t%.1f-%.1fs\t%s\t%.1f\t%.2fx\t%.2fx\t%.1f\t%.2fx\t%d\t\n", p.Name, p.Start.Seconds(), p.End.Seconds(), formatPPS(p.PPS), p.NsPerPacket, p.Speedup, p.NsSpeedup, p.SteadyNsPerPacket, p.SteadySpeedup, p.Swaps)
 	}
 	tw.Flush()
+	fmt.Fprintln(w, "(means over the whole phase, profiling windows and the optimizer's own CPU use included; the last program's\n ns/packet counts only the intervals it ran alone. On a shared 2-core machine expect ±15% noise.)")
 	if c := r.Change; c != nil {
 		fmt.Fprintf(w, "change: %s; guard bumps %v; the optimized program's next test run %s", c.Description, c.GuardBumps, map[bool]string{true: "used it at once", false: "did NOT use it"}[c.UsedAtOnce])
 		if c.Reoptimized > 0 {
@@ -242,6 +243,7 @@ func hotPlot(path string, r *Report) error {
 var page = template.Must(template.New("page").Funcs(template.FuncMap{
 	"pps":  formatPPS,
 	"secs": func(d time.Duration) string { return fmt.Sprintf("%.1f", d.Seconds()) },
+	"ms":   func(d time.Duration) time.Duration { return d.Round(time.Millisecond) },
 	"base": filepath.Base,
 }).Parse(`<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Morpheus demo: {{.R.NF}}</title>
@@ -253,8 +255,8 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td.l,th.l{text-al
 Original program {{.R.OriginalID}}; optimized versions {{.R.Versions}}.
 Agent: {{.R.Stats.Cycles}} cycles, {{.R.Stats.Swaps}} swaps, {{.R.Stats.ProfileWindows}} profiling windows, {{.R.Stats.GuardBumps}} guard bumps.</p>
 <h2>Summary</h2>
-<table><tr><th class="l">phase</th><th>time (s)</th><th>mean pps</th><th>ns/packet</th><th>speedup (pps)</th><th>speedup (ns)</th><th>swaps</th><th class="l">programs</th></tr>
-{{range .R.Phases}}<tr><td class="l">{{.Name}}: {{.Title}}</td><td>{{secs .Start}}-{{secs .End}}</td><td>{{pps .PPS}}</td><td>{{printf "%.1f" .NsPerPacket}}</td><td>{{printf "%.2fx" .Speedup}}</td><td>{{printf "%.2fx" .NsSpeedup}}</td><td>{{.Swaps}}</td><td class="l">{{.Programs}}</td></tr>
+<table><tr><th class="l">phase</th><th>time (s)</th><th>mean pps</th><th>ns/packet</th><th>speedup (pps)</th><th>speedup (ns)</th><th>last program ns/packet</th><th>speedup</th><th>swaps</th><th class="l">programs</th></tr>
+{{range .R.Phases}}<tr><td class="l">{{.Name}}: {{.Title}}</td><td>{{secs .Start}}-{{secs .End}}</td><td>{{pps .PPS}}</td><td>{{printf "%.1f" .NsPerPacket}}</td><td>{{printf "%.2fx" .Speedup}}</td><td>{{printf "%.2fx" .NsSpeedup}}</td><td>{{printf "%.1f" .SteadyNsPerPacket}}</td><td>{{printf "%.2fx" .SteadySpeedup}}</td><td>{{.Swaps}}</td><td class="l">{{.Programs}}</td></tr>
 {{end}}</table>
 {{with .R.Change}}<h2>Control-plane change</h2>
 <p>{{.Description}} (hot flow {{.Flow}}, {{.Writes}} entries written through the agent; guard bumps {{.GuardBumps}}; tripped guards {{.Tripped}}).</p>
@@ -262,7 +264,7 @@ Agent: {{.R.Stats.Cycles}} cycles, {{.R.Stats.Swaps}} swaps, {{.R.Stats.ProfileW
 <tr><td class="l">before the change</td><td class="l">{{.Before}}</td></tr>
 <tr><td class="l">right after the change</td><td class="l">{{.After}}</td></tr>
 <tr><td class="l">original program, new table</td><td class="l">{{.Original}}</td></tr></table>
-<p>The new entry was {{if .UsedAtOnce}}used by the very next packet{{else}}<b>not</b> used at once{{end}}{{if .Reoptimized}}; re-optimized {{.Reoptimized}} later ({{.ReoptimizeOutcome}}){{end}}.</p>{{end}}
+<p>The new entry was {{if .UsedAtOnce}}used by the very next packet{{else}}<b>not</b> used at once{{end}}{{if .Reoptimized}}; re-optimized {{ms .Reoptimized}} later ({{.ReoptimizeOutcome}}){{end}}.</p>{{end}}
 <h2>Plots</h2>
 {{range .Images}}<p><img src="{{base .}}" alt="{{base .}}"></p>
 {{end}}

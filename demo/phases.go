@@ -459,6 +459,7 @@ func summarizePhases(phases []Phase, samples []Sample, original ebpf.ProgramID, 
 			r := rateBetween(*first, *last)
 			p.PPS, p.NsPerPacket = r.PPS, r.NsPerPacket
 		}
+		p.SteadyNsPerPacket = steadyNs(samples, p.Start, p.End)
 		for _, e := range events {
 			if e.Kind == string(agent.EventSwap) && e.Elapsed >= p.Start && e.Elapsed <= p.End {
 				p.Swaps++
@@ -476,5 +477,36 @@ func summarizePhases(phases []Phase, samples []Sample, original ebpf.ProgramID, 
 		if phases[i].NsPerPacket > 0 {
 			phases[i].NsSpeedup = base.NsPerPacket / phases[i].NsPerPacket
 		}
+		if phases[i].SteadyNsPerPacket > 0 {
+			phases[i].SteadySpeedup = base.SteadyNsPerPacket / phases[i].SteadyNsPerPacket
+		}
 	}
+}
+
+// steadyNs returns the ns/packet of the last non-profiling program that
+// ran between from and to, over the sample intervals that both began and
+// ended on it.
+func steadyNs(samples []Sample, from, to time.Duration) float64 {
+	var id ebpf.ProgramID
+	for _, s := range samples {
+		if s.Elapsed >= from && s.Elapsed <= to && s.Version != "profiling" && s.ProgramID != 0 {
+			id = s.ProgramID
+		}
+	}
+	var pkts uint64
+	var rt time.Duration
+	for j := 1; j < len(samples); j++ {
+		a, b := samples[j-1], samples[j]
+		if a.Elapsed < from || b.Elapsed > to || a.ProgramID != id || b.ProgramID != id {
+			continue
+		}
+		if b.Packets >= a.Packets && b.RunTime >= a.RunTime {
+			pkts += b.Packets - a.Packets
+			rt += b.RunTime - a.RunTime
+		}
+	}
+	if pkts == 0 {
+		return 0
+	}
+	return float64(rt.Nanoseconds()) / float64(pkts)
 }
