@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/morpheus-go/morpheus/heatmap"
@@ -177,6 +178,20 @@ func checkNothingLeft(t *testing.T, rep *Report) {
 	}
 	if len(rep.Created.Programs) == 0 {
 		t.Error("no program recorded")
+	}
+	created := map[ebpf.ProgramID]bool{}
+	for _, id := range rep.Created.Programs {
+		created[id] = true
+	}
+	var it link.Iterator
+	for it.Next() {
+		if info, err := it.Link.Info(); err == nil && created[info.Program] {
+			t.Errorf("link %d still attaches program %d", it.ID, info.Program)
+		}
+	}
+	it.Close()
+	if err := it.Err(); err != nil {
+		t.Error(err)
 	}
 	// Programs are freed when their last reference (fd, link) goes:
 	// allow the kernel a moment for deferred releases.
