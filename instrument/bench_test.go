@@ -141,10 +141,10 @@ func BenchmarkOverhead(b *testing.B) {
 	// Paired ABBA runs against the original, many short ones: the load
 	// of a busy machine changes within a Measure round, much less between
 	// two adjacent 10 ms runs.
-	table += "\npaired ABBA runs (2 x 2 x 2^15 packets per pair, 150 pairs): overhead = trimmed mean of (variant - router) / router net\n\n"
+	table += "\npaired ABBA runs (2 x 2 x 2^15 packets per pair, 300 pairs): overhead = trimmed mean of (variant - router) / router net\n\n"
 	table += "| program | ns/pkt added | overhead |\n|---|---|---|\n"
 	for _, n := range names {
-		d, err := pairedDiff(h, progs["router"], progs[n], 150, 1<<15)
+		d, err := pairedDiff(h, progs["router"], progs[n], 300, 1<<15)
 		if err != nil {
 			b.Fatal(err)
 		}
