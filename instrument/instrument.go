@@ -54,6 +54,18 @@
 // scheme: bpf_get_prandom_u32 on every execution, sampled when below
 // Rate·2³². At Rate 1 every execution is recorded and no sampling code is
 // emitted.
+//
+// # Reading
+//
+// Heat maps are read from the collection loaded from Variant.Spec
+// (Variant.Load shares the running NF's maps): Collect reads them, Drain
+// reads and empties them (one window of a profile), Reset empties them and
+// Decay ages counts in place. The heatmap.Heatmap returned is keyed by the
+// instrumented map's original name; its counts are estimated executions,
+// the per-CPU counts summed and multiplied by 1/Rate (exact at Rate 1).
+// The agent's loop: Instrument, Load against the live maps, swap the
+// variant in for a window, Drain into a heatmap.Profile (decaying across
+// windows), swap the optimized program back in.
 package instrument
 
 import (
