@@ -89,8 +89,8 @@ var kinds = map[string]nfKind{
 	"lb": {
 		program: lb.Program,
 		spec:    lb.Spec,
-		config: func(uint32, []uint32, uint64) (any, error) {
-			return traffic.LBConfig(0, 0, 1)
+		config: func(_ uint32, _ []uint32, seed uint64) (any, error) {
+			return traffic.LBConfig(0, 0, seed)
 		},
 		state: func(cfg any) (*mapstate.State, error) { return cfg.(*lb.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
@@ -126,7 +126,7 @@ var kinds = map[string]nfKind{
 		spec:    firewall.Spec,
 		// Stateless, like the seed's iptables rule set: with connection
 		// tracking every packet after a flow's first skips the rules.
-		config: func(uint32, []uint32, uint64) (any, error) { return traffic.FirewallConfig(0, false, 1) },
+		config: func(_ uint32, _ []uint32, seed uint64) (any, error) { return traffic.FirewallConfig(0, false, seed) },
 		state:  func(cfg any) (*mapstate.State, error) { return cfg.(*firewall.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
 			return traffic.FirewallFlows(cfg.(*firewall.Config), n, seed)
@@ -145,8 +145,8 @@ var kinds = map[string]nfKind{
 	"ddos": {
 		program: ddos.Program,
 		spec:    ddos.Spec,
-		config: func(uint32, []uint32, uint64) (any, error) {
-			return traffic.DDoSConfig(0, 200, 1_000_000, 1)
+		config: func(_ uint32, _ []uint32, seed uint64) (any, error) {
+			return traffic.DDoSConfig(0, 200, 1_000_000, seed)
 		},
 		state: func(cfg any) (*mapstate.State, error) { return cfg.(*ddos.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
