@@ -119,17 +119,22 @@ func Analyze(coll *ebpf.CollectionSpec, prog *program.Program, opts Options) (*R
 
 	// Reporting pass: replay every reachable block once from its fixpoint
 	// state and record the facts.
+	// The replay's states are thrown away after each block, so one
+	// scratch state serves every block instead of a copy per block.
 	a.rec = newRecorder(a)
+	scratch := new(State)
 	for _, fs := range a.funcs {
 		if fs.entry == nil {
 			continue
 		}
+		fs.entry.frame.shared = true
 		for _, b := range fs.f.Blocks {
 			in := fs.in[b]
 			if in == nil {
 				continue
 			}
-			a.block(fs, b, in.clone())
+			scratch.copyFrom(in)
+			a.block(fs, b, scratch)
 		}
 		a.markUnreachableStack(fs)
 	}
@@ -309,6 +314,52 @@ func (r *Result) StateBefore(b *program.Block, i int) *State {
 		r.a.step(loc{fs, b, j}, st)
 	}
 	return st
+}
+
+// A Walker hands out the abstract states before the instructions of one
+// block in increasing order. It steps through the block once, where a
+// StateBefore call per instruction would replay the block from its start
+// (and copy a state) every time: passes that look at every instruction
+// use a Walker.
+type Walker struct {
+	r  *Result
+	fs *funcState
+	b  *program.Block
+	i  int
+	st *State
+}
+
+// Walk returns a walker over block b, or nil if the block is unreachable
+// or not part of the analysed program.
+func (r *Result) Walk(b *program.Block) *Walker {
+	fs := r.byBlk[b]
+	if fs == nil || fs.in[b] == nil {
+		return nil
+	}
+	return &Walker{r: r, fs: fs, b: b, st: fs.in[b].clone()}
+}
+
+// At returns the state before instruction i of the walker's block, the
+// state StateBefore returns. i may be len(b.Insns) as for StateBefore; it
+// must not be lower than in the previous call (nil then, and for an index
+// out of range or a nil walker). The state belongs to the walker: it is
+// valid until the next call and must not be modified. Concurrent use
+// needs one walker per goroutine.
+func (w *Walker) At(i int) *State {
+	if w == nil || i < w.i || i > len(w.b.Insns) {
+		return nil
+	}
+	last := len(w.b.Insns) - 1
+	if w.b.Term() == nil {
+		last = len(w.b.Insns)
+	}
+	// The terminator is never stepped: the state "after" it is the state
+	// before it, as in StateBefore.
+	for ; w.i < i && w.i < last; w.i++ {
+		w.r.a.step(loc{w.fs, w.b, w.i}, w.st)
+	}
+	w.i = i
+	return w.st
 }
 
 // Reachable reports whether the analysis found a path to block b.

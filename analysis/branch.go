@@ -20,7 +20,7 @@ func (a *analyzer) branch(at loc, st *State, ins asm.Instruction) []edge {
 	case asm.Ja:
 		return []edge{{b.Target, st}}
 	case asm.JCOND: // may_goto
-		return a.edges(b, st, st.clone(), true, true)
+		return a.edges(b, st, a.copyOf(st), true, true)
 	}
 
 	is32 := ins.OpCode.Class() == asm.Jump32Class
@@ -42,7 +42,7 @@ func (a *analyzer) branch(at loc, st *State, ins asm.Instruction) []edge {
 	}
 	var ts, fs *State
 	if taken {
-		ts = st.clone()
+		ts = a.copyOf(st)
 	}
 	if fall {
 		fs = st
@@ -102,7 +102,7 @@ func refineNull(st *State, reg asm.Register, v Value, isNull bool) {
 	}
 	for slot := range numSlots {
 		if st.frame.isSpill(slot) && st.frame.spills[slot].ID == v.ID && st.frame.spills[slot].MaybeNull {
-			st.frame.spills[slot] = apply(st.frame.spills[slot])
+			st.frame.setSpill(slot, apply(st.frame.spills[slot]))
 		}
 	}
 }

@@ -52,7 +52,27 @@ type analyzer struct {
 	rodata  map[string][]byte // read-only global sections with their bytes
 	dirty   bool              // a callee entry or a summary grew this round
 	rec     *recorder         // non-nil only during the reporting pass
+	// free holds states the fixpoint no longer references, for reuse: a
+	// State is about 10 KiB, and allocating one per block visit, branch
+	// and join dominated the analysis' cost (allocation and the GC's
+	// write barriers on copies).
+	free []*State
 }
+
+// copyOf returns a copy of s in a recycled state if there is one.
+func (a *analyzer) copyOf(s *State) *State {
+	var c *State
+	if n := len(a.free); n > 0 {
+		c, a.free = a.free[n-1], a.free[:n-1]
+	} else {
+		c = new(State)
+	}
+	c.copyFrom(s)
+	return c
+}
+
+// recycle hands states nothing references any more to copyOf.
+func (a *analyzer) recycle(s ...*State) { a.free = append(a.free, s...) }
 
 type insnKey struct {
 	block *program.Block
@@ -107,8 +127,14 @@ func (a *analyzer) fixpoint(fs *funcState) error {
 			return fmt.Errorf("dataflow did not converge within the visit budget")
 		}
 		b := work.pop()
-		st := fs.in[b].clone()
+		st := a.copyOf(fs.in[b])
 		edges := a.block(fs, b, st)
+		if len(edges) == 0 {
+			a.recycle(st)
+		}
+		// Edge states are fresh copies (block and branch make them):
+		// one the block entry does not keep is recycled, and so is a
+		// block entry a join replaces. Nothing else points at them.
 		for _, e := range edges {
 			old := fs.in[e.to]
 			if old == nil {
@@ -116,10 +142,14 @@ func (a *analyzer) fixpoint(fs *funcState) error {
 				work.push(e.to)
 				continue
 			}
-			j := joinState(old, e.st)
+			j := a.copyOf(old)
+			joinInto(j, old, e.st)
 			if !j.equal(old) {
 				fs.in[e.to] = j
 				work.push(e.to)
+				a.recycle(old, e.st)
+			} else {
+				a.recycle(j, e.st)
 			}
 		}
 	}
@@ -648,7 +678,9 @@ func (a *analyzer) lookupResult(at loc, st *State, mapVal Value, ms *ebpf.MapSpe
 	}
 	for slot := range numSlots {
 		if st.frame.isSpill(slot) && st.frame.spills[slot].ID == id {
-			st.frame.spills[slot].ID = 0
+			v := st.frame.spills[slot]
+			v.ID = 0
+			st.frame.setSpill(slot, v)
 		}
 	}
 	switch {

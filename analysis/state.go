@@ -51,9 +51,37 @@ var unknownByte = StackByte{Kind: ByteUnknown, PktOff: -1}
 // frame is the abstract stack of one function invocation. An aligned
 // 8-byte store of a register spills the whole register value (pointer
 // identity included) into spills; all other stores are tracked per byte.
+//
+// The spills are copy-on-write: a State copy shares them (they are most of
+// a state's size, and the fixpoint copies states at every block visit and
+// branch), and the first write after a copy gives the writer its own.
 type frame struct {
 	bytes  [StackSize]StackByte
-	spills [numSlots]Value
+	spills *[numSlots]Value
+	// shared is set on both sides of a copy: spills may be referenced by
+	// another frame and must be copied before a write.
+	shared bool
+}
+
+// setSpill writes spill slot i, first taking a private copy of shared
+// spills.
+func (f *frame) setSpill(i int, v Value) {
+	if f.shared {
+		own := *f.spills
+		f.spills, f.shared = &own, false
+	}
+	f.spills[i] = v
+}
+
+// copyFrom makes s a copy of t that shares t's spills until either writes.
+// t is only written when not yet marked: the analysis marks every state
+// it keeps, so queries that copy them (which may run concurrently) only
+// read.
+func (s *State) copyFrom(t *State) {
+	if !t.frame.shared {
+		t.frame.shared = true
+	}
+	*s = *t
 }
 
 // State is the abstract machine state at one program point: registers
@@ -66,6 +94,7 @@ type State struct {
 
 func newState() *State {
 	s := &State{}
+	s.frame.spills = new([numSlots]Value)
 	for i := range s.frame.bytes {
 		s.frame.bytes[i] = unknownByte
 	}
@@ -77,8 +106,9 @@ func newState() *State {
 }
 
 func (s *State) clone() *State {
-	c := *s
-	return &c
+	c := new(State)
+	c.copyFrom(s)
+	return c
 }
 
 // Reg returns the abstract value of register r.
@@ -142,11 +172,16 @@ func (s *State) equal(t *State) bool {
 // joinState merges t into a copy of s.
 func joinState(s, t *State) *State {
 	out := s.clone()
+	joinInto(out, s, t)
+	return out
+}
+
+// joinInto sets out, which must hold a copy of s, to the join of s and t.
+func joinInto(out, s, t *State) {
 	for i := range out.regs {
 		out.regs[i] = join(s.regs[i], t.regs[i])
 	}
 	out.frame.join(&t.frame)
-	return out
 }
 
 func (f *frame) equal(g *frame) bool {
@@ -204,7 +239,7 @@ func (f *frame) unspill(lo, hi int64) {
 			continue
 		}
 		copy(f.bytes[slot*8:slot*8+8], bytesOf(f.spills[slot], 8))
-		f.spills[slot] = Value{}
+		f.setSpill(slot, Value{})
 	}
 }
 
@@ -214,7 +249,7 @@ func (f *frame) unspill(lo, hi int64) {
 func (f *frame) store(off int64, n int, v Value) (lost bool) {
 	if n == 8 && idx(off)%8 == 0 {
 		slot := idx(off) / 8
-		f.spills[slot] = v
+		f.setSpill(slot, v)
 		for i := range 8 {
 			f.bytes[slot*8+i] = StackByte{Kind: ByteSpill, PktOff: -1}
 		}
@@ -309,7 +344,7 @@ func (f *frame) join(g *frame) {
 		fs, gs := f.isSpill(slot), g.isSpill(slot)
 		switch {
 		case fs && gs:
-			f.spills[slot] = join(f.spills[slot], g.spills[slot])
+			f.setSpill(slot, join(f.spills[slot], g.spills[slot]))
 			continue
 		case fs && f.spills[slot].taints(), gs && g.spills[slot].taints():
 			// A map pointer spilled on one path only: the slot may still
@@ -318,7 +353,7 @@ func (f *frame) join(g *frame) {
 			if gs {
 				v = g.spills[slot]
 			}
-			f.spills[slot] = tainted(v)
+			f.setSpill(slot, tainted(v))
 			for i := range 8 {
 				f.bytes[slot*8+i] = StackByte{Kind: ByteSpill, PktOff: -1}
 			}

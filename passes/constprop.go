@@ -130,11 +130,14 @@ func (cp *propagator) round(res *analysis.Result) int {
 	var edits []edit
 	for _, f := range cp.c.Prog.Funcs {
 		for _, b := range f.Blocks {
-			if !res.Reachable(b) {
+			// One walker per block: fold asks for the states of
+			// the block's instructions in increasing order.
+			w := res.Walk(b)
+			if w == nil {
 				continue
 			}
 			for i := range b.Insns {
-				if e, ok := cp.fold(res, f, b, i); ok {
+				if e, ok := cp.fold(res, w, f, b, i); ok {
 					edits = append(edits, e)
 				}
 			}
@@ -172,12 +175,13 @@ func (cp *propagator) round(res *analysis.Result) int {
 
 var gotoOpCode = asm.OpCode(asm.JumpClass).SetJumpOp(asm.Ja)
 
-// fold decides the rewrite of instruction i of b, if any.
-func (cp *propagator) fold(res *analysis.Result, f *program.Func, b *program.Block, i int) (edit, bool) {
+// fold decides the rewrite of instruction i of b, if any; w is the walker
+// over b, not yet past the state before instruction i+1.
+func (cp *propagator) fold(res *analysis.Result, w *analysis.Walker, f *program.Func, b *program.Block, i int) (edit, bool) {
 	ins := b.Insns[i]
 	e := edit{f: f, b: b, i: i}
 	if i == len(b.Insns)-1 && b.Term() != nil {
-		taken, why, ok := cp.decide(res, b)
+		taken, why, ok := cp.decide(res, w.At(len(b.Insns)-1), b)
 		if !ok {
 			return e, false
 		}
@@ -201,7 +205,7 @@ func (cp *propagator) fold(res *analysis.Result, f *program.Func, b *program.Blo
 	default:
 		return e, false
 	}
-	after := res.StateBefore(b, i+1)
+	after := w.At(i + 1)
 	if after == nil {
 		return e, false
 	}
@@ -349,15 +353,15 @@ func (cp *propagator) commonIndex(res *analysis.Result, s *analysis.Site) (uint3
 	return idx, len(s.Origins) > 0
 }
 
-// decide evaluates the terminator of b when the analysis determines it.
-func (cp *propagator) decide(res *analysis.Result, b *program.Block) (taken bool, why string, ok bool) {
+// decide evaluates the terminator of b when the analysis determines it;
+// st is the state before the terminator.
+func (cp *propagator) decide(res *analysis.Result, st *analysis.State, b *program.Block) (taken bool, why string, ok bool) {
 	term := b.Insns[len(b.Insns)-1]
 	op := term.OpCode.JumpOp()
 	switch op {
 	case asm.Exit, asm.Ja, asm.JCOND, asm.Call, asm.InvalidJumpOp:
 		return false, "", false
 	}
-	st := res.StateBefore(b, len(b.Insns)-1)
 	if st == nil {
 		return false, "", false
 	}

@@ -123,6 +123,7 @@ func (c *Context) deadLookups(a *analysis.Result) map[*program.Block][]int {
 	for _, f := range c.Prog.Funcs {
 		live := computeLive(f)
 		for _, b := range f.Blocks {
+			var w *analysis.Walker
 			for i, ins := range b.Insns {
 				if !ins.IsBuiltinCall() || asm.BuiltinFunc(ins.Constant) != asm.FnMapLookupElem {
 					continue
@@ -130,7 +131,10 @@ func (c *Context) deadLookups(a *analysis.Result) map[*program.Block][]int {
 				if live.after(b, i)&regBit(asm.R0) != 0 {
 					continue
 				}
-				s := a.StateBefore(b, i)
+				if w == nil {
+					w = a.Walk(b)
+				}
+				s := w.At(i)
 				if s == nil {
 					continue
 				}
@@ -544,7 +548,8 @@ func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]s
 	for _, b := range f.Blocks {
 		effs := make([]stackEffect, len(b.Insns))
 		out[b] = effs
-		if !res.Reachable(b) {
+		w := res.Walk(b)
+		if w == nil {
 			// No states: whatever it does, assume it reads everything.
 			for i := range effs {
 				effs[i].reads = allStack
@@ -552,7 +557,7 @@ func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]s
 			continue
 		}
 		for i, ins := range b.Insns {
-			st := res.StateBefore(b, i)
+			st := w.At(i)
 			if st == nil {
 				effs[i].reads = allStack
 				continue
