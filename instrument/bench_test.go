@@ -43,6 +43,9 @@ var overheadVariants = []struct {
 	{"count-1%", instrument.Options{Rate: 0.01}},
 	{"count-5%", instrument.Options{Rate: 0.05}},
 	{"count-25%", instrument.Options{Rate: 0.25}},
+	{"ring-1%", instrument.Options{Rate: 0.01, Recorder: instrument.RecorderRing}},
+	{"ring-5%", instrument.Options{Rate: 0.05, Recorder: instrument.RecorderRing}},
+	{"ring-25%", instrument.Options{Rate: 0.25, Recorder: instrument.RecorderRing}},
 	{"prandom-5%", instrument.Options{Rate: 0.05, Sampler: instrument.SamplerPrandom}},
 	{"all-100%", instrument.Options{Rate: 1}},
 }
@@ -184,13 +187,13 @@ func pairedDiff(h *bench.Harness, a, b *ebpf.Program, pairs, repeat int) (float6
 }
 
 // fitOverhead fits overhead = a + slope·rate by least squares to the
-// countdown variants' ratios: every variant runs the same unsampled path
+// countdown variants' ratios (hash recorder): every variant runs the same unsampled path
 // and adds rate × the cost of recording, so the fit pools all of them
 // against the noise of any single ratio.
 func fitOverhead(res *bench.Result) (a, slope float64) {
 	var xs, ys []float64
 	for _, ov := range overheadVariants {
-		if ov.opts.Sampler != instrument.SamplerCountdown {
+		if ov.opts.Sampler != instrument.SamplerCountdown || ov.opts.Recorder != instrument.RecorderHash {
 			continue
 		}
 		xs = append(xs, ov.opts.Rate)
@@ -312,6 +315,7 @@ func BenchmarkSiteCost(b *testing.B) {
 		{"count-1e-6", instrument.Options{Rate: 1e-6}, false},
 		{"count-5%-norecord", instrument.Options{Rate: 0.05}, true},
 		{"count-5%", instrument.Options{Rate: 0.05}, false},
+		{"ring-5%", instrument.Options{Rate: 0.05, Recorder: instrument.RecorderRing}, false},
 		{"prandom-5%", instrument.Options{Rate: 0.05, Sampler: instrument.SamplerPrandom}, false},
 		{"all-100%", instrument.Options{Rate: 1}, false},
 	}

@@ -2,6 +2,7 @@ package instrument
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -116,25 +117,74 @@ func Reset(m *ebpf.Map) error {
 // Collect reads the variant's heat maps from maps (the Maps of a
 // collection loaded from v.Spec) without changing them. The heatmap is
 // keyed by the instrumented maps' original names and its counts are
-// estimated executions: recorded counts times v.Scale(), rounded.
+// estimated executions: recorded counts times v.Scale(), rounded. With
+// RecorderRing each CPU's ring entries stand for all samples that CPU
+// wrote since the last drain.
 func (v *Variant) Collect(maps map[string]*ebpf.Map) (*heatmap.Heatmap, error) {
-	return v.gather(maps, ReadCounts)
+	return v.gather(maps, false)
 }
 
 // Drain is Collect that also empties the heat maps, ending a profiling
-// window: the next read sees only what was recorded after this one.
+// window: the next read sees only what was recorded after this one. A
+// ring is read and then cleared in two steps, so samples written in
+// between are lost (hash entries are read and deleted atomically).
 func (v *Variant) Drain(maps map[string]*ebpf.Map) (*heatmap.Heatmap, error) {
-	return v.gather(maps, DrainCounts)
+	return v.gather(maps, true)
 }
 
 // Reset empties the variant's heat maps in maps.
 func (v *Variant) Reset(maps map[string]*ebpf.Map) error {
+	if v.Recorder == RecorderRing {
+		return v.each(maps, clearRing)
+	}
 	return v.each(maps, Reset)
 }
 
-// Decay applies Decay to each of the variant's heat maps in maps.
+// Decay applies Decay to each of the variant's heat maps in maps. Rings
+// hold recent samples only and cannot be decayed: use Drain and a
+// heatmap.Profile.
 func (v *Variant) Decay(maps map[string]*ebpf.Map, factor float64) error {
+	if v.Recorder == RecorderRing {
+		return errors.New("instrument: ring recorders keep only recent samples; drain them into a heatmap.Profile")
+	}
 	return v.each(maps, func(m *ebpf.Map) error { return Decay(m, factor) })
+}
+
+// ReadRing returns the samples in a ring recorder's map: per key, the
+// number of samples its entries stand for (each CPU's entries weighted by
+// the samples that CPU wrote over the entries its ring holds).
+func ReadRing(m *ebpf.Map, keySize, entries uint32) (map[string]float64, error) {
+	stride := ringStride(keySize, entries)
+	if m == nil || m.Type() != ebpf.Array || m.MaxEntries() != 1 || m.ValueSize()%stride != 0 {
+		return nil, fmt.Errorf("instrument: %v is not a ring of %d %d-byte keys", m, entries, keySize)
+	}
+	var val []byte
+	if err := m.Lookup(uint32(0), &val); err != nil {
+		return nil, fmt.Errorf("instrument: read ring: %w", err)
+	}
+	padded := (keySize + 7) &^ 7
+	out := map[string]float64{}
+	for base := uint32(0); base+stride <= uint32(len(val)); base += stride {
+		pos := binary.LittleEndian.Uint64(val[base:])
+		n := min(pos, uint64(entries))
+		if n == 0 {
+			continue
+		}
+		w := float64(pos) / float64(n)
+		for i := uint64(0); i < n; i++ {
+			at := base + lineSize + uint32(i)*padded
+			out[string(val[at:at+keySize])] += w
+		}
+	}
+	return out, nil
+}
+
+// clearRing zeroes a ring recorder's map.
+func clearRing(m *ebpf.Map) error {
+	if err := m.Update(uint32(0), make([]byte, m.ValueSize()), ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("instrument: clear ring: %w", err)
+	}
+	return nil
 }
 
 func (v *Variant) each(maps map[string]*ebpf.Map, fn func(*ebpf.Map) error) error {
@@ -158,7 +208,7 @@ func (v *Variant) heatMap(maps map[string]*ebpf.Map, orig string) (*ebpf.Map, er
 	return nil, fmt.Errorf("instrument: heat map %q of %q is not loaded", hm, orig)
 }
 
-func (v *Variant) gather(maps map[string]*ebpf.Map, read func(*ebpf.Map) (map[string]uint64, error)) (*heatmap.Heatmap, error) {
+func (v *Variant) gather(maps map[string]*ebpf.Map, drain bool) (*heatmap.Heatmap, error) {
 	h := &heatmap.Heatmap{Maps: map[string][]heatmap.Key{}}
 	scale := v.Scale()
 	for _, orig := range sortedKeys(v.HeatMaps) {
@@ -166,13 +216,13 @@ func (v *Variant) gather(maps map[string]*ebpf.Map, read func(*ebpf.Map) (map[st
 		if err != nil {
 			return nil, err
 		}
-		counts, err := read(m)
+		counts, err := v.read(m, orig, drain)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", v.HeatMaps[orig], err)
 		}
 		keys := make([]heatmap.Key, 0, len(counts))
 		for k, c := range counts {
-			keys = append(keys, heatmap.Key{Key: []byte(k), Count: uint64(math.Round(float64(c) * scale))})
+			keys = append(keys, heatmap.Key{Key: []byte(k), Count: uint64(math.Round(c * scale))})
 		}
 		sort.Slice(keys, func(i, j int) bool {
 			if keys[i].Count != keys[j].Count {
@@ -183,6 +233,34 @@ func (v *Variant) gather(maps map[string]*ebpf.Map, read func(*ebpf.Map) (map[st
 		h.Maps[orig] = keys
 	}
 	return h, nil
+}
+
+// read returns the samples recorded for map orig in m, as counts.
+func (v *Variant) read(m *ebpf.Map, orig string, drain bool) (map[string]float64, error) {
+	if v.Recorder == RecorderRing {
+		ms := v.Spec.Maps[orig]
+		if ms == nil {
+			return nil, fmt.Errorf("instrument: map %q is not in the variant's spec", orig)
+		}
+		out, err := ReadRing(m, ms.KeySize, v.RingEntries)
+		if err == nil && drain {
+			err = clearRing(m)
+		}
+		return out, err
+	}
+	read := ReadCounts
+	if drain {
+		read = DrainCounts
+	}
+	counts, err := read(m)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]float64, len(counts))
+	for k, c := range counts {
+		out[k] = float64(c)
+	}
+	return out, nil
 }
 
 func checkHeatMap(m *ebpf.Map) error {

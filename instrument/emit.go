@@ -78,6 +78,10 @@ type emitter struct {
 	n        int    // countdown mean interval
 	ctl      string // control map name
 	slotMask uint32 // countdown slots - 1
+	cpuSlots int    // per-CPU slots of the control map and the rings
+
+	recorder    Recorder
+	ringEntries uint32
 }
 
 // jmp returns a conditional jump without a label: blocks link targets.
@@ -149,12 +153,57 @@ func (e *emitter) site(f *program.Func, b *program.Block, s SiteInfo) {
 		blocks = append(blocks, count, reload)
 	}
 	blocks = append(blocks, record, bump, insert, resume)
+	if e.recorder == RecorderRing {
+		record.Insns, record.Target, record.Next = e.ringRecord(s, key), nil, resume
+		blocks = slices.DeleteFunc(blocks, func(x *program.Block) bool { return x == bump || x == insert })
+	}
 	if skipRecording {
 		record.Insns, record.Target, record.Next = nil, nil, resume
 		blocks = slices.DeleteFunc(blocks, func(x *program.Block) bool { return x == bump || x == insert })
 	}
 	at := slices.Index(f.Blocks, b)
 	f.Blocks = slices.Insert(f.Blocks, at+1, blocks...)
+}
+
+// ringRecord appends the key to this CPU's ring of the site's map:
+// entry[pos % entries] = key; pos++. The CPU's slot and the entry are
+// bounded by masks, which is what lets the verifier accept the variable
+// offsets into the array value.
+func (e *emitter) ringRecord(s SiteInfo, key func() []asm.Instruction) []asm.Instruction {
+	stride := ringStride(s.KeySize, e.ringEntries)
+	padded := (s.KeySize + 7) &^ 7
+	insns := []asm.Instruction{
+		asm.FnGetSmpProcessorId.Call(),
+		asm.And.Imm32(asm.R0, int32(e.cpuSlots-1)),
+		asm.Mul.Imm(asm.R0, int32(stride)),
+		asm.LoadMapValue(asm.R3, 0, 0).WithReference(s.HeatMap),
+		asm.Add.Reg(asm.R3, asm.R0),
+		asm.LoadMem(asm.R4, asm.R3, 0, asm.DWord),
+		asm.Mov.Reg(asm.R5, asm.R4),
+		asm.Add.Imm(asm.R5, 1),
+		asm.StoreMem(asm.R3, 0, asm.R5, asm.DWord),
+		asm.And.Imm(asm.R4, int32(e.ringEntries-1)),
+		asm.Mul.Imm(asm.R4, int32(padded)),
+		asm.Add.Reg(asm.R3, asm.R4),
+	}
+	insns = append(insns, key()...)
+	for off := uint32(0); off < s.KeySize; {
+		size, n := asm.DWord, uint32(8)
+		switch rest := s.KeySize - off; {
+		case rest >= 8:
+		case rest >= 4:
+			size, n = asm.Word, 4
+		case rest >= 2:
+			size, n = asm.Half, 2
+		default:
+			size, n = asm.Byte, 1
+		}
+		insns = append(insns,
+			asm.LoadMem(asm.R5, asm.R2, int16(off), size),
+			asm.StoreMem(asm.R3, int16(lineSize+off), asm.R5, size))
+		off += n
+	}
+	return insns
 }
 
 // countdown returns the blocks of the countdown sampler: count decrements

@@ -55,6 +55,20 @@
 // Rate·2³². At Rate 1 every execution is recorded and no sampling code is
 // emitted.
 //
+// # Recording
+//
+// RecorderHash (the default, the seed's scheme, shown above) counts keys in
+// a per-CPU hash per map: exact counts, but each sample touches a hash
+// bucket, element and per-CPU value that are rarely still in cache.
+// RecorderRing instead appends the key to this CPU's ring (a cache line
+// holding the number of samples written, then RingEntries key slots, in a
+// single-element array reached by a direct value pointer): a few
+// sequential stores per sample. Reading counts the keys in the rings, each
+// CPU's entries weighted by the samples that CPU wrote since the last
+// drain over the entries its ring holds, so the estimate covers the whole
+// window as long as the traffic mix is steady within it; counts are exact
+// while a window's samples fit the ring.
+//
 // # Reading
 //
 // Heat maps are read from the collection loaded from Variant.Spec
@@ -72,6 +86,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -133,6 +148,39 @@ func ParseSampler(s string) (Sampler, error) {
 	return 0, fmt.Errorf("instrument: unknown sampler %q (countdown or prandom)", s)
 }
 
+// Recorder selects how a sampled execution is recorded.
+type Recorder int
+
+const (
+	// RecorderHash counts keys in a per-CPU hash per map (the seed's
+	// scheme): exact counts, but a sample touches a hash entry that is
+	// rarely in cache.
+	RecorderHash Recorder = iota
+	// RecorderRing appends sampled keys to a per-CPU ring per map with
+	// sequential stores, counted in Go when the ring is read. A sample
+	// costs a few stores; the ring holds the last RingEntries samples
+	// of each CPU, which stand for all samples since the last drain.
+	RecorderRing
+)
+
+// String names the recorder as the CLI spells it.
+func (r Recorder) String() string {
+	switch r {
+	case RecorderHash:
+		return "hash"
+	case RecorderRing:
+		return "ring"
+	}
+	return fmt.Sprintf("Recorder(%d)", int(r))
+}
+
+// DefaultRingEntries is the per-CPU capacity of a ring recorder, reduced
+// when the rings of all CPUs would not fit one array value (4 MiB).
+const DefaultRingEntries = 1 << 14
+
+// maxRingValue is the kernel's limit on an array value (KMALLOC_MAX_SIZE).
+const maxRingValue = 4 << 20
+
 // Options selects and tunes the instrumentation.
 type Options struct {
 	// Rate is the fraction of lookup executions recorded, in (0, 1].
@@ -160,6 +208,12 @@ type Options struct {
 	// HeatmapEntries is the capacity of each heat map. Zero means
 	// DefaultHeatmapEntries.
 	HeatmapEntries uint32
+	// Recorder picks the recording scheme; the zero value is
+	// RecorderHash.
+	Recorder Recorder
+	// RingEntries is the per-CPU capacity of RecorderRing, rounded down
+	// to a power of two. Zero means DefaultRingEntries.
+	RingEntries uint32
 	// Seed seeds the per-CPU generators of SamplerCountdown (they are
 	// stored in the control map's initial contents). Zero picks 1.
 	Seed uint64
@@ -184,6 +238,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Seed == 0 {
 		o.Seed = 1
 	}
+	if o.Recorder != RecorderHash && o.Recorder != RecorderRing {
+		return o, fmt.Errorf("instrument: unknown recorder %d", int(o.Recorder))
+	}
+	if o.RingEntries == 0 {
+		o.RingEntries = DefaultRingEntries
+	}
 	return o, nil
 }
 
@@ -201,11 +261,16 @@ type Variant struct {
 	Rate float64
 	// Sampler is the sampling scheme of the code.
 	Sampler Sampler
+	// Recorder is the recording scheme; RingEntries the per-CPU ring
+	// capacity of RecorderRing.
+	Recorder    Recorder
+	RingEntries uint32
 	// Sites are the instrumented lookups in program order.
 	Sites []SiteInfo
 	// Skipped lists the lookup sites left alone and why.
 	Skipped []Skip
-	// HeatMaps maps an instrumented map's name to its heat map's name.
+	// HeatMaps maps an instrumented map's name to its heat map's name
+	// (its ring's name with RecorderRing).
 	HeatMaps map[string]string
 	// ControlMap is the single-element array holding the constant 1 that
 	// new heat map entries start from and, for SamplerCountdown, the
@@ -330,6 +395,7 @@ func Instrument(spec *ebpf.CollectionSpec, progName string, opts Options) (*Vari
 		Program:  progName,
 		Rate:     opts.Rate,
 		Sampler:  opts.Sampler,
+		Recorder: opts.Recorder,
 		HeatMaps: map[string]string{},
 		Original: slices.Clone(ps.Instructions),
 	}
@@ -384,15 +450,23 @@ func Instrument(spec *ebpf.CollectionSpec, progName string, opts Options) (*Vari
 		return v, fmt.Errorf("%w in %s (%d lookups skipped)", ErrNoSites, progName, len(v.Skipped))
 	}
 
-	e := &emitter{prog: prog, rate: opts.Rate, sampler: opts.Sampler, n: n}
+	e := &emitter{prog: prog, rate: opts.Rate, sampler: opts.Sampler, n: n, recorder: opts.Recorder}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("instrument: %w", err)
+	}
+	e.cpuSlots = controlSlots(cpus)
 	slots := 0
 	if opts.Rate < 1 && opts.Sampler == SamplerCountdown {
-		cpus, err := ebpf.PossibleCPU()
-		if err != nil {
-			return nil, fmt.Errorf("instrument: %w", err)
+		slots = e.cpuSlots
+	}
+	if opts.Recorder == RecorderRing {
+		maxKey := uint32(0)
+		for _, p := range plans {
+			maxKey = max(maxKey, p.info.KeySize)
 		}
-		slots = controlSlots(cpus)
-		e.slotMask = uint32(slots - 1)
+		e.ringEntries = ringEntries(opts.RingEntries, uint32(e.cpuSlots), maxKey)
+		v.RingEntries = e.ringEntries
 	}
 	e.ctl = uniqueName(coll, "hm_ctl", "")
 	coll.Maps[e.ctl] = controlSpec(e.ctl, slots, n, opts.Seed)
@@ -404,7 +478,11 @@ func Instrument(spec *ebpf.CollectionSpec, progName string, opts Options) (*Vari
 		hm, ok := v.HeatMaps[p.info.Map]
 		if !ok {
 			hm = uniqueName(coll, "hm_", p.info.Map)
-			coll.Maps[hm] = heatSpec(hm, p.info.KeySize, opts.HeatmapEntries)
+			if opts.Recorder == RecorderRing {
+				coll.Maps[hm] = ringSpec(hm, p.info.KeySize, e.ringEntries, e.cpuSlots)
+			} else {
+				coll.Maps[hm] = heatSpec(hm, p.info.KeySize, opts.HeatmapEntries)
+			}
 			v.HeatMaps[p.info.Map] = hm
 		}
 		p.info.HeatMap = hm
@@ -543,6 +621,35 @@ func uniqueName(coll *ebpf.CollectionSpec, prefix, base string) string {
 		name = cut(prefix + clean)[:min(len(cut(prefix+clean)), maxLen-len(suffix))] + suffix
 	}
 	return name
+}
+
+// ringStride is the bytes one CPU's ring takes: a cache line holding the
+// number of samples written so far, then the entries, each key padded to
+// 8 bytes. It is a multiple of 64, so CPUs never share a line.
+func ringStride(keySize, entries uint32) uint32 {
+	return lineSize + entries*((keySize+7)&^7)
+}
+
+// ringEntries returns the largest power of two at most want whose rings
+// for slots CPUs and keys of keySize bytes fit one array value.
+func ringEntries(want, slots, keySize uint32) uint32 {
+	n := uint32(1) << (bits.Len32(max(want, 8)) - 1)
+	for n > 8 && uint64(slots)*uint64(ringStride(keySize, n)) > maxRingValue {
+		n /= 2
+	}
+	return n
+}
+
+// ringSpec is a single-element array holding one sample ring per CPU
+// slot, reached through a direct value pointer.
+func ringSpec(name string, keySize, entries uint32, slots int) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  uint32(slots) * ringStride(keySize, entries),
+		MaxEntries: 1,
+	}
 }
 
 // heatSpec is the per-CPU hash counting one map's keys.

@@ -211,6 +211,7 @@ func TestErrors(t *testing.T) {
 		{"unknown program", testSpec(), "nope", Options{}, `program "nope"`},
 		{"no sites", testSpec(), "prog", Options{Maps: []string{"arr"}}, ErrNoSites.Error()},
 		{"bad sampler", testSpec(), "prog", Options{Sampler: 7}, "unknown sampler"},
+		{"bad recorder", testSpec(), "prog", Options{Recorder: 3}, "unknown recorder"},
 		{"nil spec", nil, "prog", Options{}, "nil collection spec"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -247,6 +248,24 @@ func TestControlSlots(t *testing.T) {
 		if got := controlSlots(tc.cpus); got != tc.want {
 			t.Errorf("controlSlots(%d) = %d, want %d", tc.cpus, got, tc.want)
 		}
+	}
+}
+
+func TestRingEntries(t *testing.T) {
+	for _, tc := range []struct{ want, slots, keySize, out uint32 }{
+		{DefaultRingEntries, 2, 8, DefaultRingEntries},
+		{1000, 2, 8, 512},           // rounded down to a power of two
+		{0, 2, 8, 8},                // at least 8 entries
+		{1 << 20, 2, 8, 1 << 17},    // 2 x (64 + 2^17 x 8) bytes fit 4 MiB
+		{1 << 14, 4096, 16, 1 << 5}, // many CPUs share the 4 MiB
+	} {
+		got := ringEntries(tc.want, tc.slots, tc.keySize)
+		if got != tc.out || uint64(tc.slots)*uint64(ringStride(tc.keySize, got)) > maxRingValue {
+			t.Errorf("ringEntries(%d, %d, %d) = %d, want %d", tc.want, tc.slots, tc.keySize, got, tc.out)
+		}
+	}
+	if ringStride(5, 8)%lineSize != 0 {
+		t.Error("ring stride is not a multiple of a cache line")
 	}
 }
 

@@ -148,6 +148,8 @@ func TestDifferentialNFs(t *testing.T) {
 		{Rate: 1},
 		{Rate: 0.05},
 		{Rate: 0.25, Sampler: SamplerPrandom},
+		{Rate: 1, Recorder: RecorderRing},
+		{Rate: 0.05, Recorder: RecorderRing},
 	}
 	for _, nc := range nfCases() {
 		t.Run(nc.name, func(t *testing.T) {
@@ -180,7 +182,7 @@ func TestDifferentialNFs(t *testing.T) {
 							instrumented = append(instrumented, s.Map)
 						}
 					}
-					name := fmt.Sprintf("%s/rate=%g/%s", prog, v.Rate, v.Sampler)
+					name := fmt.Sprintf("%s/rate=%g/%s/%s", prog, v.Rate, v.Sampler, v.Recorder)
 					diffVariant(t, name, v, st, tr.Frames, nc.ingress)
 				}
 			}
@@ -330,7 +332,13 @@ func exactCounts(tr *traffic.Trace) map[string]uint64 {
 // the NF's counters equal the original's.
 func TestExactCountsAtFullRate(t *testing.T) {
 	kerneltest.Require(t)
-	v, orig, coll := routerVariant(t, Options{Rate: 1})
+	for _, r := range []Recorder{RecorderHash, RecorderRing} {
+		t.Run(r.String(), func(t *testing.T) { exactCountsAtFullRate(t, r) })
+	}
+}
+
+func exactCountsAtFullRate(t *testing.T, r Recorder) {
+	v, orig, coll := routerVariant(t, Options{Rate: 1, Recorder: r})
 	tr := routerTrace(t, 5000, 7)
 	want := exactCounts(tr)
 
@@ -385,9 +393,9 @@ func TestSampledTopKeys(t *testing.T) {
 	for _, n := range want {
 		total += n
 	}
-	for _, s := range []Sampler{SamplerCountdown, SamplerPrandom} {
-		t.Run(s.String(), func(t *testing.T) {
-			v, _, coll := routerVariant(t, Options{Rate: 0.05, Sampler: s})
+	for _, o := range []Options{{Rate: 0.05}, {Rate: 0.05, Sampler: SamplerPrandom}, {Rate: 0.05, Recorder: RecorderRing}} {
+		t.Run(o.Sampler.String()+"/"+o.Recorder.String(), func(t *testing.T) {
+			v, _, coll := routerVariant(t, o)
 			runFrames(t, coll.Programs[router.Program], tr.Frames, loIfindex)
 			h, err := v.Collect(coll.Maps)
 			if err != nil {
@@ -506,6 +514,49 @@ func TestWindows(t *testing.T) {
 	}
 }
 
+// TestRingWindows: a ring drains into the exact counts of a window shorter
+// than the ring, clears, and then weights a window longer than the ring
+// by the samples it stands for.
+func TestRingWindows(t *testing.T) {
+	kerneltest.Require(t)
+	v, _, coll := routerVariant(t, Options{Rate: 1, Recorder: RecorderRing, RingEntries: 4096})
+	prog := coll.Programs[router.Program]
+	first := routerTrace(t, 2000, 21)
+	runFrames(t, prog, first.Frames, loIfindex)
+	w1, err := v.Drain(coll.Maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := countsOf(w1), exactCounts(first); !mapsEqual(got, want) {
+		t.Fatalf("drained window differs from the trace's key counts")
+	}
+	if h, err := v.Collect(coll.Maps); err != nil || len(h.Maps[router.MapRoutes]) != 0 {
+		t.Fatalf("after drain: %v, %v", h, err)
+	}
+	if err := v.Decay(coll.Maps, 0.5); err == nil {
+		t.Error("decaying a ring succeeded")
+	}
+	// 3 x 2000 lookups into a 4096-entry ring: the estimate still sums to
+	// the number of lookups (runs may spread over CPUs, each weighted).
+	runFrames(t, prog, first.Frames, loIfindex)
+	runFrames(t, prog, first.Frames, loIfindex)
+	runFrames(t, prog, first.Frames, loIfindex)
+	w2, err := v.Collect(coll.Maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum uint64
+	for _, n := range countsOf(w2) {
+		sum += n
+	}
+	if want := uint64(3 * len(first.Frames)); sum+uint64(len(w2.Maps[router.MapRoutes])) < want || sum > want+uint64(len(w2.Maps[router.MapRoutes])) {
+		t.Errorf("estimated %d lookups, want %d", sum, want)
+	}
+	if err := v.Reset(coll.Maps); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func countsOf(h *heatmap.Heatmap) map[string]uint64 {
 	out := map[string]uint64{}
 	for _, keys := range h.Maps {
@@ -535,9 +586,13 @@ func mapsEqual(a, b map[string]uint64) bool {
 func TestHandWritten(t *testing.T) {
 	kerneltest.Require(t)
 	const runs = 10
-	for _, hit := range []bool{true, false} {
-		t.Run(fmt.Sprintf("lpm-hit=%v", hit), func(t *testing.T) {
-			v, err := Instrument(testSpec(), "prog", Options{Rate: 1})
+	for _, tc := range []struct {
+		hit bool
+		rec Recorder
+	}{{true, RecorderHash}, {false, RecorderHash}, {true, RecorderRing}, {false, RecorderRing}} {
+		hit := tc.hit
+		t.Run(fmt.Sprintf("lpm-hit=%v/%s", hit, tc.rec), func(t *testing.T) {
+			v, err := Instrument(testSpec(), "prog", Options{Rate: 1, Recorder: tc.rec})
 			if err != nil {
 				t.Fatal(err)
 			}
