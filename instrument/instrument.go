@@ -174,6 +174,17 @@ func (r Recorder) String() string {
 	return fmt.Sprintf("Recorder(%d)", int(r))
 }
 
+// ParseRecorder parses a recorder name as printed by Recorder.String.
+func ParseRecorder(s string) (Recorder, error) {
+	switch s {
+	case "hash", "":
+		return RecorderHash, nil
+	case "ring":
+		return RecorderRing, nil
+	}
+	return 0, fmt.Errorf("instrument: unknown recorder %q (hash or ring)", s)
+}
+
 // DefaultRingEntries is the per-CPU capacity of a ring recorder, reduced
 // when the rings of all CPUs would not fit one array value (4 MiB).
 const DefaultRingEntries = 1 << 14

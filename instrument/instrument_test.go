@@ -279,6 +279,15 @@ func TestSamplerNames(t *testing.T) {
 	if _, err := ParseSampler("often"); err == nil {
 		t.Error("unknown sampler accepted")
 	}
+	for _, r := range []Recorder{RecorderHash, RecorderRing} {
+		got, err := ParseRecorder(r.String())
+		if err != nil || got != r {
+			t.Errorf("ParseRecorder(%q) = %v, %v", r, got, err)
+		}
+	}
+	if _, err := ParseRecorder("tape"); err == nil {
+		t.Error("unknown recorder accepted")
+	}
 }
 
 // Instrument the router's route lookup at the seed's 5%: the LPM trie is
