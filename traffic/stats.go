@@ -81,8 +81,12 @@ func idOf(f Flow) flowID {
 
 // FlowCount is one flow of a trace and how many of its packets it carries.
 type FlowCount struct {
-	Flow    Flow    `json:"-"`
-	Name    string  `json:"flow"`
+	// Flow is the flow as parsed from its first frame; Name is its
+	// String form (what JSON carries).
+	Flow Flow   `json:"-"`
+	Name string `json:"flow"`
+	// Packets is the flow's packet count and Share its share of the
+	// parsed packets.
 	Packets int     `json:"packets"`
 	Share   float64 `json:"share"`
 }
