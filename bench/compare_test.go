@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/nf/firewall"
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
@@ -96,6 +99,63 @@ func TestProfileHeatmap(t *testing.T) {
 	for i := range w {
 		if !bytes.Equal(g[i].Key, w[i].Key) || g[i].Count != 2*w[i].Count {
 			t.Errorf("rank %d: instrumented %x x%d, trace %x x%d (two passes)", i, g[i].Key, g[i].Count, w[i].Key, w[i].Count)
+		}
+	}
+}
+
+// TestFirewallStagesOptimized checks the tail-call plumbing of the
+// optimized firewall: its stages prog array holds the optimized copies of
+// the stage programs, not the originals, and the original's holds the
+// originals.
+func TestFirewallStagesOptimized(t *testing.T) {
+	kerneltest.Require(t)
+	c, err := smallConfigs["firewall"]()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := NewScenario(ScenarioOptions{NF: "firewall", Config: cfg, Flows: 200, Trace: traffic.Options{
+		Packets: 2000, Locality: traffic.LocalityHigh, Seed: 4,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Optimize(context.Background(), sc, CompareOptions{DiffPackets: 100, Generated: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	id := func(prog *ebpf.Program) ebpf.ProgramID {
+		info, err := prog.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := info.ID()
+		return n
+	}
+	for _, stage := range []struct {
+		slot uint32
+		name string
+	}{{0, firewall.ConntrackProgram}, {1, firewall.ACLProgram}} {
+		for _, tc := range []struct {
+			which string
+			coll  *ebpf.Collection
+		}{{"original", p.Original}, {"optimized", p.Optimized}} {
+			var got ebpf.ProgramID
+			if err := tc.coll.Maps["stages"].Lookup(stage.slot, &got); err != nil {
+				t.Fatalf("%s stages[%d]: %v", tc.which, stage.slot, err)
+			}
+			if want := id(tc.coll.Programs[stage.name]); got != want {
+				t.Errorf("%s stages[%d] holds program %d, want its own %s (%d)", tc.which, stage.slot, got, stage.name, want)
+			}
+		}
+	}
+	for _, o := range p.Programs {
+		if (o.Program == firewall.ACLProgram || o.Program == firewall.ConntrackProgram) && !o.Accepted {
+			t.Errorf("%s not optimized (%s): the check above proves nothing for it", o.Program, o.Reason)
 		}
 	}
 }
