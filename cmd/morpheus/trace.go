@@ -33,7 +33,8 @@ func (f *scenarioFlags) register(fs *pflag.FlagSet, withNF bool) {
 		fs.StringVar(&f.nf, "nf", "", "network function: "+strings.Join(bench.NFs, ", "))
 		fs.StringVar(&f.locality, "locality", "high", "flow popularity: high (Zipf s=1.1), low (0.6) or none (uniform)")
 	}
-	fs.StringVar(&f.config, "config", "", "the NF's JSON configuration (default: generated at the seed evaluation's sizes from --seed)")
+	fs.StringVar(&f.config, "config", "", "the NF's JSON configuration (default: generated at the seed evaluation's sizes from --seed); "+
+		"for router and l2switch, ifindex 1 (the ingress) must be a configured port")
 	fs.Float64Var(&f.skew, "skew", 0, "Zipf exponent overriding the locality preset (0 keeps the preset)")
 	fs.IntVar(&f.flows, "flows", bench.DefaultFlows, "number of hit flows (and of miss flows) drawn from the configuration")
 	fs.IntVar(&f.packets, "packets", defaultPackets, "trace length in packets")
