@@ -18,8 +18,6 @@ import (
 	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/mapstate"
-	"github.com/morpheus-go/morpheus/passes"
-	"github.com/morpheus-go/morpheus/program"
 	"github.com/morpheus-go/morpheus/verify"
 )
 
@@ -94,45 +92,15 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
 	start := time.Now()
 
-	coll := spec.Copy()
-	if err := state.ApplySpec(coll); err != nil {
-		return nil, err
+	cm, err := compile(spec, name, state, heat, tbl, opts.Passes, pr, true)
+	if cm == nil {
+		return pr, err
 	}
-	prog, err := program.Lift(coll.Programs[name])
-	if err != nil {
-		pr.Reason = "left alone: " + err.Error()
-		return pr, nil
-	}
-	pr.Before = prog.String()
-	pc := &passes.Context{
-		Coll:   coll,
-		Prog:   prog.Clone(),
-		State:  state,
-		Heat:   heat,
-		Guards: tbl,
-		Opts:   opts.Passes,
-	}
-	if err := passes.Run(pc); err != nil {
-		var ue *program.UnsupportedError
-		if errors.As(err, &ue) {
-			pr.Reason = "left alone: " + err.Error()
-			return pr, nil
-		}
-		return nil, err
-	}
-	pr.Passes, pr.Remarks = pc.Results, pc.Remarks
-	pr.After = pc.Prog.String()
-	insns, err := pc.Prog.Lower()
-	if err != nil {
-		pr.Reason = "lowering failed: " + err.Error()
-		return pr, nil
-	}
-	pr.InstructionsAfter = len(insns)
 	pr.OptimizeTime = time.Since(start)
 
 	if lopts.Unchanged != nil {
-		probe := &Candidate{Spec: coll.Copy(), Program: name}
-		probe.Spec.Programs[name].Instructions = insns
+		probe := &Candidate{Spec: cm.coll.Copy(), Program: name}
+		probe.Spec.Programs[name].Instructions = cm.insns
 		if lopts.Unchanged(probe.Digest(spec)) {
 			pr.Reason = ReasonUnchanged
 			return pr, nil
@@ -141,21 +109,16 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 
 	// The verifier and the differential test must see the guard versions
 	// the candidate compares with, or they would only test the fallback.
-	if gs, ok := coll.Maps[guard.MapName]; ok {
-		gs.Contents = []ebpf.MapKV{{Key: uint32(0), Value: GuardValue(tbl)}}
+	setGuards := func(coll *ebpf.CollectionSpec) {
+		if gs, ok := coll.Maps[guard.MapName]; ok {
+			gs.Contents = []ebpf.MapKV{{Key: uint32(0), Value: GuardValue(tbl)}}
+		}
 	}
-
-	cand := verify.Candidate{name: insns}
-	vstart := time.Now()
-	loaded, err := verify.Load(coll, cand, verify.LoadOptions{})
-	pr.VerifyTime = time.Since(vstart)
-	if err != nil {
-		pr.Verifier = err.Error()
-		pr.Reason = "rejected by the kernel verifier"
+	cm = loadChecked(spec, name, state, heat, tbl, opts.Passes, cm, pr, true, setGuards)
+	if cm == nil {
 		return pr, nil
 	}
-	loaded.Close()
-	pr.Verifier = "ok"
+	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
 
 	dstart := time.Now()
 	dr, err := verify.Differential(ctx, coll, state, cand, packets, verify.DiffOptions{Context: opts.Context})

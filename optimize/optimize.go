@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/heatmap"
@@ -74,6 +76,12 @@ type ProgramReport struct {
 	VerifyTime time.Duration `json:"verify_time_ns"`
 	// DifferentialNS is the differential test.
 	DifferentialNS time.Duration `json:"differential_time_ns"`
+	// Attempts lists the pipeline runs when there was more than one: a
+	// candidate the verifier refused for its size or verification work
+	// (see ComplexityRejection) is rebuilt without constprop, whose
+	// guarded fallback copies the program. The fields above describe the
+	// attempt that was kept.
+	Attempts []Attempt `json:"attempts,omitempty"`
 
 	// Before and After are listings of the program model, for --diff.
 	Before string `json:"-"`
@@ -128,9 +136,14 @@ func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, 
 	if opts.NoVerify {
 		gen = 0
 	}
-	rnd := rand.New(rand.NewSource(opts.Seed))
-	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
-	packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
+	if !opts.NoVerify {
+		// Without the differential test the packets are not used:
+		// building the generator's pools from large maps costs more
+		// than the passes.
+		rnd := rand.New(rand.NewSource(opts.Seed))
+		packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
+		packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
+	}
 
 	rep := &Report{}
 	for _, name := range names {
@@ -146,62 +159,22 @@ func Run(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, 
 func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, packets [][]byte, opts Options) (*ProgramReport, error) {
 	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
 	start := time.Now()
-
-	coll := spec.Copy()
-	if err := state.ApplySpec(coll); err != nil {
-		return nil, err
+	tbl := guard.NewTable()
+	cm, err := compile(spec, name, state, heat, tbl, opts.Passes, pr, false)
+	if cm == nil {
+		return pr, err
 	}
-	prog, err := program.Lift(coll.Programs[name])
-	if err != nil {
-		pr.Reason = "left alone: " + err.Error()
-		return pr, nil
-	}
-	pr.Before = prog.String()
-	pc := &passes.Context{
-		Coll:   coll,
-		Prog:   prog.Clone(),
-		State:  state,
-		Heat:   heat,
-		Guards: guard.NewTable(),
-		Opts:   opts.Passes,
-	}
-	if err := passes.Run(pc); err != nil {
-		// One program the passes cannot handle must not stop the
-		// others: it is reported and left as it is.
-		pr.Passes, pr.Remarks = pc.Results, pc.Remarks
-		var ue *program.UnsupportedError
-		if errors.As(err, &ue) {
-			pr.Reason = "left alone: " + err.Error()
-		} else {
-			pr.Reason = "left alone: optimization failed: " + err.Error()
-		}
-		return pr, nil
-	}
-	pr.Passes, pr.Remarks = pc.Results, pc.Remarks
-	pr.After = pc.Prog.String()
-	insns, err := pc.Prog.Lower()
-	if err != nil {
-		pr.Reason = "lowering failed: " + err.Error()
-		return pr, nil
-	}
-	pr.InstructionsAfter = len(insns)
 	pr.OptimizeTime = time.Since(start)
 	if opts.NoVerify {
 		pr.Reason = "not verified (NoVerify)"
 		return pr, nil
 	}
-
-	cand := verify.Candidate{name: insns}
-	vstart := time.Now()
-	loaded, err := verify.Load(coll, cand, verify.LoadOptions{})
-	pr.VerifyTime = time.Since(vstart)
-	if err != nil {
-		pr.Verifier = err.Error()
-		pr.Reason = "rejected by the kernel verifier"
+	cm = loadChecked(spec, name, state, heat, tbl, opts.Passes, cm, pr, false, nil)
+	if cm == nil {
 		return pr, nil
 	}
-	loaded.Close()
-	pr.Verifier = "ok"
+	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
+	pc := cm.pc
 
 	dstart := time.Now()
 	dr, err := verify.Differential(ctx, coll, state, cand, packets, verify.DiffOptions{Context: opts.Context})
@@ -225,6 +198,178 @@ func optimizeOne(ctx context.Context, spec *ebpf.CollectionSpec, name string, st
 	final.Programs[name].Instructions = insns
 	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: pc.Guards}
 	return pr, nil
+}
+
+// Attempt is one run of the pipeline for a program.
+type Attempt struct {
+	// Passes are the passes that ran (nil: the whole table).
+	Passes            []string `json:"passes"`
+	InstructionsAfter int      `json:"instructions_after"`
+	// Verifier is "ok" or the first line of the verifier's complaint.
+	Verifier   string        `json:"verifier"`
+	VerifyTime time.Duration `json:"verify_time_ns"`
+}
+
+// compiled is a lowered candidate and the collection (with the maps the
+// passes added) it loads against.
+type compiled struct {
+	coll  *ebpf.CollectionSpec
+	pc    *passes.Context
+	insns asm.Instructions
+}
+
+// compile lifts program name from a copy of spec with state applied, runs
+// the passes and lowers the result, filling pr. A program the pipeline
+// cannot handle is left alone: compile returns nil with pr.Reason set, and
+// an error only when strict and the passes failed on a supported program.
+func compile(spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, tbl *guard.Table, popts passes.Options, pr *ProgramReport, strict bool) (*compiled, error) {
+	coll := spec.Copy()
+	if err := state.ApplySpec(coll); err != nil {
+		return nil, err
+	}
+	prog, err := program.Lift(coll.Programs[name])
+	if err != nil {
+		pr.Reason = "left alone: " + err.Error()
+		return nil, nil
+	}
+	pr.Before = prog.String()
+	pc := &passes.Context{
+		Coll:   coll,
+		Prog:   prog.Clone(),
+		State:  state,
+		Heat:   heat,
+		Guards: tbl,
+		Opts:   popts,
+	}
+	if err := passes.Run(pc); err != nil {
+		// One program the passes cannot handle must not stop the
+		// others: it is reported and left as it is.
+		pr.Passes, pr.Remarks = pc.Results, pc.Remarks
+		var ue *program.UnsupportedError
+		switch {
+		case errors.As(err, &ue):
+			pr.Reason = "left alone: " + err.Error()
+		case strict:
+			return nil, err
+		default:
+			pr.Reason = "left alone: optimization failed: " + err.Error()
+		}
+		return nil, nil
+	}
+	pr.Passes, pr.Remarks = pc.Results, pc.Remarks
+	pr.After = pc.Prog.String()
+	insns, err := pc.Prog.Lower()
+	if err != nil {
+		pr.Reason = "lowering failed: " + err.Error()
+		return nil, nil
+	}
+	pr.InstructionsAfter = len(insns)
+	return &compiled{coll: coll, pc: pc, insns: insns}, nil
+}
+
+// ComplexityRejection reports whether a verifier error refuses the
+// program for its size or for the work of verifying it (more than a
+// million instructions processed, too many states, a too long jump
+// sequence) rather than for an unsafe operation: the same rewrites on a
+// smaller program may pass.
+func ComplexityRejection(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, unix.E2BIG) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{"program is too large", "is too complex", "too many states", "combined stack size"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// retryPass is the pass dropped when the verifier refuses a candidate
+// for its complexity: constprop's guarded fallback keeps a copy of the
+// original code next to the folded one, which doubles what the verifier
+// walks.
+const retryPass = "constprop"
+
+// loadChecked runs the kernel verifier on cm's candidate. If it refuses
+// the candidate for its complexity and constprop ran, the program is
+// compiled again without constprop and that candidate is tried; both
+// attempts are recorded in pr.Attempts and pr describes the second. It
+// returns the accepted candidate, or nil with pr.Verifier and pr.Reason
+// set. prepare, if set, adjusts a compiled collection before its load.
+func loadChecked(spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, tbl *guard.Table, popts passes.Options, cm *compiled, pr *ProgramReport, strict bool, prepare func(*ebpf.CollectionSpec)) *compiled {
+	try := func(cm *compiled) error {
+		if prepare != nil {
+			prepare(cm.coll)
+		}
+		vstart := time.Now()
+		// Statistics only: a load that fails without a log is repeated
+		// by cilium/ebpf with the branch log, and for a program over the
+		// complexity limit that log runs to gigabytes, each buffer
+		// growth another full verification (18 s instead of 1 s for the
+		// corpus ACL). A rejection for anything but complexity is loaded
+		// once more with the branch log, whose tail says where.
+		cand := verify.Candidate{name: cm.insns}
+		loaded, err := verify.Load(cm.coll, cand, verify.LoadOptions{LogLevel: ebpf.LogLevelStats})
+		if err != nil && !ComplexityRejection(err) {
+			loaded, err = verify.Load(cm.coll, cand, verify.LoadOptions{})
+		}
+		pr.VerifyTime += time.Since(vstart)
+		if err != nil {
+			pr.Verifier = err.Error()
+			pr.Reason = "rejected by the kernel verifier"
+			return err
+		}
+		loaded.Close()
+		pr.Verifier, pr.Reason = "ok", ""
+		return nil
+	}
+	err := try(cm)
+	if err == nil {
+		return cm
+	}
+	ran := ranPasses(pr.Passes)
+	if !ComplexityRejection(err) || !slices.Contains(ran, retryPass) {
+		return nil
+	}
+	first := Attempt{Passes: ran, InstructionsAfter: pr.InstructionsAfter, Verifier: firstLine(pr.Verifier), VerifyTime: pr.VerifyTime}
+	retry := popts
+	retry.Passes = slices.DeleteFunc(slices.Clone(ran), func(p string) bool { return p == retryPass })
+	// The retry's report replaces the first one's; the first attempt
+	// stays in Attempts, and its verifier log in the reason.
+	firstVerifier := pr.Verifier
+	cm2, cerr := compile(spec, name, state, heat, tbl, retry, pr, strict)
+	if cm2 == nil || cerr != nil {
+		pr.Verifier = firstVerifier
+		pr.Attempts = []Attempt{first}
+		pr.Reason = "rejected by the kernel verifier; the retry without " + retryPass + " failed: " + pr.Reason
+		return nil
+	}
+	before := pr.VerifyTime
+	err = try(cm2)
+	second := Attempt{Passes: retry.Passes, InstructionsAfter: pr.InstructionsAfter, Verifier: firstLine(pr.Verifier), VerifyTime: pr.VerifyTime - before}
+	pr.Attempts = []Attempt{first, second}
+	if err != nil {
+		return nil
+	}
+	return cm2
+}
+
+// ranPasses names the passes a pipeline run executed, in order.
+func ranPasses(results []passes.PassResult) []string {
+	out := make([]string, 0, len(results))
+	for _, r := range results {
+		out = append(out, r.Name)
+	}
+	return out
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 // CheckHeatmap validates a heatmap against the object: every map must
