@@ -20,6 +20,28 @@
 // contents) is not swapped. A candidate that fails anything is dropped;
 // the running program is never touched by a failure.
 //
+// # What a cycle verifies
+//
+// Every candidate that is not identical to the running one passes, before
+// a swap: the kernel verifier (a candidate refused for its complexity is
+// rebuilt once without constprop, see optimize.ProgramReport.Attempts);
+// a differential test against two freshly loaded copies of the original
+// on Options.Generated packets generated from the snapshot's map keys and
+// the heatmap's hot keys (hits, neighbours inside their prefixes, random
+// misses) plus a quarter as many edge cases, comparing verdict, output
+// packet, context and map contents; and, unless Options.SkipGuardCheck,
+// one guard check per guarded map (up to optimize.MaxGuardChecks) with
+// that map emptied and every guard tripped, on optimize.GuardCheckPackets
+// packets spread over the same set. Within the differential test the
+// maps the analysis says a program may write are compared periodically,
+// and every map after the last packet and after any packet whose result
+// differed: a difference that persists is always found, a transient one
+// only in a map some program writes. The cost of a cycle is mostly the
+// loading of these copies (map creation, the verifier) and the map
+// comparisons; measure it with
+//
+//	go test ./optimize -run XXX -bench Cycle -benchtime 3x
+//
 // # Guards
 //
 // The kernel refuses kprobes, so guards are bumped by the agent itself.

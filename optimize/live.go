@@ -15,9 +15,11 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/program"
 	"github.com/morpheus-go/morpheus/verify"
 )
 
@@ -52,12 +54,81 @@ const ReasonUnchanged = "identical to the running candidate"
 // MaxGuardChecks bounds the guarded maps LiveOptions.GuardCheck tests.
 const MaxGuardChecks = 4
 
+// GuardCheckPackets bounds the packets of each guard check: an evenly
+// spread sample of the differential test's packets (trace, generated and
+// edge cases alike). With its guard tripped the candidate must run the
+// original code for every packet, so a guard that does not divert shows
+// on the first packet that reaches the specialized lookup; the full
+// packet set has already been through the differential test.
+const GuardCheckPackets = 128
+
+// spread returns at most n packets taken at even steps over packets.
+func spread(packets [][]byte, n int) [][]byte {
+	if len(packets) <= n {
+		return packets
+	}
+	out := make([][]byte, 0, n)
+	for i := range n {
+		out = append(out, packets[i*len(packets)/n])
+	}
+	return out
+}
+
+// writableMaps names the maps that some program of coll (the original
+// programs and the passes' added maps) or the candidate for program name
+// may write, by the analysis: the maps the differential test compares
+// periodically (verify.DiffOptions.PeriodicMaps). Every map is still
+// compared at the end, so the analysis is never the only check. It
+// returns nil, which compares every map periodically, when a program
+// cannot be analysed.
+func writableMaps(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) []string {
+	written := map[string]bool{}
+	add := func(ps *ebpf.ProgramSpec) bool {
+		p, err := program.Lift(ps)
+		if err != nil {
+			return false
+		}
+		res, err := analysis.Analyze(coll, p, analysis.Options{})
+		if err != nil {
+			return false
+		}
+		for m, mi := range res.Maps {
+			if !mi.ReadOnly || mi.Untracked || mi.Missing {
+				written[m] = true
+			}
+		}
+		return true
+	}
+	for _, ps := range coll.Programs {
+		if !add(ps) {
+			return nil
+		}
+	}
+	cp := coll.Programs[name].Copy()
+	cp.Instructions = insns
+	if !add(cp) {
+		return nil
+	}
+	out := make([]string, 0, len(written))
+	for m := range written {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // RunLive optimizes one program (opts.Program, required) like [Run], but
 // against a persistent guard table, so that the candidate can run against
 // the live guard map of a network function that has already been
 // optimized and had its guards bumped. The differential test runs with a
 // guard map holding the table's versions, so it exercises the specialized
 // path rather than the fallback. spec is not modified.
+//
+// Its verification budget is the cycle's: the differential test compares
+// periodically only the maps some program of the collection or the
+// candidate may write (by the analysis), and every map at the end and
+// after any packet that differed; the guard check runs on
+// GuardCheckPackets packets. [Run] compares every map periodically.
 func RunLive(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, heat *heatmap.Heatmap, opts LiveOptions) (*ProgramReport, error) {
 	if opts.Program == "" {
 		return nil, errors.New("optimize: RunLive needs a program name")
@@ -121,7 +192,8 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
 
 	dstart := time.Now()
-	dr, err := verify.Differential(ctx, coll, state, cand, packets, verify.DiffOptions{Context: opts.Context})
+	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: writableMaps(coll, name, insns)}
+	dr, err := verify.Differential(ctx, coll, state, cand, packets, dopts)
 	pr.DifferentialNS = time.Since(dstart)
 	if err != nil && dr == nil {
 		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
@@ -132,7 +204,7 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		return pr, nil
 	}
 	if lopts.GuardCheck {
-		ok, err := guardCheck(ctx, coll, state, cand, packets, tbl, opts)
+		ok, err := guardCheck(ctx, coll, state, cand, spread(packets, GuardCheckPackets), tbl, dopts)
 		pr.DifferentialNS = time.Since(dstart) // the differential and guard tests
 		if err != nil {
 			return nil, fmt.Errorf("program %s: guard check: %w", name, err)
@@ -158,7 +230,7 @@ type guardFailure struct {
 // guardCheck runs the differential test once per guarded map the
 // candidate reads, with that map emptied and every guard tripped; it
 // returns the first failure, or nil.
-func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.State, cand verify.Candidate, packets [][]byte, tbl *guard.Table, opts Options) (*guardFailure, error) {
+func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.State, cand verify.Candidate, packets [][]byte, tbl *guard.Table, dopts verify.DiffOptions) (*guardFailure, error) {
 	gs, ok := coll.Maps[guard.MapName]
 	if !ok {
 		return nil, nil
@@ -184,7 +256,7 @@ func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.
 		spec := coll.Copy()
 		spec.Maps[guard.MapName] = gs.Copy()
 		spec.Maps[guard.MapName].Contents = []ebpf.MapKV{{Key: uint32(0), Value: tripped}}
-		dr, err := verify.Differential(ctx, spec, changed, cand, packets, verify.DiffOptions{Context: opts.Context})
+		dr, err := verify.Differential(ctx, spec, changed, cand, packets, dopts)
 		if err != nil && dr == nil {
 			return nil, err
 		}

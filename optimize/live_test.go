@@ -93,7 +93,8 @@ func TestGuardCheckCatchesBrokenGuard(t *testing.T) {
 		{"broken", broken, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f, err := guardCheck(ctx, coll, state, verify.Candidate{c.Program: tc.insns}, packets, tbl, opts.Options)
+			// The packet sample RunLive uses must catch the broken guard.
+			f, err := guardCheck(ctx, coll, state, verify.Candidate{c.Program: tc.insns}, spread(packets, GuardCheckPackets), tbl, verify.DiffOptions{Context: opts.Context})
 			if err != nil {
 				t.Fatal(err)
 			}

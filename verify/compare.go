@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,9 @@ type differ struct {
 	// every is the map check interval in packets, 0 for the end only.
 	every int
 	auto  bool
+	// periodic, if not nil, names the maps the periodic checks read
+	// (DiffOptions.PeriodicMaps); full checks read every map.
+	periodic map[string]bool
 
 	// ndLoc holds every place seen nondeterministic (see loc*), which
 	// also keeps map bytes and keys from being counted twice; reported
@@ -72,7 +76,9 @@ func (d *differ) planMapChecks(interval int) error {
 		if err != nil {
 			return fmt.Errorf("verify: read map %q: %w", name, err)
 		}
-		entries += readCost(m, snap)
+		if d.periodic == nil || d.periodic[name] {
+			entries += readCost(m, snap)
+		}
 		d.mapNames = append(d.mapNames, name)
 		d.raws[name] = &[3]*mapstate.Raw{{}, {}, {}}
 	}
@@ -92,6 +98,15 @@ func (d *differ) planMapChecks(interval int) error {
 	d.report.MapCheck = describeInterval(d.every)
 	if interval == 0 && d.every == 0 {
 		d.report.MapCheck = fmt.Sprintf("end (maps hold %d entries, weighted by read cost)", entries)
+	}
+	if d.periodic != nil && d.every > 0 {
+		var only []string
+		for _, name := range d.mapNames {
+			if d.periodic[name] {
+				only = append(only, name)
+			}
+		}
+		d.report.MapCheck += fmt.Sprintf(" for the maps programs may write (%s), every map at the end", strings.Join(only, ", "))
 	}
 	return nil
 }
@@ -124,7 +139,7 @@ func describeInterval(every int) string {
 // run feeds every packet through every entry program of the three
 // collections and compares as it goes.
 func (d *differ) run(ctx context.Context, packets [][]byte) error {
-	checked := 0 // packets covered by the last map check
+	checked := 0 // packets covered by the last check of every map
 	stopped := false
 	for i, pkt := range packets {
 		if err := ctx.Err(); err != nil {
@@ -150,10 +165,15 @@ func (d *differ) run(ctx context.Context, packets [][]byte) error {
 		}
 		d.report.Packets = i + 1
 		if differed || (d.every > 0 && (i+1)%d.every == 0) {
-			if err := d.checkMaps(i); err != nil {
+			// A difference is attributed with every map read; a
+			// periodic check reads the periodic maps.
+			all := differed || d.periodic == nil
+			if err := d.checkMaps(i, all); err != nil {
 				return err
 			}
-			checked = i + 1
+			if all {
+				checked = i + 1
+			}
 		}
 		if d.ndPacket {
 			d.report.Nondeterministic.Packets++
@@ -165,7 +185,7 @@ func (d *differ) run(ctx context.Context, packets [][]byte) error {
 	}
 	if !stopped && checked < d.report.Packets {
 		d.ndPacket = false
-		if err := d.checkMaps(d.report.Packets - 1); err != nil {
+		if err := d.checkMaps(d.report.Packets-1, true); err != nil {
 			return err
 		}
 		if d.ndPacket {
@@ -401,10 +421,13 @@ func windowRange(n, off int) string {
 // copies are identical, which is the normal case, no entry is built or
 // indexed (this made per-packet checks of the sample NFs' maps about 50
 // times cheaper).
-func (d *differ) checkMaps(pkt int) error {
+func (d *differ) checkMaps(pkt int, all bool) error {
 	d.report.MapChecks++
 	entries := 0
 	for _, name := range d.mapNames {
+		if !all && !d.periodic[name] {
+			continue
+		}
 		raws := d.raws[name]
 		for i, in := range []*instance{d.a, d.b, d.c} {
 			if err := raws[i].Read(in.coll.Maps[name]); err != nil {

@@ -85,6 +85,14 @@ type DiffOptions struct {
 	// the last packet and after any packet whose verdict, output or context
 	// differed.
 	MapCheckInterval int
+	// PeriodicMaps, when not nil, limits the periodic map checks (those
+	// MapCheckInterval schedules) to these maps: the maps some program
+	// under test may write. Every comparable map is still compared after
+	// the last packet and after any packet whose verdict, output or
+	// context differed, so a persisting difference in a map left out is
+	// found all the same; only a difference that a later packet undoes
+	// would be missed, in a map the analysis says no program writes.
+	PeriodicMaps []string
 	// MaxMismatches stops the test after this many mismatches (all of them
 	// are kept in the report). Zero means DefaultMaxMismatches.
 	MaxMismatches int
@@ -184,6 +192,12 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 	}
 	for _, in := range insts {
 		in.out = make([]byte, maxLen+outputRoom)
+	}
+	if opts.PeriodicMaps != nil {
+		d.periodic = map[string]bool{}
+		for _, m := range opts.PeriodicMaps {
+			d.periodic[m] = true
+		}
 	}
 	if err := d.planMapChecks(opts.MapCheckInterval); err != nil {
 		return nil, err

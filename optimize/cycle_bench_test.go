@@ -1,0 +1,78 @@
+package optimize
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/passes"
+	"github.com/morpheus-go/morpheus/traffic"
+)
+
+// cycleCases are the sample NFs at the sizes the agent runs them: the
+// router with 2,592 routes, the firewall with about 450 rules, the load
+// balancer with 10 VIPs of 100 reals, the switch and the DDoS filter.
+func cycleCases() []nfCase {
+	return []nfCase{
+		routerCase(2592),
+		firewallCase("450-rules", 450, 200, true, nil),
+		lbCase(10),
+		l2switchCase(),
+		ddosCase(),
+	}
+}
+
+// BenchmarkCycle measures the optimizer's part of one agent cycle per
+// program: what optimize.RunLive does for the agent (passes, the kernel
+// verifier, the differential test with the agent's default budget and
+// the guard check). The snapshot and the swap are the agent's and come on
+// top; ms/cycle is per program, the phases are reported apart.
+//
+//	go test ./optimize -run XXX -bench Cycle -benchtime 5x
+func BenchmarkCycle(b *testing.B) {
+	kerneltest.Require(b)
+	for _, c := range cycleCases() {
+		b.Run(c.name, func(b *testing.B) {
+			spec, err := c.spec()
+			if err != nil {
+				b.Fatal(err)
+			}
+			state, set := c.setup(b, spec)
+			tr, err := traffic.Generate(set, traffic.Options{Packets: 3000, Locality: traffic.LocalityHigh, MalformedShare: c.malformed, Seed: 12})
+			if err != nil {
+				b.Fatal(err)
+			}
+			heat := heatFromTrace(tr, c.keys)
+			names := make([]string, 0, len(spec.Programs))
+			for n := range spec.Programs {
+				names = append(names, n)
+			}
+			var opt, ver, diff time.Duration
+			runs := 0
+			for b.Loop() {
+				for _, name := range names {
+					rep, err := RunLive(context.Background(), spec, state, heat, LiveOptions{
+						Options:    Options{Program: name, Passes: passes.DefaultOptions(), Generated: 1000, Seed: 1, Context: xdpContext(c.ingress)},
+						GuardCheck: true,
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if rep.Differential != nil && !rep.Differential.Passed() {
+						b.Fatalf("%s: %s", name, rep.Reason)
+					}
+					opt += rep.OptimizeTime
+					ver += rep.VerifyTime
+					diff += rep.DifferentialNS
+					runs++
+				}
+			}
+			ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(runs) / 1e6 }
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(runs)/1e6, "ms/cycle")
+			b.ReportMetric(ms(opt), "opt-ms")
+			b.ReportMetric(ms(ver), "verifier-ms")
+			b.ReportMetric(ms(diff), "diff-ms")
+		})
+	}
+}
