@@ -85,9 +85,14 @@ type progState struct {
 
 // running is an optimized program in service.
 type running struct {
-	prog    *ebpf.Program
-	lp      *optimize.LiveProgram // nil for an adopted candidate
-	digest  [32]byte
+	prog   *ebpf.Program
+	lp     *optimize.LiveProgram // nil for an adopted candidate
+	digest [32]byte
+	// shape is the candidate's code structure (optimize.Shape): a new
+	// candidate of the same shape gets the reduced differential test.
+	// Zero for an adopted candidate, whose next successor is tested in
+	// full.
+	shape   [32]byte
 	insns   int
 	since   time.Time
 	guarded []string

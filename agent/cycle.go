@@ -343,6 +343,11 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot,
 			defer n.mu.Unlock()
 			return ps.running != nil && ps.running.digest == d
 		},
+		SameShape: func(s [32]byte) bool {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return ps.running != nil && ps.running.shape == s
+		},
 	})
 	if ctx.Err() != nil {
 		// An aborted differential test is no verdict on the candidate.
@@ -354,6 +359,7 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot,
 	pc.InstructionsAfter = rep.InstructionsAfter
 	pc.Passes, pc.Remarks = rep.Passes, rep.Remarks
 	pc.OptimizeTime, pc.VerifyTime, pc.DifferentialTime = rep.OptimizeTime, rep.VerifyTime, rep.DifferentialNS
+	pc.SteadyTest = rep.SteadyTest
 	for _, r := range rep.Remarks {
 		if r.Applied {
 			pc.Applied++
@@ -449,6 +455,7 @@ func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot,
 		prog:      lp.Program,
 		lp:        lp,
 		digest:    digest,
+		shape:     optimize.Shape(rep.Candidate.Spec.Programs[rep.Program].Instructions),
 		insns:     rep.InstructionsAfter,
 		since:     time.Now(),
 		guarded:   guarded,

@@ -32,11 +32,16 @@
 // packet, context and map contents; and, unless Options.SkipGuardCheck,
 // one guard check per guarded map (up to optimize.MaxGuardChecks) with
 // that map emptied and every guard tripped, on optimize.GuardCheckPackets
-// packets spread over the same set. Within the differential test the
-// maps the analysis says a program may write are compared periodically,
-// and every map after the last packet and after any packet whose result
-// differed: a difference that persists is always found, a transient one
-// only in a map some program writes. The cost of a cycle is mostly the
+// packets spread over the same set. A candidate with the shape of the
+// running one (the same code, optimize.Shape, differing only in constants
+// such as hot keys and cached values) is tested on a quarter of the
+// packets, at least optimize.SteadyMinPackets, spread over generated
+// packets and edge cases alike (ProgramCycle.SteadyTest); a new shape,
+// and the first candidate after an adoption, get the whole set. Within
+// the differential test the maps the analysis says a program may write
+// are compared periodically, and every map after the last packet and
+// after any packet whose result differed: a difference that persists is
+// always found, a transient one only in a map some program writes. The cost of a cycle is mostly the
 // loading of these copies (map creation, the verifier) and the map
 // comparisons; measure it with
 //

@@ -85,6 +85,10 @@ type ProgramCycle struct {
 	VerifyTime         time.Duration `json:"verify_time_ns"`
 	DifferentialTime   time.Duration `json:"differential_time_ns"`
 	SwapTime           time.Duration `json:"swap_time_ns"`
+	// SteadyTest is set when the differential test ran on the reduced
+	// packet set: the candidate has the shape of the running one
+	// (optimize.LiveOptions.SameShape).
+	SteadyTest bool `json:"steady_test,omitempty"`
 	// Passes and Remarks say what each pass did and why it left sites
 	// alone, as the optimizer reported them.
 	Passes  []passes.PassResult `json:"passes,omitempty"`

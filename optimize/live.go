@@ -45,7 +45,22 @@ type LiveOptions struct {
 	// ReasonUnchanged. The agent uses it to skip the checks of a
 	// candidate identical to the one already running.
 	Unchanged func(digest [32]byte) bool
+	// SameShape, if set, is asked with the shape (Candidate.Shape) of the
+	// lowered candidate. If it returns true (a candidate with the same
+	// code, tested in full, is running), the candidate differs from it
+	// only in constants: hot keys, cached values, folded configuration.
+	// Its differential test then runs on SteadyShare of the packets
+	// (spread over the trace, generated packets and edge cases alike,
+	// at least SteadyMinPackets), and the report says so.
+	SameShape func(shape [32]byte) bool
 }
+
+// SteadyShare is the share of the packets the differential test of a
+// candidate with an unchanged shape runs on (see LiveOptions.SameShape).
+const SteadyShare = 4
+
+// SteadyMinPackets is the least number of packets of such a test.
+const SteadyMinPackets = 128
 
 // ReasonUnchanged is the ProgramReport.Reason of a candidate that
 // LiveOptions.Unchanged recognized.
@@ -191,6 +206,10 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	}
 	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
 
+	if lopts.SameShape != nil && lopts.SameShape(Shape(cm.insns)) {
+		packets = spread(packets, max(len(packets)/SteadyShare, SteadyMinPackets))
+		pr.SteadyTest = true
+	}
 	dstart := time.Now()
 	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: writableMaps(coll, name, insns)}
 	dr, err := verify.Differential(ctx, coll, state, cand, packets, dopts)
@@ -314,6 +333,21 @@ func GuardValue(t *guard.Table) []byte {
 		binary.LittleEndian.PutUint64(buf[8*slot:], t.Version(m))
 	}
 	return buf
+}
+
+// Shape hashes the structure of a program's code: every instruction's
+// opcode, registers, offset, symbol and reference, but not its immediate.
+// Two candidates of one program with the same shape run the same code
+// with different constants (keys compared, values materialized, guard
+// versions, the contents of the maps the passes added).
+func Shape(insns asm.Instructions) [32]byte {
+	h := sha256.New()
+	for _, ins := range insns {
+		fmt.Fprintf(h, "%v %d %d %d %s %s\n", ins.OpCode, ins.Dst, ins.Src, ins.Offset, ins.Reference(), ins.Symbol())
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
 }
 
 // AddedMaps returns the names of the maps the candidate's spec has but

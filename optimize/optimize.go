@@ -82,6 +82,10 @@ type ProgramReport struct {
 	// guarded fallback copies the program. The fields above describe the
 	// attempt that was kept.
 	Attempts []Attempt `json:"attempts,omitempty"`
+	// SteadyTest is set when the differential test ran on the reduced
+	// packet set of a candidate whose shape matches the running one
+	// (LiveOptions.SameShape).
+	SteadyTest bool `json:"steady_test,omitempty"`
 
 	// Before and After are listings of the program model, for --diff.
 	Before string `json:"-"`

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
@@ -64,5 +65,31 @@ func TestRetryWithoutConstprop(t *testing.T) {
 		if pr.Name == "constprop" {
 			t.Errorf("kept report lists constprop")
 		}
+	}
+}
+
+func TestShapeIgnoresConstants(t *testing.T) {
+	a := asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.JEq.Imm(asm.R0, 7, "out"), asm.Return()}
+	b := asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.JEq.Imm(asm.R0, 9, "out"), asm.Return()}
+	c := asm.Instructions{asm.Mov.Imm(asm.R1, 1), asm.JEq.Imm(asm.R1, 7, "out"), asm.Return()}
+	if Shape(a) != Shape(b) {
+		t.Error("candidates differing in immediates have different shapes")
+	}
+	if Shape(a) == Shape(c) {
+		t.Error("candidates differing in registers have the same shape")
+	}
+}
+
+func TestSpread(t *testing.T) {
+	var pkts [][]byte
+	for i := range 1000 {
+		pkts = append(pkts, []byte{byte(i), byte(i >> 8)})
+	}
+	got := spread(pkts, 128)
+	if len(got) != 128 || got[0][0] != 0 || got[127][0] != pkts[992][0] {
+		t.Errorf("spread: %d packets, first %v, last %v", len(got), got[0], got[len(got)-1])
+	}
+	if len(spread(pkts[:10], 128)) != 10 {
+		t.Error("spread of fewer packets than the bound changed them")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -161,12 +162,25 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 		}
 	}()
 	// Order of the array is the run order: original, candidate, original.
+	// The three loads are independent (own spec copies and maps; the BTF
+	// cache is safe for concurrent use) and mostly kernel work (map
+	// creation, the verifier), so they run side by side.
+	var errs [3]error
+	var wg sync.WaitGroup
 	for i, s := range []*ebpf.CollectionSpec{spec.Copy(), candSpec, spec.Copy()} {
 		var c Candidate
 		if i == 1 {
 			c = cand
 		}
-		if insts[i], err = newInstance(s, c, state, lo); err != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			insts[i], errs[i] = newInstance(s, c, state, lo)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return nil, err
 		}
 	}
