@@ -1,8 +1,10 @@
 package passes
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"math/bits"
 	"slices"
@@ -22,15 +24,30 @@ import (
 // mapinline and, where the contents allow a cheaper structure with the same
 // answers, gives the lookup site a new map of that structure:
 //
-//   - an LPM trie whose entries all have one prefix length P becomes a hash
-//     on the first ceil(P/8) bytes of the key data, masked to P bits. The
-//     program's key is copied to a free stack slot (its own key stays as
-//     it was) and masked there. An entry of length P matches a search key
-//     iff the key's prefixlen field is >= P and the first P bits agree, and
-//     the kernel answers NULL to a prefixlen above the trie's maximum, so a
-//     prefixlen outside P..max is a miss: decided at compile time when the
-//     site passes a constant, tested at run time otherwise. The hash holds the
-//     original value bytes, so the returned pointer reads the same data.
+//   - an LPM trie becomes a hash on the first ceil(P/8) bytes of the key
+//     data, masked to P bits, for one prefix length P (each length present
+//     is costed, the cheapest wins; it is the dominant one in practice).
+//     The program's key is copied to a free stack slot (its own key stays
+//     as it was) and masked there. An entry of length L matches a search
+//     key iff the key's prefixlen field is >= L and the first L bits
+//     agree, and the kernel answers NULL to a prefixlen above the trie's
+//     maximum: both are decided at compile time when the site passes a
+//     constant prefixlen, tested at run time otherwise. Entries of other
+//     lengths are answered in longest-prefix order around the hash, in one
+//     of three plans (lpmPlans):
+//     complete: a compare chain over the longer entries (longest first,
+//     one group per length behind its prefixlen test), the hash, a chain
+//     over the shorter ones, then a miss; at most MaxInline chained
+//     entries, and no trie call at all;
+//     chained: the longer chain and the hash, then the original lookup;
+//     trie: the hash without the /P entries that have a longer entry
+//     inside them, then the original lookup (a hash hit is then the
+//     longest match: nothing longer lies under it).
+//     With a heatmap of the map, the hottest exact keys (prefixlen field
+//     included) with their precomputed answers may go in front as a
+//     compare chain (chooseHot). The hash holds the original value bytes,
+//     and chained entries point into a frozen cache map holding them, so
+//     the returned pointer reads the same data.
 //   - a hash with integer keys (1, 2, 4 or 8 bytes) spanning at most
 //     maxArraySlots values becomes an array indexed by key - min: one
 //     frozen single-element array map holding every slot, addressed through
@@ -59,11 +76,23 @@ import (
 //	           loads + key compare (1 per 8 bytes)
 //	our array: a handful of instructions + one slot load
 //
+//	chain:     per entry one compare of its first data chunk (+1 load
+//	           when the key does not fit R3-R5, +2 to mask a partial
+//	           chunk), per length group 2 for its prefixlen test
+//	hot chain: 2 per entry (4 for keys beyond three chunks)
+//
 // with call = 5, a dependent load into a large table = 8 and an instruction
 // = 0.5. For 2,592 /24 routes this estimates the trie at 122 ns, close to the
 // ~110 ns measured over the replay floor (design.md), and the guarded hash
 // path at 31 ns; the replay harness measured the router's own cost go from
 // 162-177 to 72-76 ns per packet with it.
+// A plan costs guard + prefixlen checks + longer chain + hash path for
+// every lookup, plus, for the share of lookups the hash does not answer,
+// the shorter chain (complete) or the original trie lookup. That share
+// comes from the heatmap's key counts when there is one, otherwise from
+// the entries, each assumed equally likely to be the answer. A hot chain
+// is put in front only if the heat-weighted saving of its hits exceeds
+// what every other lookup pays to run through it by hotMinGain.
 // An array must also not outgrow the hash it replaces: its bytes may not
 // exceed the estimated footprint of the original hash (its elements, all
 // max_entries of them unless BPF_F_NO_PREALLOC, and its bucket array), so
@@ -186,8 +215,510 @@ type dss struct {
 	made map[string]string
 }
 
-// lpmToHash specializes a lookup in an LPM trie whose entries share one
-// prefix length.
+// lpmNode is one node of an LPM trie snapshot: its prefix length, its key
+// (prefix length field included) with the data masked to that length, and
+// its value.
+type lpmNode struct {
+	plen  uint32
+	key   []byte
+	value []byte
+}
+
+// covers reports whether the node's prefix matches key's data bits. The
+// key's own prefix length is the caller's business.
+func (n *lpmNode) covers(key []byte) bool {
+	mask := lpmMask(len(key), n.plen)
+	for j := 4; j < len(key); j++ {
+		if key[j]&mask[j] != n.key[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// lpmNodes turns snapshot entries into trie nodes, longest prefix first
+// (ties by key bytes, for deterministic output). Keys equal under their
+// mask are one node in the kernel (an update replaces it), so the last
+// write wins. It reports an entry longer than the trie's maximum, which
+// the kernel never stores.
+func lpmNodes(entries []mapstate.Entry, maxPlen uint32) ([]lpmNode, string) {
+	at := map[string]int{}
+	var out []lpmNode
+	for i, e := range entries {
+		plen := binary.LittleEndian.Uint32(e.Key)
+		if plen > maxPlen {
+			return nil, fmt.Sprintf("snapshot entry %d has prefix length /%d, beyond the trie's /%d", i, plen, maxPlen)
+		}
+		mask := lpmMask(len(e.Key), plen)
+		k := slices.Clone(e.Key)
+		for j := 4; j < len(k); j++ {
+			k[j] &= mask[j]
+		}
+		if i, ok := at[string(k)]; ok {
+			out[i].value = e.Value
+			continue
+		}
+		at[string(k)] = len(out)
+		out = append(out, lpmNode{plen: plen, key: k, value: e.Value})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].plen != out[j].plen {
+			return out[i].plen > out[j].plen
+		}
+		return bytes.Compare(out[i].key, out[j].key) < 0
+	})
+	return out, ""
+}
+
+// lpmResult is the node the kernel's trie returns for key, or nil: the
+// longest node no longer than the key's prefix length whose bits agree,
+// and nothing at all for a prefix length above the trie's maximum
+// (trie_lookup_elem checks that first). nodes are longest first.
+func lpmResult(nodes []lpmNode, key []byte, maxPlen uint32) *lpmNode {
+	kplen := binary.LittleEndian.Uint32(key)
+	if kplen > maxPlen {
+		return nil
+	}
+	for i := range nodes {
+		if nodes[i].plen <= kplen && nodes[i].covers(key) {
+			return &nodes[i]
+		}
+	}
+	return nil
+}
+
+// lpmPlan is one way to answer a trie lookup: a hash on the key masked to
+// one prefix length P, compare chains for nodes of other lengths, and,
+// unless the plan is complete, the original lookup for whatever the fast
+// stages leave open.
+type lpmPlan struct {
+	plen     uint32
+	keyBytes int
+	// longer are the nodes longer than P chained in front of the hash,
+	// longest first; nil when chainLonger is false.
+	longer      []lpmNode
+	chainLonger bool
+	// shorter are the nodes shorter than P chained after the hash
+	// (complete plans only).
+	shorter []lpmNode
+	// hashed are the /P blocks the hash holds, each with the value of
+	// the longest node of at most P bits covering it: the /P nodes and,
+	// expanded into their /P blocks, the shorter nodes of at least lo
+	// bits (expanded counts those). With longer nodes not chained, a
+	// block with a longer node inside it is left out, so that keys under
+	// it reach the trie (excluded counts the /P nodes left out). inHash
+	// holds the blocks' keys.
+	hashed         []lpmNode
+	inHash         map[string]bool
+	lo             uint32
+	expanded       int
+	expandedBlocks int
+	excluded       int
+	// complete: a key no stage matches misses; otherwise the original
+	// lookup answers it.
+	complete bool
+	// stage cost estimates: every key pays base (guard, prefix length
+	// checks, longer chain, hash); rest is added for the share restShare
+	// of the traffic the hash does not answer.
+	base, rest, restShare float64
+	// block maps a key to the key of its /P block.
+	block func([]byte) string
+	// hot are the hot keys compiled in front, with their results, and
+	// hotGain the estimated saving per lookup they bring.
+	hot     []trafficKey
+	hotGain float64
+}
+
+// cost is the plan's estimated cost per lookup, with costKiBlocks for
+// every 1,024 blocks in the hash.
+func (pl *lpmPlan) cost() float64 {
+	return pl.base + pl.restShare*pl.rest - pl.hotGain + costKiBlocks*float64(len(pl.hashed))/1024
+}
+
+// costKiBlocks charges a hash's size: more blocks, more cache and TLB
+// misses on its elements, more kernel memory and a longer load of the
+// map at every swap. It is what stops prefix expansion where it only
+// saves a little: expanding a prefix must save about a quarter of a
+// nanosecond per lookup for every 1,024 blocks it adds.
+const costKiBlocks = 0.25
+
+// trafficKey is a key the cost model weighs plans with (see lpmTraffic),
+// with the trie's answer to it and its weight; hot keys are trafficKeys
+// too.
+type trafficKey struct {
+	key    []byte
+	result *lpmNode
+	weight float64
+}
+
+// lpmTraffic is the traffic the cost model weighs the plans with: the
+// site's heatmap keys when there are any (their counts are the measured
+// shares), else one address per node, each equally likely, on the
+// assumption that every prefix is as likely to be the route of a
+// destination as any other. Those addresses carry the site's constant
+// prefix length, or the full length (a host) when it is not constant.
+func lpmTraffic(c *Context, s lookupSite, ms *ebpf.MapSpec, nodes []lpmNode, maxPlen uint32) (keys []trafficKey, measured bool) {
+	if c.Heat != nil {
+		for _, h := range c.Heat.Maps[s.mapName] {
+			if uint32(len(h.Key)) != ms.KeySize || !s.keyCompatible(h.Key) || h.Count == 0 {
+				continue
+			}
+			keys = append(keys, trafficKey{key: h.Key, result: lpmResult(nodes, h.Key, maxPlen), weight: float64(h.Count)})
+		}
+	}
+	if len(keys) > 0 {
+		return keys, true
+	}
+	plen, ok := s.lpmPrefixLen()
+	if !ok {
+		plen = maxPlen
+	}
+	for i := range nodes {
+		// An address inside the node: host bits from a fixed pattern,
+		// so that it is not always the first address of the prefix.
+		k := slices.Clone(nodes[i].key)
+		binary.LittleEndian.PutUint32(k, plen)
+		mask := lpmMask(len(k), nodes[i].plen)
+		for j := 4; j < len(k); j++ {
+			k[j] |= 0xa5 &^ mask[j]
+		}
+		keys = append(keys, trafficKey{key: k, result: lpmResult(nodes, k, maxPlen), weight: 1})
+	}
+	return keys, false
+}
+
+// chainCost estimates a key running through a compare chain over nodes
+// (longest first) without a match: per node one compare of its first data
+// chunk (plus the load when the key does not stay in registers, plus the
+// mask of a partial chunk), per length group a prefix length test when the
+// key's prefix length is not constant, and the key's load into registers.
+func chainCost(nodes []lpmNode, keySize int, plenConst bool) float64 {
+	if len(nodes) == 0 {
+		return 0
+	}
+	nch := len(chunks(0, keySize))
+	resident := nch <= 3
+	insns := 0
+	if resident {
+		insns += nch
+	}
+	for i, n := range nodes {
+		if !plenConst && n.plen > 0 && (i == 0 || nodes[i-1].plen != n.plen) {
+			insns += 2
+		}
+		switch {
+		case n.plen == 0:
+			continue // matches without a compare
+		case !resident:
+			insns++
+		}
+		insns++
+		if n.plen < 32 {
+			insns += 2
+		}
+	}
+	return costInsn * float64(insns)
+}
+
+// hotEntryCost estimates one exact-key entry of the hot chain that does
+// not match: hot keys usually share their prefix length word, so the
+// mismatch shows in the second chunk.
+func hotEntryCost(keySize int) float64 {
+	if len(chunks(0, keySize)) <= 3 {
+		return 2 * costInsn
+	}
+	return 4 * costInsn
+}
+
+// hotMinGain is the smallest estimated saving per lookup, in ns, for
+// which a hot chain goes in front of a specialized trie: below it the
+// chain only adds code.
+const hotMinGain = 1.0
+
+// maxLPMHashEntries bounds the /P blocks of one specialized hash, and so
+// the expansion of shorter prefixes into it: 64 Ki elements of a few
+// dozen bytes each, a few MiB of kernel memory at most. maxLPMExpansion
+// bounds them relative to the trie's entries, so that a small table does
+// not become a large hash for a saving within the estimates' noise.
+const (
+	maxLPMHashEntries = 1 << 16
+	maxLPMExpansion   = 32
+)
+
+// lpmPlans lists the plans for hash length p over nodes (longest first):
+// complete (both other-length groups chained, at most MaxInline nodes
+// together), longer nodes chained with the trie behind the hash, and no
+// chain at all with the trie behind the hash; each of them also with the
+// shorter nodes down to each shorter length expanded into the hash, while
+// it stays within maxLPMHashEntries blocks. Each is costed with traffic;
+// trieCost is the original lookup's estimate.
+func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst bool, traffic []trafficKey, trieCost float64) []*lpmPlan {
+	keySize := len(nodes[0].key)
+	dataBytes := keySize - 4
+	keyBytes := int(p+7) / 8
+	var longer, same, shorter []lpmNode
+	for _, n := range nodes {
+		switch {
+		case n.plen > p:
+			longer = append(longer, n)
+		case n.plen == p:
+			same = append(same, n)
+		default:
+			shorter = append(shorter, n)
+		}
+	}
+	// The hash path as the single-length specialization costs it: guard,
+	// copy and mask of the key, the hash lookup, prefix length checks.
+	copies := copyChunks(int(*s.keyOff)+4, 0, keyBytes, dataBytes, 8*((keyBytes+7)/8))
+	hashPath := costGuard + hashCost(keyBytes) + costInsn*float64(4+2*len(copies))
+	if !plenConst {
+		hashPath += 3 * costInsn
+	}
+	// block is the key of the /p block holding key: p in the prefix
+	// length field, the data masked to p bits.
+	block := func(key []byte) string {
+		k := slices.Clone(key)
+		binary.LittleEndian.PutUint32(k, p)
+		return string(maskKey(k, p))
+	}
+	var out []*lpmPlan
+	// plan costs one plan; hashed and inHash are shared with the plans
+	// of other expansion depths of the same variant, so it takes them
+	// as they are at the call.
+	plan := func(chainLonger, complete bool, hashed []lpmNode, lo uint32, expanded, excluded int) {
+		pl := &lpmPlan{plen: p, keyBytes: keyBytes, chainLonger: chainLonger, complete: complete, base: hashPath,
+			hashed: slices.Clip(hashed), lo: lo, expanded: expanded, excluded: excluded,
+			expandedBlocks: len(hashed) - (len(same) - excluded)}
+		pl.inHash = make(map[string]bool, len(hashed))
+		for _, n := range hashed {
+			pl.inHash[string(n.key)] = true
+		}
+		if chainLonger {
+			pl.longer = longer
+			pl.base += chainCost(longer, keySize, plenConst)
+		}
+		if complete {
+			// An expanded node answers every key of at least p bits
+			// under it from the hash; shorter keys need the chain,
+			// unless the prefix length is a constant (>= p).
+			for _, n := range shorter {
+				if !plenConst || n.plen < lo {
+					pl.shorter = append(pl.shorter, n)
+				}
+			}
+			pl.rest = chainCost(pl.shorter, keySize, plenConst)
+		} else {
+			pl.rest = 3*costInsn + trieCost // restore the arguments, call
+		}
+		if complete && len(pl.shorter) == 0 {
+			pl.rest = 0 // a hash miss is the answer: no test after it
+		} else {
+			pl.base += costInsn // the hit test after the hash lookup
+		}
+		var total, rest float64
+		for _, t := range traffic {
+			total += t.weight
+			if pl.stage(t, block) == stageRest {
+				rest += t.weight
+			}
+		}
+		if total > 0 {
+			pl.restShare = rest / total
+		}
+		pl.block = block
+		out = append(out, pl)
+	}
+	variant := func(chainLonger, complete bool) {
+		if complete && len(longer) > c.Opts.MaxInline {
+			return
+		}
+		blocked := map[string]bool{}
+		if !chainLonger {
+			for _, n := range longer {
+				blocked[block(n.key)] = true
+			}
+		}
+		var hashed []lpmNode
+		inHash := map[string]bool{}
+		excluded := 0
+		for _, n := range same {
+			if blocked[string(n.key)] {
+				excluded++
+				continue
+			}
+			hashed = append(hashed, n)
+			inHash[string(n.key)] = true
+		}
+		chained := func(lo uint32) int {
+			n := 0
+			for _, sh := range shorter {
+				if !plenConst || sh.plen < lo {
+					n++
+				}
+			}
+			return n
+		}
+		if !complete || len(longer)+chained(p) <= c.Opts.MaxInline {
+			plan(chainLonger, complete, hashed, p, 0, excluded)
+		}
+		// Expand the shorter nodes, longest first, one length at a
+		// time: a block already held has a longer (or equal) answer.
+		expanded := 0
+		for i := 0; i < len(shorter); {
+			l := shorter[i].plen
+			limit := min(maxLPMHashEntries, maxLPMExpansion*len(nodes))
+			if l == 0 || p-l > 16 || len(hashed)+(1<<(p-l)) > limit {
+				break
+			}
+			j := i
+			over := false
+			for ; j < len(shorter) && shorter[j].plen == l; j++ {
+				n := shorter[j]
+				for v := range uint64(1) << (p - l) {
+					k := slices.Clone(n.key)
+					binary.LittleEndian.PutUint32(k, p)
+					setBits(k[4:], l, p-l, v)
+					if blocked[string(k)] || inHash[string(k)] {
+						continue
+					}
+					hashed = append(hashed, lpmNode{plen: p, key: k, value: n.value})
+					inHash[string(k)] = true
+				}
+				expanded++
+				if len(hashed) > limit {
+					over = true
+					break
+				}
+			}
+			if over {
+				break
+			}
+			i = j
+			if !complete || len(longer)+chained(l) <= c.Opts.MaxInline {
+				plan(chainLonger, complete, hashed, l, expanded, excluded)
+			}
+		}
+	}
+	variant(true, true)
+	if len(longer) <= c.Opts.MaxInline {
+		variant(true, false)
+	}
+	if len(longer) > 0 {
+		variant(false, false)
+	}
+	return out
+}
+
+// setBits sets the n bits of data after its first from bits (most
+// significant first, as prefixes count them) to v's low n bits.
+func setBits(data []byte, from, n uint32, v uint64) {
+	for i := range n {
+		bit := from + i
+		mask := byte(0x80 >> (bit % 8))
+		if v>>(n-1-i)&1 != 0 {
+			data[bit/8] |= mask
+		} else {
+			data[bit/8] &^= mask
+		}
+	}
+}
+
+// Stages of a plan that answer a key.
+const (
+	stageChain = iota // the longer chain
+	stageHash         // the hash
+	stageRest         // the shorter chain, a miss or the trie
+)
+
+// stage says which stage of pl answers the traffic key t.
+func (pl *lpmPlan) stage(t trafficKey, block func([]byte) string) int {
+	r := t.result
+	switch {
+	case r != nil && r.plen > pl.plen && pl.chainLonger:
+		return stageChain
+	case binary.LittleEndian.Uint32(t.key) >= pl.plen && r != nil && pl.inHash[block(t.key)]:
+		return stageHash
+	}
+	return stageRest
+}
+
+// maskKey masks an LPM key's data in place to plen bits and returns it.
+func maskKey(k []byte, plen uint32) []byte {
+	mask := lpmMask(len(k), plen)
+	for j := 4; j < len(k); j++ {
+		k[j] &= mask[j]
+	}
+	return k
+}
+
+// pathCost estimates the lookup of a key under pl without a hot chain.
+func (pl *lpmPlan) pathCost(t trafficKey, maxPlen uint32) float64 {
+	if binary.LittleEndian.Uint32(t.key) > maxPlen {
+		return costGuard + 2*costInsn // the range check misses it
+	}
+	if pl.stage(t, pl.block) == stageRest {
+		return pl.base + pl.rest
+	}
+	return pl.base
+}
+
+// chooseHot picks the prefix of the hottest keys (most frequent first)
+// whose exact-key chain in front of pl saves the most per lookup, from
+// the measured shares: a hot key hit at position i costs the guard and i+1
+// entries instead of its path under pl, every other key pays the whole
+// chain on top of its path. Keys past TopK are not considered.
+func (pl *lpmPlan) chooseHot(traffic []trafficKey, topK, keySize int, maxPlen uint32) {
+	hot := slices.Clone(traffic)
+	sort.SliceStable(hot, func(i, j int) bool {
+		if hot[i].weight != hot[j].weight {
+			return hot[i].weight > hot[j].weight
+		}
+		return bytes.Compare(hot[i].key, hot[j].key) < 0
+	})
+	if len(hot) > topK {
+		hot = hot[:topK]
+	}
+	var total float64
+	for _, t := range traffic {
+		total += t.weight
+	}
+	if total == 0 {
+		return
+	}
+	entry := hotEntryCost(keySize)
+	load := 0.0
+	if len(chunks(0, keySize)) <= 3 {
+		load = costInsn * float64(len(chunks(0, keySize)))
+	}
+	best, bestK := 0.0, 0
+	var saved, covered float64
+	for k := 1; k <= len(hot); k++ {
+		t := hot[k-1]
+		saved += t.weight * (pl.pathCost(t, maxPlen) - (costGuard + load + float64(k)*entry))
+		covered += t.weight
+		gain := (saved - (total-covered)*(load+float64(k)*entry)) / total
+		if gain > best {
+			best, bestK = gain, k
+		}
+	}
+	if best < hotMinGain {
+		return
+	}
+	pl.hot, pl.hotGain = hot[:bestK], best
+}
+
+// planFilter, when set, restricts the plans lpmToHash chooses from. Tests
+// set it to run every plan shape through the kernel, whichever the cost
+// model prefers for their tables.
+var planFilter func(*lpmPlan) bool
+
+// lpmToHash specializes a lookup in an LPM trie. It costs, for every
+// prefix length P present, the plans of lpmPlans (hash on the P-masked
+// key, compare chains for the other lengths in longest-prefix order, the
+// trie behind them where they are not complete) and, with a heatmap, a
+// chain of the hottest exact keys in front; the cheapest plan is made if it
+// is within the margin. A trie whose entries all have one length gets the
+// plain hash: both chains are empty and the plan complete.
 func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry) error {
 	c := d.c
 	dataBytes := int(ms.KeySize) - 4
@@ -195,142 +726,364 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 		c.skipped(s.fn.Name, s.block.ID, s.mapName, "LPM key of %d bytes has no data", ms.KeySize)
 		return nil
 	}
-	lengths := map[uint32]int{}
-	for _, e := range entries {
-		lengths[binary.LittleEndian.Uint32(e.Key)]++
-	}
-	if len(lengths) != 1 {
-		c.skipped(s.fn.Name, s.block.ID, s.mapName, "entries have %d prefix lengths (%s): no single-length hash", len(lengths), lengthSummary(lengths))
-		return nil
-	}
-	plen := binary.LittleEndian.Uint32(entries[0].Key)
-	if plen == 0 || plen > uint32(dataBytes*8) {
-		c.skipped(s.fn.Name, s.block.ID, s.mapName, "prefix length /%d does not select key bytes", plen)
-		return nil
-	}
 	if *s.keyOff%4 != 0 {
 		c.skipped(s.fn.Name, s.block.ID, s.mapName, "LPM key at fp%+d is not 4-byte aligned", *s.keyOff)
 		return nil
 	}
-	keyBytes := int(plen+7) / 8
-	// The kernel's trie returns NULL for a search prefixlen above the
-	// trie's maximum, and no entry of length plen matches one below plen.
 	maxPlen := uint32(dataBytes * 8)
-	keyPlen, plenConst := s.lpmPrefixLen()
-	alwaysMiss := plenConst && (keyPlen < plen || keyPlen > maxPlen)
-
-	oldCost := lpmCost(len(entries), plen, dataBytes)
-	scratchBytes := 8 * ((keyBytes + 7) / 8)
-	copies := copyChunks(int(*s.keyOff)+4, 0, keyBytes, dataBytes, scratchBytes)
-	newCost := costGuard + hashCost(keyBytes) + costInsn*float64(4+2*len(copies))
-	if !plenConst {
-		newCost += 3 * costInsn
-	}
-	if alwaysMiss {
-		newCost = costGuard + 2*costInsn
-	}
-	if newCost > dssMargin*oldCost {
-		c.skipped(s.fn.Name, s.block.ID, s.mapName, "estimated %.0f ns per lookup as a hash vs %.0f as a trie: below the margin", newCost, oldCost)
+	nodes, bad := lpmNodes(entries, maxPlen)
+	if bad != "" {
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", bad)
 		return nil
 	}
-
-	p := c.Prog
-	var spec []*program.Block
-	var hashName string
-	miss := p.NewBlock()
-	if alwaysMiss {
-		// The lookup's constant prefix length matches no entry.
-		spec = []*program.Block{miss}
-	} else {
-		slot, ok := d.scratch(s.fn.Name, keyBytes)
-		if !ok {
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "no free stack slot for the %d-byte masked key", keyBytes)
+	lengths := map[uint32]int{}
+	for _, n := range nodes {
+		lengths[n.plen]++
+	}
+	oldCost := lpmCost(len(nodes), nodes[0].plen, dataBytes)
+	keyPlen, plenConst := s.lpmPrefixLen()
+	if plenConst {
+		// A node longer than the lookup's constant prefix length never
+		// matches, and above the trie's maximum nothing does.
+		var usable []lpmNode
+		for _, n := range nodes {
+			if n.plen <= keyPlen && keyPlen <= maxPlen {
+				usable = append(usable, n)
+			}
+		}
+		if len(usable) == 0 {
+			miss := c.Prog.NewBlock()
+			if err := d.emit(s, []*program.Block{miss}, miss); err != nil {
+				return err
+			}
+			c.changed(s.fn.Name, s.block.ID, s.mapName, "lookup prefix length %d never matches an entry (%s) of a %d-bit trie: constant miss behind guard", keyPlen, lengthSummary(lengths), maxPlen)
 			return nil
 		}
-		hashName = d.lpmHash(s.mapName, ms, entries, plen, keyBytes)
-		if !plenConst {
-			check := p.NewBlock()
-			check.Insns = []asm.Instruction{
-				asm.LoadMem(asm.R3, asm.R10, *s.keyOff, asm.Word),
-				clearRef(asm.JLT.Imm(asm.R3, int32(plen), "")),
+		nodes = usable
+	}
+
+	traffic, measured := lpmTraffic(c, s, ms, nodes, maxPlen)
+	var best *lpmPlan
+	for p := range lengths {
+		if p == 0 || (plenConst && p > keyPlen) {
+			continue // a /0 hash would have no key bytes
+		}
+		for _, pl := range lpmPlans(c, s, nodes, p, plenConst, traffic, oldCost) {
+			if planFilter != nil && !planFilter(pl) {
+				continue
 			}
-			check.Target = miss
-			checkMax := p.NewBlock()
-			checkMax.Insns = []asm.Instruction{clearRef(asm.JGT.Imm(asm.R3, int32(maxPlen), ""))}
-			checkMax.Target = miss
-			spec = append(spec, check, checkMax)
+			if best == nil || pl.cost() < best.cost() || (pl.cost() == best.cost() && pl.plen > best.plen) {
+				best = pl
+			}
 		}
-		look := p.NewBlock()
-		// The slot is 8-byte aligned like offset 0 above: same chunks.
-		for _, ch := range copies {
-			look.Insns = append(look.Insns,
-				asm.LoadMem(asm.R3, asm.R10, int16(int(*s.keyOff)+4+ch.off), ch.size),
-				asm.StoreMem(asm.R10, int16(slot+ch.off), asm.R3, ch.size))
-		}
-		if plen%8 != 0 {
-			last := int16(slot + keyBytes - 1)
-			look.Insns = append(look.Insns,
-				asm.LoadMem(asm.R3, asm.R10, last, asm.Byte),
-				asm.And.Imm32(asm.R3, int32(byte(0xff<<(8-plen%8)))),
-				asm.StoreMem(asm.R10, last, asm.R3, asm.Byte))
-		}
-		look.Insns = append(look.Insns,
-			asm.LoadMapPtr(asm.R1, 0).WithReference(hashName),
-			asm.Mov.Reg(asm.R2, asm.R10),
-			asm.Add.Imm(asm.R2, int32(slot)),
-			asm.FnMapLookupElem.Call(),
-		)
-		spec = append(spec, look)
 	}
-	if err := d.emit(s, spec, miss); err != nil {
-		return err
-	}
-	if alwaysMiss {
-		c.changed(s.fn.Name, s.block.ID, s.mapName, "lookup prefix length %d never matches a /%d entry of a %d-bit trie: constant miss behind guard", keyPlen, plen, maxPlen)
+	if best == nil {
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "no plan for prefix lengths (%s)", lengthSummary(lengths))
 		return nil
 	}
-	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d /%d prefixes as hash %s on the %d-byte masked key behind guard (est. %.0f -> %.0f ns per lookup)",
-		len(entries), plen, hashName, keyBytes, oldCost, newCost)
+	// Hot keys go on top of the structure chosen without them: a chain
+	// covering the measured traffic must not make a useless structure
+	// look cheap (keys the heatmap missed would pay for it), and caching
+	// alone is hotcache's job.
+	if measured {
+		best.chooseHot(traffic, c.Opts.TopK, int(ms.KeySize), maxPlen)
+	}
+	newCost := best.cost()
+	if newCost > dssMargin*oldCost {
+		if len(lengths) == 1 {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "estimated %.0f ns per lookup as a hash vs %.0f as a trie: below the margin", newCost, oldCost)
+		} else {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "entries have %d prefix lengths (%s): the best plan, %s, is estimated at %.0f ns per lookup vs %.0f as a trie: below the margin",
+				len(lengths), lengthSummary(lengths), best.describe(), newCost, oldCost)
+		}
+		return nil
+	}
+	slot, ok := d.scratch(s.fn.Name, best.keyBytes)
+	if !ok {
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "no free stack slot for the %d-byte masked key", best.keyBytes)
+		return nil
+	}
+	hashName := d.lpmHash(s.mapName, ms, best)
+	if err := d.emitLPM(s, ms, best, plenConst, hashName, slot); err != nil {
+		return err
+	}
+	if len(best.longer)+len(best.shorter)+len(best.hot) == 0 && best.complete {
+		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d /%d prefixes as hash %s on the %d-byte masked key behind guard (est. %.0f -> %.0f ns per lookup)",
+			len(best.hashed), best.plen, hashName, best.keyBytes, oldCost, newCost)
+		return nil
+	}
+	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d prefix lengths (%s) as %s, hash %s, behind guard (est. %.0f -> %.0f ns per lookup)",
+		len(lengths), lengthSummary(lengths), best.describe(), hashName, oldCost, newCost)
 	return nil
 }
 
-// lpmHash adds the hash map that replaces an LPM trie whose entries all
-// have prefix length plen: key = the first keyBytes data bytes masked to
-// plen bits, value = the entry's value.
-func (d *dss) lpmHash(of string, ms *ebpf.MapSpec, entries []mapstate.Entry, plen uint32, keyBytes int) string {
-	if name, ok := d.made[of]; ok {
+// describe renders a plan for remarks.
+func (pl *lpmPlan) describe() string {
+	var parts []string
+	if len(pl.hot) > 0 {
+		parts = append(parts, fmt.Sprintf("%d hot keys", len(pl.hot)))
+	}
+	if len(pl.longer) > 0 {
+		parts = append(parts, fmt.Sprintf("%d longer prefixes chained", len(pl.longer)))
+	}
+	h := fmt.Sprintf("%d /%d prefixes hashed on the %d-byte masked key", len(pl.hashed), pl.plen, pl.keyBytes)
+	if pl.expanded > 0 {
+		h = fmt.Sprintf("%d /%d prefixes and %d of /%d../%d expanded into %d /%d blocks hashed on the %d-byte masked key",
+			len(pl.hashed)-pl.expandedBlocks, pl.plen, pl.expanded, pl.lo, pl.plen-1, pl.expandedBlocks, pl.plen, pl.keyBytes)
+	}
+	if pl.excluded > 0 {
+		h += fmt.Sprintf(" (%d with longer prefixes inside left to the trie)", pl.excluded)
+	}
+	parts = append(parts, h)
+	if len(pl.shorter) > 0 {
+		parts = append(parts, fmt.Sprintf("%d shorter prefixes chained", len(pl.shorter)))
+	}
+	if pl.complete {
+		parts = append(parts, "then miss")
+	} else {
+		parts = append(parts, fmt.Sprintf("then the trie (est. %.0f%% of lookups)", 100*pl.restShare))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// lpmHash adds the hash map holding a plan's /P nodes: key = the first
+// keyBytes data bytes masked to P bits, value = the node's value.
+func (d *dss) lpmHash(of string, ms *ebpf.MapSpec, pl *lpmPlan) string {
+	// Sites of one table share the hash when their plans hash the same
+	// nodes.
+	f := fnv.New64a()
+	for _, n := range pl.hashed {
+		f.Write(n.key)
+		f.Write(n.value)
+	}
+	id := fmt.Sprintf("%s/%d/%x", of, pl.plen, f.Sum64())
+	if name, ok := d.made[id]; ok {
 		return name
 	}
-	mask := lpmMask(int(ms.KeySize), plen)[4 : 4+keyBytes]
-	// Keys equal under the mask are one trie node: the last write wins.
-	byKey := map[string][]byte{}
-	var order []string
-	for _, e := range entries {
-		k := make([]byte, keyBytes)
-		for i := range k {
-			k[i] = e.Key[4+i] & mask[i]
-		}
-		if _, ok := byKey[string(k)]; !ok {
-			order = append(order, string(k))
-		}
-		byKey[string(k)] = e.Value
-	}
-	contents := make([]ebpf.MapKV, 0, len(order))
-	for _, k := range order {
-		contents = append(contents, ebpf.MapKV{Key: []byte(k), Value: byKey[k]})
+	contents := make([]ebpf.MapKV, 0, len(pl.hashed))
+	for _, n := range pl.hashed {
+		contents = append(contents, ebpf.MapKV{Key: slices.Clone(n.key[4 : 4+pl.keyBytes]), Value: n.value})
 	}
 	name := d.mapName("dh", of)
 	d.c.Coll.Maps[name] = &ebpf.MapSpec{
 		Name:       name,
 		Type:       ebpf.Hash,
-		KeySize:    uint32(keyBytes),
+		KeySize:    uint32(pl.keyBytes),
 		ValueSize:  ms.ValueSize,
-		MaxEntries: uint32(len(contents)),
+		MaxEntries: uint32(max(len(contents), 1)),
 		Flags:      bpfFRdonlyProg,
 		Contents:   contents,
 	}
-	d.made[of] = name
+	d.made[id] = name
 	return name
+}
+
+// emitLPM puts a plan in front of the lookup at s, behind the map's guard:
+//
+//	hot chain (exact keys) → prefix length above the maximum: miss →
+//	longer chain → hash on the masked key → shorter chain → miss
+//	                                      ↘ (incomplete) the original lookup
+//
+// Chains are grouped by length, longest first, each group behind a test
+// that the key's prefix length reaches it, as the kernel requires; the
+// hash only for prefix lengths of at least P. Every hit continues after
+// the lookup with R0 pointing at identical value bytes: the hash's own
+// copy, or a frozen cache map for chain entries.
+func (d *dss) emitLPM(s lookupSite, ms *ebpf.MapSpec, pl *lpmPlan, plenConst bool, hashName string, slot int) error {
+	c := d.c
+	p := c.Prog
+	keySize := int(ms.KeySize)
+	keyOff := *s.keyOff
+	maxPlen := uint32(8 * (keySize - 4))
+	call, after := isolateCall(p, s.fn, s.block, s.index)
+	g, err := c.guardCheck(p, s.mapName, asm.R3, call)
+	if err != nil {
+		return err
+	}
+
+	// Chain values, in one frozen cache map.
+	var values [][]byte
+	valueIndex := func(n *lpmNode) int {
+		if n == nil {
+			return -1
+		}
+		values = append(values, n.value)
+		return len(values) - 1
+	}
+	hotM := make([]matcher, len(pl.hot))
+	for i, h := range pl.hot {
+		hotM[i] = matcher{key: h.key, valueIndex: valueIndex(h.result)}
+	}
+	index := func(nodes []lpmNode) []int {
+		out := make([]int, len(nodes))
+		for i := range nodes {
+			out[i] = valueIndex(&nodes[i])
+		}
+		return out
+	}
+	longerIdx, shorterIdx := index(pl.longer), index(pl.shorter)
+	cache := ""
+	if len(values) > 0 {
+		cache = c.addCacheMap(s.mapName, ms.ValueSize, values)
+	}
+	plenLoad := func() asm.Instruction { return asm.LoadMem(asm.R3, asm.R10, keyOff, asm.Word) }
+
+	miss := p.NewBlock()
+	miss.Insns = []asm.Instruction{asm.Mov.Imm(asm.R0, 0)}
+	miss.Next = after
+
+	var layout []*program.Block
+	// What the hash leaves open.
+	var rest *program.Block
+	var restBlocks []*program.Block
+	if pl.complete {
+		rest, restBlocks = d.lengthGroups(s, keySize, pl.shorter, shorterIdx, cache, ms.ValueSize, plenConst, after, miss)
+	} else {
+		// R1 and R2 went to the hash lookup: set them up again.
+		rest = p.NewBlock()
+		rest.Insns = []asm.Instruction{
+			asm.LoadMapPtr(asm.R1, 0).WithReference(s.mapName),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, int32(keyOff)),
+		}
+		rest.Next = call
+		restBlocks = []*program.Block{rest}
+	}
+
+	// The hash on the P-masked key, for prefix lengths of at least P.
+	look := p.NewBlock()
+	copies := copyChunks(int(keyOff)+4, 0, pl.keyBytes, keySize-4, 8*((pl.keyBytes+7)/8))
+	for _, ch := range copies {
+		look.Insns = append(look.Insns,
+			asm.LoadMem(asm.R3, asm.R10, int16(int(keyOff)+4+ch.off), ch.size),
+			asm.StoreMem(asm.R10, int16(slot+ch.off), asm.R3, ch.size))
+	}
+	if pl.plen%8 != 0 {
+		last := int16(slot + pl.keyBytes - 1)
+		look.Insns = append(look.Insns,
+			asm.LoadMem(asm.R3, asm.R10, last, asm.Byte),
+			asm.And.Imm32(asm.R3, int32(byte(0xff<<(8-pl.plen%8)))),
+			asm.StoreMem(asm.R10, last, asm.R3, asm.Byte))
+	}
+	look.Insns = append(look.Insns,
+		asm.LoadMapPtr(asm.R1, 0).WithReference(hashName),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, int32(slot)),
+		asm.FnMapLookupElem.Call(),
+	)
+	hashEntry := look
+	var hashBlocks []*program.Block
+	if !plenConst {
+		chk := p.NewBlock()
+		chk.Insns = []asm.Instruction{plenLoad(), clearRef(asm.JLT.Imm(asm.R3, int32(pl.plen), ""))}
+		chk.Target, chk.Next = rest, look
+		hashEntry = chk
+		hashBlocks = append(hashBlocks, chk)
+	}
+	hashBlocks = append(hashBlocks, look)
+	if rest == miss {
+		look.Next = after // a miss of the hash is the answer
+	} else {
+		test := p.NewBlock()
+		test.Insns = []asm.Instruction{clearRef(asm.JNE.Imm(asm.R0, 0, ""))}
+		test.Target, test.Next = after, rest
+		look.Next = test
+		hashBlocks = append(hashBlocks, test)
+	}
+
+	entry, longBlocks := d.lengthGroups(s, keySize, pl.longer, longerIdx, cache, ms.ValueSize, plenConst, after, hashEntry)
+	if !plenConst {
+		// The kernel answers NULL to a prefix length above the trie's.
+		mx := p.NewBlock()
+		mx.Insns = []asm.Instruction{plenLoad(), clearRef(asm.JGT.Imm(asm.R3, int32(maxPlen), ""))}
+		mx.Target, mx.Next = miss, entry
+		entry = mx
+		longBlocks = append([]*program.Block{mx}, longBlocks...)
+	}
+	var hotBlocks []*program.Block
+	if len(hotM) > 0 {
+		hotBlocks = compareChain(p, keyOff, keySize, hotM, cache, ms.ValueSize, after, entry)
+		entry = hotBlocks[0]
+	}
+	g.Next = entry
+
+	layout = append(layout, g)
+	layout = append(layout, hotBlocks...)
+	layout = append(layout, longBlocks...)
+	layout = append(layout, hashBlocks...)
+	layout = append(layout, restBlocks...)
+	layout = append(layout, miss)
+	// The kernel rejects unreachable code: keep only what g reaches.
+	mine := map[*program.Block]bool{}
+	for _, b := range layout {
+		mine[b] = true
+	}
+	reached := map[*program.Block]bool{}
+	work := []*program.Block{g}
+	for len(work) > 0 {
+		b := work[len(work)-1]
+		work = work[:len(work)-1]
+		if b == nil || !mine[b] || reached[b] {
+			continue
+		}
+		reached[b] = true
+		work = append(work, b.Next, b.Target)
+	}
+	layout = slices.DeleteFunc(layout, func(b *program.Block) bool { return !reached[b] })
+	s.block.Next = g
+	insertAfter(s.fn, s.block, layout...)
+	return nil
+}
+
+// lengthGroups emits compare chains over nodes (longest first), one per
+// prefix length, each behind a test that the key's prefix length is at
+// least that length unless it is constant (then nodes longer than it are
+// already gone). A match continues at after, a key matching none at next.
+// It returns the first block and all blocks in layout order.
+func (d *dss) lengthGroups(s lookupSite, keySize int, nodes []lpmNode, idx []int, cache string, valueSize uint32, plenConst bool, after, next *program.Block) (*program.Block, []*program.Block) {
+	p := d.c.Prog
+	entry := next
+	var out []*program.Block
+	// From the shortest group up, so that each knows its successor.
+	for end := len(nodes); end > 0; {
+		start := end - 1
+		for start > 0 && nodes[start-1].plen == nodes[end-1].plen {
+			start--
+		}
+		plen := nodes[start].plen
+		ms := make([]matcher, 0, end-start)
+		for i := start; i < end; i++ {
+			ms = append(ms, matcher{key: nodes[i].key, mask: lpmMask(keySize, plen), valueIndex: idx[i]})
+		}
+		var blocks []*program.Block
+		if plen == 0 {
+			// The /0 node matches every key: no key load, no compare.
+			hit := p.NewBlock()
+			hit.Insns = []asm.Instruction{
+				asm.LoadMapValue(asm.R0, 0, uint32(idx[start])*valueSize).WithReference(cache),
+				clearRef(asm.Ja.Label("")),
+			}
+			hit.Target = after
+			blocks = []*program.Block{hit}
+		} else {
+			blocks = compareChain(p, *s.keyOff, keySize, ms, cache, valueSize, after, entry)
+		}
+		first := blocks[0]
+		if !plenConst && plen > 0 {
+			chk := p.NewBlock()
+			chk.Insns = []asm.Instruction{
+				asm.LoadMem(asm.R3, asm.R10, *s.keyOff, asm.Word),
+				clearRef(asm.JLT.Imm(asm.R3, int32(plen), "")),
+			}
+			chk.Target, chk.Next = entry, first
+			blocks = append([]*program.Block{chk}, blocks...)
+			first = chk
+		}
+		out = append(blocks, out...)
+		entry = first
+		end = start
+	}
+	return entry, out
 }
 
 // hashToArray specializes a lookup in a hash with small integer keys.

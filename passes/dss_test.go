@@ -210,6 +210,61 @@ func lpmState(dataBytes, n int, lengths []int, seed int64) *mapstate.State {
 	return s
 }
 
+// mixedState fills "tbl" with n prefixes of the dominant length and,
+// for each other length in others, that many prefixes nested the way a
+// routing table nests them: a longer prefix lies inside a dominant one, a
+// shorter one covers a dominant one (every other) or lies elsewhere.
+// Values name the prefix.
+func mixedState(dataBytes, n, dominant int, others map[int]int, seed int64) *mapstate.State {
+	rnd := rand.New(rand.NewSource(seed))
+	s := mapstate.New()
+	seen := map[string]bool{}
+	i := 0
+	put := func(plen int, data []byte) bool {
+		key := append(binary.LittleEndian.AppendUint32(nil, uint32(plen)), data...)
+		maskKey(key, uint32(plen))
+		if seen[string(key)] {
+			return false
+		}
+		seen[string(key)] = true
+		val := binary.LittleEndian.AppendUint32(nil, uint32(1000+i))
+		s.Put("tbl", key, binary.LittleEndian.AppendUint32(val, uint32(plen)))
+		i++
+		return true
+	}
+	var dom [][]byte
+	for len(dom) < n {
+		data := make([]byte, dataBytes)
+		rnd.Read(data)
+		if put(dominant, data) {
+			dom = append(dom, data)
+		}
+	}
+	lens := make([]int, 0, len(others))
+	for l := range others {
+		lens = append(lens, l)
+	}
+	slices.Sort(lens)
+	for _, l := range lens {
+		for made := 0; made < others[l]; {
+			data := make([]byte, dataBytes)
+			rnd.Read(data)
+			if l > dominant || made%2 == 0 {
+				// Inside (or covering) a dominant prefix: its first bits.
+				base := dom[rnd.Intn(len(dom))]
+				mask := lpmMask(4+dataBytes, uint32(min(l, dominant)))[4:]
+				for j := range data {
+					data[j] = base[j]&mask[j] | data[j]&^mask[j]
+				}
+			}
+			if put(l, data) || l == 0 {
+				made++
+			}
+		}
+	}
+	return s
+}
+
 // intState fills "tbl" with the given integer keys and values of size vs
 // that name their key.
 func intState(keySize, vs int, keys []uint64) *mapstate.State {
@@ -238,6 +293,12 @@ func keyRange(lo, n, step uint64) []uint64 {
 // named passes and lowers the result.
 func runDss(t *testing.T, spec *ebpf.CollectionSpec, prog string, state *mapstate.State, names ...string) (*Context, asm.Instructions) {
 	t.Helper()
+	return runDssHeat(t, spec, prog, state, nil, names...)
+}
+
+// runDssHeat is runDss with a heatmap.
+func runDssHeat(t *testing.T, spec *ebpf.CollectionSpec, prog string, state *mapstate.State, heat *heatmap.Heatmap, names ...string) (*Context, asm.Instructions) {
+	t.Helper()
 	coll := spec.Copy()
 	if err := state.ApplySpec(coll); err != nil {
 		t.Fatal(err)
@@ -248,7 +309,7 @@ func runDss(t *testing.T, spec *ebpf.CollectionSpec, prog string, state *mapstat
 	}
 	opts := DefaultOptions()
 	opts.Passes = names
-	c := &Context{Coll: coll, Prog: p, State: state, Guards: guard.NewTable(), Opts: opts}
+	c := &Context{Coll: coll, Prog: p, State: state, Heat: heat, Guards: guard.NewTable(), Opts: opts}
 	if err := Run(c); err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +527,13 @@ func TestDssDecisions(t *testing.T) {
 		{"lpm const plen", lpmSpec(4), lpmState(4, 300, []int{24}, 1), 32, false, false, true, "as hash"},
 		{"lpm const plen too short", lpmSpec(4), lpmState(4, 300, []int{24}, 1), 16, false, false, true, "constant miss"},
 		{"lpm const plen too long", lpmSpec(4), lpmState(4, 300, []int{24}, 1), 33, false, false, true, "constant miss"},
-		{"lpm mixed lengths", lpmSpec(4), lpmState(4, 300, []int{16, 24, 24, 32}, 1), -1, false, false, false, "3 prefix lengths (/16 x75, /24 x150, /32 x75)"},
+		{"lpm mixed lengths", lpmSpec(4), lpmState(4, 300, []int{16, 24, 24, 32}, 1), -1, false, false, false, "3 prefix lengths (/16 x75, /24 x150, /32 x75): the best plan"},
+		{"lpm many lengths", lpmSpec(4), lpmState(4, 600, []int{8, 16, 20, 24, 28, 32}, 1), -1, false, false, false, "below the margin"},
+		{"lpm dominant with few others", lpmSpec(4), mixedState(4, 300, 24, map[int]int{0: 1, 16: 4, 32: 6}, 1), -1, false, false, true, "294 /24 prefixes and 4 of /16../23 expanded into 1022 /24 blocks hashed on the 3-byte masked key (6 with longer prefixes inside left to the trie), then the trie"},
+		{"lpm dominant, many shorter", lpmSpec(4), mixedState(4, 300, 24, map[int]int{0: 1, 16: 100}, 1), -1, false, false, true, "300 /24 prefixes hashed on the 3-byte masked key, then the trie"},
+		{"lpm dominant, many longer", lpmSpec(4), mixedState(4, 600, 24, map[int]int{32: 70}, 1), -1, false, false, true, "with longer prefixes inside left to the trie), then the trie"},
+		{"lpm too many longer", lpmSpec(4), mixedState(4, 300, 24, map[int]int{32: 100}, 1), -1, false, false, false, "(86 with longer prefixes inside left to the trie), then the trie (est. 46% of lookups), is estimated at 78 ns per lookup vs 95 as a trie: below the margin"},
+		{"lpm dominant, const plen drops longer", lpmSpec(4), mixedState(4, 300, 24, map[int]int{0: 1, 32: 100}, 1), 24, false, false, true, "300 /24 prefixes hashed on the 3-byte masked key, 1 shorter prefixes chained, then miss"},
 		{"lpm small", lpmSpec(4), lpmState(4, 40, []int{24}, 1), -1, false, false, false, "40 entries: left to mapinline"},
 		{"lpm value written", lpmSpec(4), lpmState(4, 300, []int{24}, 1), -1, true, false, false, "data plane writes this map"},
 		{"lpm written by data plane", lpmSpec(4), lpmState(4, 300, []int{24}, 1), -1, false, true, false, "data plane writes this map"},
@@ -526,6 +593,130 @@ func TestDssLPMToHashKernel(t *testing.T) {
 				secondKeys(frames, tc.dataBytes)
 			}
 			checkSites(t, c, map[bool]int{false: 1, true: 2}[tc.twice])
+			differential(t, c, dssProg, insns, state, frames)
+		})
+	}
+}
+
+// TestDssMixedLPMKernel runs tries of one dominant prefix length with
+// nested prefixes of other lengths (a default route, shorter aggregates,
+// longer prefixes and hosts inside dominant ones) through the verifier and
+// the differential test: few others make a complete plan (chains around
+// the hash, no trie), many others leave the rest to the trie.
+func TestDssMixedLPMKernel(t *testing.T) {
+	kerneltest.Require(t)
+	for _, tc := range []struct {
+		name      string
+		dataBytes int
+		dominant  int
+		n         int
+		others    map[int]int
+		constPlen int
+		twice     bool
+		want      string
+		// shape, if set, makes dss choose a plan of that shape:
+		// complete, chained (longer chained, trie behind) or trie
+		// (no chain, trie behind).
+		shape string
+	}{
+		{"ipv4 /24 + default, few /16", 4, 24, 400, map[int]int{0: 1, 16: 6}, -1, false, "400 /24 prefixes hashed on the 3-byte masked key, 7 shorter prefixes chained, then miss", ""},
+		{"ipv4 small /24 table + default, /16, /32", 4, 24, 70, map[int]int{0: 1, 16: 3, 32: 6}, -1, false, "6 longer prefixes chained, 70 /24 prefixes and 3 of /16../23 expanded into 766 /24 blocks hashed on the 3-byte masked key, 4 shorter prefixes chained, then miss", ""},
+		{"ipv4 /24 + /8, /28, /32, const plen", 4, 24, 400, map[int]int{8: 3, 28: 4, 32: 5}, 32, false, "4 /28 prefixes and 400 of /24../27 expanded into 6391 /28 blocks hashed on the 4-byte masked key, then the trie", ""},
+		{"ipv4 /20 + default, /12, /22, /31", 4, 20, 300, map[int]int{0: 1, 12: 4, 22: 5, 31: 3}, -1, false, "5 /22 prefixes and 304 of /12../21 expanded into 5280 /22 blocks hashed on the 3-byte masked key, then the trie", ""},
+		{"ipv4 /24 + many /16", 4, 24, 400, map[int]int{0: 1, 16: 120, 32: 5}, -1, false, "then the trie", ""},
+		{"ipv4 /24 + many /16, /32 chained", 4, 24, 400, map[int]int{0: 1, 16: 70, 32: 30}, -1, false, "30 longer prefixes chained, 400 /24 prefixes hashed on the 3-byte masked key, then the trie", "chained"},
+		{"ipv4 /24 + many /16, /32 chained, expanded", 4, 24, 400, map[int]int{0: 1, 16: 50, 32: 30}, -1, false, "30 longer prefixes chained, 400 /24 prefixes and 50 of /16../23 expanded into", "chained+expand"},
+		{"ipv4 /24 + /16, /32 complete, expanded", 4, 24, 400, map[int]int{0: 1, 16: 10, 32: 10}, -1, false, "10 longer prefixes chained, 400 /24 prefixes and 10 of /16../23 expanded into", "complete+expand"},
+		{"ipv6 /48 + many /32, /64 chained", 16, 48, 400, map[int]int{0: 1, 32: 70, 64: 20}, -1, false, "20 longer prefixes chained, 400 /48 prefixes hashed on the 6-byte masked key, then the trie", "chained"},
+		{"ipv4 /24 + /8, /28, /32 complete", 4, 24, 400, map[int]int{0: 1, 8: 3, 28: 4, 32: 5}, -1, false, "9 longer prefixes chained, 400 /24 prefixes hashed on the 3-byte masked key, 4 shorter prefixes chained, then miss", "complete"},
+		{"ipv4 /24 + many /32", 4, 24, 600, map[int]int{0: 1, 32: 70}, -1, false, "left to the trie), then the trie", ""},
+		{"ipv4 /24 mixed, two sites", 4, 24, 300, map[int]int{0: 1, 16: 3, 32: 4}, -1, true, "then the trie", ""},
+		{"ipv6 /48 + default, /32, /64, /128", 16, 48, 300, map[int]int{0: 1, 32: 4, 64: 6, 128: 4}, -1, false, "left to the trie), then the trie", ""},
+		{"ipv6 /64 + /56, /128, const plen", 16, 64, 300, map[int]int{56: 5, 128: 5}, 128, false, "5 longer prefixes chained, 300 /64 prefixes hashed on the 8-byte masked key, 5 shorter prefixes chained, then miss", "complete"},
+		{"ipv6 /64 + /56, /128, const plen, model", 16, 64, 300, map[int]int{56: 5, 128: 5}, 128, false, "295 /64 prefixes and 5 of /56../63 expanded into 1277 /64 blocks hashed on the 8-byte masked key (5 with longer prefixes inside left to the trie), then the trie", ""},
+		{"ipv6 /60 + many /48", 16, 60, 300, map[int]int{0: 1, 48: 100, 127: 3}, -1, false, "then the trie", ""},
+		{"ipv6 /48 mixed, two sites", 16, 48, 300, map[int]int{40: 3, 64: 3}, 128, true, "then miss", "complete"},
+		{"ipv6 /48 mixed, two sites, trie", 16, 48, 300, map[int]int{40: 3, 64: 3}, 128, true, "left to the trie), then the trie", "trie"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := mixedState(tc.dataBytes, tc.n, tc.dominant, tc.others, int64(tc.n+tc.dominant))
+			spec := dssLookupSpec(lpmSpec(tc.dataBytes), lookupOpts{constPlen: tc.constPlen, twice: tc.twice})
+			if tc.shape != "" {
+				planFilter = func(pl *lpmPlan) bool {
+					shape, expand := strings.CutSuffix(tc.shape, "+expand")
+					return map[string]bool{"complete": pl.complete, "chained": !pl.complete && pl.chainLonger, "trie": !pl.chainLonger}[shape] && expand == (pl.expanded > 0)
+				}
+				defer func() { planFilter = nil }()
+			}
+			c, insns := runDss(t, spec, dssProg, state, "dss")
+			r := dssRemark(t, c, "tbl")
+			if !r.Applied || !strings.Contains(r.Message, tc.want) {
+				t.Fatalf("remark %s, want applied with %q", r, tc.want)
+			}
+			t.Log(r)
+			frames := lpmFrames(state, tc.dataBytes, 3)
+			if tc.twice {
+				secondKeys(frames, tc.dataBytes)
+			}
+			checkSites(t, c, map[bool]int{false: 1, true: 2}[tc.twice])
+			differential(t, c, dssProg, insns, state, frames)
+		})
+	}
+}
+
+// TestDssHotKernel gives a mixed trie a heatmap: dss compiles the hot
+// exact keys (hits of the hash, of the trie behind it, a miss and a
+// prefix length beyond the trie's) with their precomputed answers in
+// front, and the candidate must agree with the original on them and on
+// everything else. A heatmap spread thin over many keys gets no chain.
+func TestDssHotKernel(t *testing.T) {
+	kerneltest.Require(t)
+	for _, tc := range []struct {
+		name      string
+		dataBytes int
+		others    map[int]int
+		skewed    bool
+		want      string
+	}{
+		{"ipv4 skewed", 4, map[int]int{0: 1, 16: 100, 32: 4}, true, "hot keys"},
+		{"ipv6 skewed", 16, map[int]int{40: 100, 128: 4}, true, "hot keys"},
+		{"ipv4 flat", 4, map[int]int{0: 1, 16: 100, 32: 4}, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dominant := map[int]int{4: 24, 16: 48}[tc.dataBytes]
+			state := mixedState(tc.dataBytes, 400, dominant, tc.others, 11)
+			rnd := rand.New(rand.NewSource(12))
+			heat := &heatmap.Heatmap{Maps: map[string][]heatmap.Key{}}
+			add := func(plen uint32, data []byte, count uint64) {
+				heat.Maps["tbl"] = append(heat.Maps["tbl"], heatmap.Key{Key: append(goldenU32(plen), data...), Count: count})
+			}
+			full := uint32(8 * tc.dataBytes)
+			var hot [][]byte
+			for i, e := range state.Maps["tbl"].Entries {
+				data := slices.Clone(e.Key[4:])
+				data[len(data)-1] ^= byte(rnd.Intn(256)) // a host inside
+				count := uint64(1 + rnd.Intn(3))
+				if tc.skewed && i%97 == 0 {
+					count = 5000 / uint64(1+len(hot))
+					hot = append(hot, data)
+				}
+				add(full, data, count)
+			}
+			miss := make([]byte, tc.dataBytes)
+			miss[0] = 0xff // no /0 in the ipv6 table: a miss there
+			add(full, miss, map[bool]uint64{true: 3000, false: 2}[tc.skewed])
+			add(full+1, state.Maps["tbl"].Entries[0].Key[4:], map[bool]uint64{true: 2000, false: 2}[tc.skewed])
+			spec := dssLookupSpec(lpmSpec(tc.dataBytes), lookupOpts{constPlen: -1})
+			c, insns := runDssHeat(t, spec, dssProg, state, heat, "dss")
+			r := dssRemark(t, c, "tbl")
+			if !r.Applied || strings.Contains(r.Message, "hot keys") != (tc.want != "") {
+				t.Fatalf("remark %s, want applied and hot keys %v", r, tc.want != "")
+			}
+			t.Log(r)
+			frames := lpmFrames(state, tc.dataBytes, 3)
+			for _, h := range heat.Maps["tbl"] {
+				frames = append(frames, keyFrame(byte(binary.LittleEndian.Uint32(h.Key)), h.Key[4:]))
+			}
 			differential(t, c, dssProg, insns, state, frames)
 		})
 	}
@@ -718,25 +909,82 @@ func checkGuard(t *testing.T, c *Context, insns asm.Instructions, state *mapstat
 	}
 }
 
-// TestDssRouterMixedLengths: the generated router config mixes prefix
-// lengths, so the trie stays.
-func TestDssRouterMixedLengths(t *testing.T) {
-	cfg, err := traffic.RouterConfig(500, []uint32{1}, 3)
+// TestDssRouterConfig specializes the benchmark's router configuration,
+// traffic.RouterConfig with 2,592 routes: about 60% /24 routes, the rest
+// of seven other lengths and a default route. The /24s go into a hash,
+// every other answer comes from the trie behind it. Also without the
+// default route, so that lookups miss as well, and with a heatmap of the
+// router's Zipf trace, which may put hot keys in front.
+func TestDssRouterConfig(t *testing.T) {
+	kerneltest.Require(t)
+	cfg, err := traffic.RouterConfig(2592, []uint32{1, 2, 3}, 2592)
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := cfg.State()
+	full, err := cfg.State()
 	if err != nil {
 		t.Fatal(err)
+	}
+	lengths := map[int]int{}
+	for _, r := range cfg.Routes {
+		lengths[netip.MustParsePrefix(r.Prefix).Bits()]++
+	}
+	t.Logf("route lengths: %v", lengths)
+	noDefault := mapstate.New()
+	for name, m := range full.Maps {
+		for _, e := range m.Entries {
+			if name == router.MapRoutes && binary.LittleEndian.Uint32(e.Key) == 0 {
+				continue
+			}
+			noDefault.Put(name, e.Key, e.Value)
+		}
+	}
+	flows, err := traffic.RouterFlows(cfg, 1, 256, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trace, err := traffic.Generate(flows, traffic.Options{Packets: 20000, Locality: traffic.LocalityHigh, MissShare: 0.05, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	heat := &heatmap.Heatmap{Maps: map[string][]heatmap.Key{}}
+	counts := map[[4]byte]uint64{}
+	for _, i := range trace.PacketFlow {
+		counts[trace.Flows[i].DstIP.As4()]++
+	}
+	for a, n := range counts {
+		heat.Maps[router.MapRoutes] = append(heat.Maps[router.MapRoutes], heatmap.Key{Key: append(goldenU32(32), a[:]...), Count: n})
 	}
 	spec, err := router.Spec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := runDss(t, spec, router.Program, state)
-	r := dssRemark(t, c, router.MapRoutes)
-	if r.Applied || !strings.Contains(r.Message, "prefix lengths") {
-		t.Fatalf("want the trie left alone for its mixed prefix lengths, got %s", r)
+	for _, tc := range []struct {
+		name  string
+		state *mapstate.State
+		heat  *heatmap.Heatmap
+	}{
+		{"with default route", full, nil},
+		{"without default route", noDefault, nil},
+		{"with heatmap", full, heat},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, insns := runDssHeat(t, spec, router.Program, tc.state, tc.heat)
+			r := dssRemark(t, c, router.MapRoutes)
+			if !r.Applied || !strings.Contains(r.Message, "/24 blocks hashed") {
+				t.Fatalf("dss not applied to the routes as a /24 hash: %s", r)
+			}
+			t.Log(r)
+			frames := routerFrames(t, cfg, 9)
+			for _, f := range trace.Flows {
+				b, err := traffic.Build(f, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				frames = append(frames, b)
+			}
+			differential(t, c, router.Program, insns, tc.state, frames)
+		})
 	}
 }
 
@@ -793,6 +1041,19 @@ func goldenDssLPM() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 }
 
 var goldenDssLPMKeys = []uint32{goldenIP(10, 0, 1, 7), goldenIP(10, 4, 1, 200), goldenIP(10, 9, 1, 1), goldenIP(10, 9, 2, 1)}
+
+// goldenDssMixed: the golden LPM program over ten /24 routes, a host
+// route inside one of them, a /16 covering some of them and a default
+// route: a chain of the /32, the hash, a chain of the /16 and the /0.
+func goldenDssMixed() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	spec, st, _ := goldenDssLPM()
+	st.Put("routes", append(goldenU32(32), 10, 4, 1, 9), goldenU32(7))
+	st.Put("routes", append(goldenU32(16), 10, 9, 0, 0), goldenU32(8))
+	st.Put("routes", append(goldenU32(0), 0, 0, 0, 0), goldenU32(9))
+	return spec, st, nil
+}
+
+var goldenDssMixedKeys = []uint32{goldenIP(10, 4, 1, 9), goldenIP(10, 4, 1, 10), goldenIP(10, 9, 1, 1), goldenIP(10, 9, 77, 1), goldenIP(192, 0, 2, 1)}
 
 // goldenDssArray: the golden hash program over small integer keys with a
 // hole (102).

@@ -148,6 +148,8 @@ var goldenCases = []goldenCase{
 	{name: "dce_dead_defs", passes: []string{"dce"}, build: goldenDeadDefs},
 	{name: "dss_lpm", passes: []string{"dss"}, build: goldenDssLPM, keys: goldenDssLPMKeys,
 		opts: func(o *Options) { o.MaxInline = 2 }},
+	{name: "dss_lpm_mixed", passes: []string{"dss"}, build: goldenDssMixed, keys: goldenDssMixedKeys,
+		opts: func(o *Options) { o.MaxInline = 4 }},
 	{name: "dss_array", passes: []string{"dss"}, build: goldenDssArray, keys: goldenDssArrayKeys,
 		opts: func(o *Options) { o.MaxInline = 2 }},
 	{name: "dce_stack_stores", passes: []string{"dce"}, build: goldenStackStores},
