@@ -807,7 +807,7 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 	if err := d.emitLPM(s, ms, best, plenConst, hashName, slot); err != nil {
 		return err
 	}
-	if len(best.longer)+len(best.shorter)+len(best.hot) == 0 && best.complete {
+	if len(best.longer)+len(best.shorter)+len(best.hot)+best.expanded == 0 && best.complete {
 		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d /%d prefixes as hash %s on the %d-byte masked key behind guard (est. %.0f -> %.0f ns per lookup)",
 			len(best.hashed), best.plen, hashName, best.keyBytes, oldCost, newCost)
 		return nil
