@@ -27,52 +27,79 @@ func cycleCases() []nfCase {
 // program: what optimize.RunLive does for the agent (passes, the kernel
 // verifier, the differential test with the agent's default budget and
 // the guard check). The snapshot and the swap are the agent's and come on
-// top; ms/cycle is per program, the phases are reported apart.
+// top; ms/cycle is per program, the phases are reported apart. "full" is
+// a cycle whose candidate has a new shape, "steady" one whose candidate
+// has the running candidate's shape (LiveOptions.SameShape), the common
+// case of a cycle after a traffic or configuration change.
 //
 //	go test ./optimize -run XXX -bench Cycle -benchtime 5x
 func BenchmarkCycle(b *testing.B) {
 	kerneltest.Require(b)
 	for _, c := range cycleCases() {
-		b.Run(c.name, func(b *testing.B) {
-			spec, err := c.spec()
-			if err != nil {
-				b.Fatal(err)
-			}
-			state, set := c.setup(b, spec)
-			tr, err := traffic.Generate(set, traffic.Options{Packets: 3000, Locality: traffic.LocalityHigh, MalformedShare: c.malformed, Seed: 12})
-			if err != nil {
-				b.Fatal(err)
-			}
-			heat := heatFromTrace(tr, c.keys)
-			names := make([]string, 0, len(spec.Programs))
-			for n := range spec.Programs {
-				names = append(names, n)
-			}
-			var opt, ver, diff time.Duration
-			runs := 0
-			for b.Loop() {
-				for _, name := range names {
-					rep, err := RunLive(context.Background(), spec, state, heat, LiveOptions{
-						Options:    Options{Program: name, Passes: passes.DefaultOptions(), Generated: 1000, Seed: 1, Context: xdpContext(c.ingress)},
-						GuardCheck: true,
-					})
-					if err != nil {
-						b.Fatal(err)
-					}
-					if rep.Differential != nil && !rep.Differential.Passed() {
-						b.Fatalf("%s: %s", name, rep.Reason)
-					}
-					opt += rep.OptimizeTime
-					ver += rep.VerifyTime
-					diff += rep.DifferentialNS
-					runs++
-				}
-			}
-			ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(runs) / 1e6 }
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(runs)/1e6, "ms/cycle")
-			b.ReportMetric(ms(opt), "opt-ms")
-			b.ReportMetric(ms(ver), "verifier-ms")
-			b.ReportMetric(ms(diff), "diff-ms")
-		})
+		for _, mode := range []string{"full", "steady"} {
+			b.Run(c.name+"/"+mode, func(b *testing.B) { benchCycle(b, c, mode == "steady") })
+		}
 	}
+}
+
+func benchCycle(b *testing.B, c nfCase, steady bool) {
+	spec, err := c.spec()
+	if err != nil {
+		b.Fatal(err)
+	}
+	state, set := c.setup(b, spec)
+	tr, err := traffic.Generate(set, traffic.Options{Packets: 3000, Locality: traffic.LocalityHigh, MalformedShare: c.malformed, Seed: 12})
+	if err != nil {
+		b.Fatal(err)
+	}
+	heat := heatFromTrace(tr, c.keys)
+	names := make([]string, 0, len(spec.Programs))
+	for n := range spec.Programs {
+		names = append(names, n)
+	}
+	opts := func(name string) LiveOptions {
+		return LiveOptions{
+			Options:    Options{Program: name, Passes: passes.DefaultOptions(), Generated: 1000, Seed: 1, Context: xdpContext(c.ingress)},
+			GuardCheck: true,
+		}
+	}
+	// The shapes of the candidates, as the running ones.
+	shapes := map[string][32]byte{}
+	if steady {
+		for _, name := range names {
+			rep, err := RunLive(context.Background(), spec, state, heat, opts(name))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if rep.Candidate != nil {
+				shapes[name] = Shape(rep.Candidate.Spec.Programs[name].Instructions)
+			}
+		}
+	}
+	var opt, ver, diff time.Duration
+	runs := 0
+	for b.Loop() {
+		for _, name := range names {
+			o := opts(name)
+			if steady {
+				o.SameShape = func(s [32]byte) bool { return s == shapes[name] }
+			}
+			rep, err := RunLive(context.Background(), spec, state, heat, o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if rep.Differential != nil && !rep.Differential.Passed() {
+				b.Fatalf("%s: %s", name, rep.Reason)
+			}
+			opt += rep.OptimizeTime
+			ver += rep.VerifyTime
+			diff += rep.DifferentialNS
+			runs++
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(runs) / 1e6 }
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(runs)/1e6, "ms/cycle")
+	b.ReportMetric(ms(opt), "opt-ms")
+	b.ReportMetric(ms(ver), "verifier-ms")
+	b.ReportMetric(ms(diff), "diff-ms")
 }

@@ -143,7 +143,9 @@ func writableMaps(coll *ebpf.CollectionSpec, name string, insns asm.Instructions
 // periodically only the maps some program of the collection or the
 // candidate may write (by the analysis), and every map at the end and
 // after any packet that differed; the guard check runs on
-// GuardCheckPackets packets. [Run] compares every map periodically.
+// GuardCheckPackets packets; hash maps of the test copies are not
+// preallocated (verify.DiffOptions.NoPrealloc). [Run] compares every map
+// periodically.
 func RunLive(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, heat *heatmap.Heatmap, opts LiveOptions) (*ProgramReport, error) {
 	if opts.Program == "" {
 		return nil, errors.New("optimize: RunLive needs a program name")
@@ -211,7 +213,7 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		pr.SteadyTest = true
 	}
 	dstart := time.Now()
-	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: writableMaps(coll, name, insns)}
+	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: writableMaps(coll, name, insns), NoPrealloc: true}
 	dr, err := verify.Differential(ctx, coll, state, cand, packets, dopts)
 	pr.DifferentialNS = time.Since(dstart)
 	if err != nil && dr == nil {

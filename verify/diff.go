@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -94,6 +95,15 @@ type DiffOptions struct {
 	// found all the same; only a difference that a later packet undoes
 	// would be missed, in a map the analysis says no program writes.
 	PeriodicMaps []string
+	// NoPrealloc creates the hash and per-CPU hash maps of all three
+	// collections with BPF_F_NO_PREALLOC. Programs see the same map
+	// semantics (an insert into a full map fails the same way; only an
+	// allocation failure under memory pressure, which preallocation
+	// rules out, could differ), and creating a large preallocated
+	// per-CPU hash costs tens of milliseconds per copy. If a load fails
+	// with it (tracing programs require preallocated maps), the
+	// collections are loaded as they are.
+	NoPrealloc bool
 	// MaxMismatches stops the test after this many mismatches (all of them
 	// are kept in the report). Zero means DefaultMaxMismatches.
 	MaxMismatches int
@@ -161,28 +171,14 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 			}
 		}
 	}()
-	// Order of the array is the run order: original, candidate, original.
-	// The three loads are independent (own spec copies and maps; the BTF
-	// cache is safe for concurrent use) and mostly kernel work (map
-	// creation, the verifier), so they run side by side.
-	var errs [3]error
-	var wg sync.WaitGroup
-	for i, s := range []*ebpf.CollectionSpec{spec.Copy(), candSpec, spec.Copy()} {
-		var c Candidate
-		if i == 1 {
-			c = cand
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			insts[i], errs[i] = newInstance(s, c, state, lo)
-		}()
+	err = loadInstances(&insts, spec, candSpec, cand, state, lo, opts.NoPrealloc)
+	if err != nil && opts.NoPrealloc {
+		// Some program type refuses maps without preallocation
+		// (tracing programs): load the collections as they are.
+		err = loadInstances(&insts, spec, candSpec, cand, state, lo, false)
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
+	if err != nil {
+		return nil, err
 	}
 
 	d := &differ{
@@ -244,6 +240,53 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 	return d.report, res.err
 }
 
+// bpfFNoPrealloc is BPF_F_NO_PREALLOC.
+const bpfFNoPrealloc = 1
+
+// loadInstances loads the original (twice) and the candidate into insts,
+// closing and clearing what an earlier call left there. With noPrealloc,
+// hash and per-CPU hash maps of all three are created without
+// preallocated elements.
+func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool) error {
+	for i, in := range insts {
+		if in != nil {
+			in.coll.Close()
+			insts[i] = nil
+		}
+	}
+	// Order of the array is the run order: original, candidate, original.
+	// The three loads are independent (own spec copies and maps; the BTF
+	// cache is safe for concurrent use) and mostly kernel work (map
+	// creation, the verifier), so they run side by side.
+	var errs [3]error
+	var wg sync.WaitGroup
+	for i, s := range []*ebpf.CollectionSpec{spec.Copy(), candSpec.Copy(), spec.Copy()} {
+		var c Candidate
+		if i == 1 {
+			c = cand
+		}
+		if noPrealloc {
+			for _, ms := range s.Maps {
+				if ms.Type == ebpf.Hash || ms.Type == ebpf.PerCPUHash {
+					ms.Flags |= bpfFNoPrealloc
+				}
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			insts[i], errs[i] = newInstance(s, c, state, lo)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // instance is one loaded collection under test.
 type instance struct {
 	coll *ebpf.Collection
@@ -251,11 +294,74 @@ type instance struct {
 }
 
 func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {
-	coll, err := state.Load(s, lo.collectionOptions())
+	// state.Load, with the entries of large maps written in batches: one
+	// syscall per entry made writing a 10,000-entry map into the three
+	// copies cost more than running the packets.
+	if err := state.ApplySpec(s); err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(s, lo.collectionOptions())
 	if err != nil {
-		return nil, loadError(err, s, cand, lo)
+		return nil, loadError(fmt.Errorf("load collection: %w", err), s, cand, lo)
+	}
+	if err := applyState(state, coll.Maps); err != nil {
+		coll.Close()
+		return nil, err
 	}
 	return &instance{coll: coll}, nil
+}
+
+// batchMin is the smallest number of entries written with one batch
+// update instead of one update per entry.
+const batchMin = 64
+
+// applyState writes state's entries into maps as state.Apply does, with
+// a batch update for every map of a type in batchTypes with at least
+// batchMin entries; a map whose batch update fails (a map type without
+// batch support) is written entry by entry. Updates are in entry order
+// in both cases, so a key listed twice ends with its last value.
+func applyState(state *mapstate.State, maps map[string]*ebpf.Map) error {
+	rest := &mapstate.State{Maps: map[string]*mapstate.Map{}}
+	for name, ms := range state.Maps {
+		m, ok := maps[name]
+		if !ok || len(ms.Entries) < batchMin || !batchTypes[m.Type()] || !batchable(ms, m) {
+			rest.Maps[name] = ms
+			continue
+		}
+		keys := packed(ms.Entries, int(m.KeySize()), func(e mapstate.Entry) []byte { return e.Key })
+		vals := packed(ms.Entries, int(m.ValueSize()), func(e mapstate.Entry) []byte { return e.Value })
+		if n, err := m.BatchUpdate(keys, vals, nil); err != nil || n != len(ms.Entries) {
+			rest.Maps[name] = ms
+		}
+	}
+	// Apply validates and writes what is left, reporting bad entries.
+	return rest.Apply(maps)
+}
+
+// batchTypes are the map types whose entries are plain bytes (not file
+// descriptors or per-CPU value sets) that applyState writes in batches.
+var batchTypes = map[ebpf.MapType]bool{ebpf.Hash: true, ebpf.LRUHash: true, ebpf.Array: true, ebpf.LPMTrie: true}
+
+// batchable reports whether every entry of ms has a key and a value of
+// m's sizes and no per-CPU values.
+func batchable(ms *mapstate.Map, m *ebpf.Map) bool {
+	for _, e := range ms.Entries {
+		if e.Values != nil || len(e.Key) != int(m.KeySize()) || len(e.Value) != int(m.ValueSize()) {
+			return false
+		}
+	}
+	return true
+}
+
+// packed returns the field of every entry as a slice of [size]byte
+// arrays, the form cilium/ebpf's batch calls take for keys and values of
+// a size known only at run time.
+func packed(entries []mapstate.Entry, size int, field func(mapstate.Entry) []byte) any {
+	s := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), len(entries), len(entries))
+	for i, e := range entries {
+		reflect.Copy(s.Index(i), reflect.ValueOf(field(e)))
+	}
+	return s.Interface()
 }
 
 // runResult is the outcome of one BPF_PROG_TEST_RUN.

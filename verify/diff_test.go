@@ -97,6 +97,25 @@ func TestDifferential(t *testing.T) {
 			},
 		},
 		{
+			name: "map write in a map left out of the periodic checks", cand: nf{inc: 2}, packets: traffic(10),
+			opts: DiffOptions{MapCheckInterval: 4, PeriodicMaps: []string{"seen"}}, wantCount: 1,
+			check: func(t *testing.T, r *Report) {
+				// Periodic checks after 4 and 8 read only seen; the end
+				// reads every map and finds the counter.
+				if r.MapChecks != 3 || r.Mismatches[0].Packet != 9 || r.Mismatches[0].Map != "counters" ||
+					!strings.Contains(r.MapCheck, "for the maps programs may write (seen)") {
+					t.Errorf("checks %d %q, mismatch %+v; want the counter found at the end", r.MapChecks, r.MapCheck, r.Mismatches[0])
+				}
+			},
+		},
+		{
+			name: "hash maps without preallocation", packets: mixed, opts: DiffOptions{NoPrealloc: true}, wantPass: true,
+		},
+		{
+			name: "hash maps without preallocation: map write", cand: nf{inc: 2}, packets: traffic(10),
+			opts: DiffOptions{NoPrealloc: true}, wantCount: 1,
+		},
+		{
 			name: "map checks every 4 packets", packets: traffic(10), opts: DiffOptions{MapCheckInterval: 4}, wantPass: true,
 			check: func(t *testing.T, r *Report) {
 				if r.MapChecks != 3 || r.MapCheck != "every 4 packets" {
