@@ -240,3 +240,164 @@ func compareChain(p *program.Program, keyOff int16, keySize int, ms []matcher, c
 	}
 	return out
 }
+
+// treeChunks splits the key bytes a search tree compares into chunks of
+// 8, 4, 2 and 1 bytes. Bytes for which skip is true (constant at the
+// site, so equal in every candidate key) are not compared. A chunk never
+// crosses a skipped byte and is aligned on its size at its stack address
+// keyOff+off, because the verifier refuses misaligned stack accesses.
+func treeChunks(keyOff int16, keySize int, skip func(i int) bool) []keyChunk {
+	var out []keyChunk
+	for off := 0; off < keySize; {
+		if skip(off) {
+			off++
+			continue
+		}
+		end := off
+		for end < keySize && !skip(end) {
+			end++
+		}
+		for off < end {
+			for _, sz := range []asm.Size{asm.DWord, asm.Word, asm.Half, asm.Byte} {
+				n := sz.Sizeof()
+				if end-off >= n && (int(keyOff)+off)%n == 0 {
+					out = append(out, keyChunk{off, sz})
+					off += n
+					break
+				}
+			}
+		}
+	}
+	return out
+}
+
+// chunkBE is the chunk's bytes of key as a big-endian integer: comparing
+// these integers chunk after chunk orders keys like their bytes.
+func chunkBE(key []byte, ch keyChunk) uint64 {
+	var v uint64
+	for _, b := range key[ch.off : ch.off+ch.size.Sizeof()] {
+		v = v<<8 | uint64(b)
+	}
+	return v
+}
+
+// loadChunkBE loads a key chunk from the stack into r and converts it to
+// big endian (BPF_END), so that unsigned compares order it like bytes.
+func loadChunkBE(r asm.Register, keyOff int16, ch keyChunk) []asm.Instruction {
+	out := []asm.Instruction{asm.LoadMem(r, asm.R10, keyOff+int16(ch.off), ch.size)}
+	if ch.size != asm.Byte {
+		out = append(out, asm.HostTo(asm.BE, r, ch.size))
+	}
+	return out
+}
+
+// searchTree emits a balanced binary search over matchers, which must be
+// sorted by key bytes (bytes.Compare) and free of masks and duplicates.
+// Each node compares the key at fp+keyOff with its matcher chunk by
+// chunk, most significant first: lower goes left, higher right, equal in
+// every chunk is the node's hit, which loads the value pointer (or NULL
+// for a cached miss) into R0 and jumps to after. An empty subtree is
+// miss. regs supplies the registers: with at least len(chs) of them (plus
+// one for 8-byte constants above 31 bits), the chunks are loaded once and
+// stay resident; otherwise each comparison reloads its chunk into regs[0]
+// and regs[1] holds constants. regs must hold at least two registers, all
+// dead at the lookup, and never R1 or R2 (the lookup's arguments, which
+// miss may need). It returns the blocks, entry first.
+func searchTree(p *program.Program, keyOff int16, chs []keyChunk, ms []matcher, regs []asm.Register, cache string, valueSize uint32, after, miss *program.Block) []*program.Block {
+	needConst := false
+	for _, m := range ms {
+		for _, ch := range chs {
+			if ch.size == asm.DWord && chunkBE(m.key, ch) > math.MaxInt32 {
+				needConst = true
+			}
+		}
+	}
+	resident := len(chs) <= len(regs) && (!needConst || len(chs) < len(regs))
+	chunkReg := func(k int) asm.Register {
+		if resident {
+			return regs[k]
+		}
+		return regs[0]
+	}
+	constReg := regs[len(regs)-1]
+	if !resident {
+		constReg = regs[1]
+	}
+	var out []*program.Block
+	var node func(lo, hi int) *program.Block
+	node = func(lo, hi int) *program.Block {
+		if lo >= hi {
+			return miss
+		}
+		mid := (lo + hi) / 2
+		left, right := node(lo, mid), node(mid+1, hi)
+		m := ms[mid]
+		hit := p.NewBlock()
+		if m.valueIndex < 0 {
+			hit.Insns = append(hit.Insns, asm.Mov.Imm(asm.R0, 0))
+		} else {
+			hit.Insns = append(hit.Insns, asm.LoadMapValue(asm.R0, 0, uint32(m.valueIndex)*valueSize).WithReference(cache))
+		}
+		hit.Insns = append(hit.Insns, clearRef(asm.Ja.Label("")))
+		hit.Target = after
+		// Built from the last chunk back, so each test knows what
+		// follows it when its chunk is equal.
+		blocks := []*program.Block{hit}
+		next := hit
+		for k := len(chs) - 1; k >= 0; k-- {
+			ch := chs[k]
+			r := chunkReg(k)
+			v := chunkBE(m.key, ch)
+			var prep []asm.Instruction
+			if !resident {
+				prep = loadChunkBE(r, keyOff, ch)
+			}
+			cmp := func(op asm.JumpOp) asm.Instruction {
+				switch {
+				case ch.size != asm.DWord:
+					return clearRef(op.Imm32(r, int32(uint32(v)), ""))
+				case v <= math.MaxInt32:
+					return clearRef(op.Imm(r, int32(v), ""))
+				}
+				return clearRef(op.Reg(r, constReg, ""))
+			}
+			if ch.size == asm.DWord && v > math.MaxInt32 {
+				prep = append(prep, asm.LoadImm(constReg, int64(v), asm.DWord))
+			}
+			first := p.NewBlock()
+			first.Insns = prep
+			if left == miss && right == miss {
+				// Nothing else to find below this node: one test.
+				first.Insns = append(first.Insns, cmp(asm.JNE))
+				first.Target, first.Next = miss, next
+				blocks = append([]*program.Block{first}, blocks...)
+			} else {
+				second := p.NewBlock()
+				first.Insns = append(first.Insns, cmp(asm.JLT))
+				first.Target, first.Next = left, second
+				second.Insns = []asm.Instruction{cmp(asm.JGT)}
+				second.Target, second.Next = right, next
+				blocks = append([]*program.Block{first, second}, blocks...)
+			}
+			next = first
+		}
+		// Subtrees are laid out after this node's tests and hit.
+		out = append(out, blocks...)
+		return next
+	}
+	entry := node(0, len(ms))
+	// node appends a parent's tests after its subtrees: rotate the
+	// root's group (the last one appended) to the front, so that the
+	// entry comes first and needs no jump.
+	i := slices.Index(out, entry)
+	out = append(slices.Clone(out[i:]), out[:i]...)
+	if resident {
+		load := p.NewBlock()
+		for k, ch := range chs {
+			load.Insns = append(load.Insns, loadChunkBE(regs[k], keyOff, ch)...)
+		}
+		load.Next = entry
+		out = append([]*program.Block{load}, out...)
+	}
+	return out
+}

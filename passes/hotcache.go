@@ -3,60 +3,256 @@ package passes
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
 	"sort"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
+	"github.com/morpheus-go/morpheus/analysis"
+	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/program"
 )
 
-// hotCache is the cached-computation pass. For a lookup in a read-only
-// hash or LPM map too large to inline, the TopK hottest keys of the
-// heatmap are compiled in front of the lookup: each hot key's result
-// (the value the lookup would return, or a miss) is precomputed from the
-// snapshot. The chain sits behind the map's guard; any other key, or a
-// changed map, runs the original lookup.
+// hotCache is the cached-computation pass. For a lookup in a hash or LPM
+// map too large to inline, the hottest keys of the heatmap are compiled
+// in front of the lookup: each hot key's result (the value the lookup
+// would return, or a miss) is precomputed from the snapshot. The cache
+// sits behind the map's guard; any other key, or a changed map, runs the
+// original lookup.
+//
+// # Layout and cost model
+//
+// A few keys are tested one after another, hottest first (a compare
+// chain); more keys are found by a balanced binary search over the keys
+// sorted as byte strings: the key is cut into aligned 8-, 4-, 2- and
+// 1-byte chunks (bytes the site always passes as constants are skipped),
+// each loaded once from the stack and byte-swapped to big endian, so that
+// unsigned compares (jlt, jgt) order chunks like bytes; with too few dead
+// registers the chunks are reloaded per compare. Options.TopK is the
+// maximum number of keys (at most maxHotKeys). How many are compiled, and
+// which layout, is decided per site by an expected cost per lookup, in
+// units of one compare-and-branch:
+//
+//	cost(K) = hotCostGuard + min(chain(K), tree(K)) + (1 - coverage(K)) * lookup
+//	chain(K) = Σ_{i<K} p_i (i + chunks) + (1 - coverage(K)) K
+//	tree(K)  = 2 chunks + 1.5 ⌈log2(K+1)⌉ + 2 chunks
+//
+// where p_i is the share of the site's heatmap counts on the i-th
+// hottest key, coverage(K) the share of the top K, and lookup the cost of
+// the helper (costHashLookup, costLPMLookup). The K with the lowest cost
+// wins; if even that is not below lookup (the hot keys cover too little
+// of the traffic, as with no locality) the site is left alone, so a flat
+// heatmap never pays for a cache that rarely hits.
+//
+// # Maps the data plane writes
+//
+// A site of a map the data plane writes is cached only if its returned
+// pointer is only read, and every data-plane write of the map (update,
+// delete and other writing helper calls on it, stores and atomics through
+// a value pointer into it) gets a tripwire injected right before it:
+//
+//	rX = map_value(morpheus_guards, 8*slot)   // rX dead at the write
+//	*(u64 *)(rX + 0) = -1                     // guard.Tripped
+//
+// Versions are never all ones, so from that write on every cached site of
+// the map takes the original lookup, until the agent re-arms the slot
+// (guard.Table.Rearm) and re-specializes to a fresh snapshot. A write site
+// with no dead register, a map another program of the collection also
+// references (its writes would carry no tripwire), or a map whose
+// pointers the analysis does not all follow makes the map's sites
+// ineligible.
 func hotCache(c *Context) error {
 	if c.Heat == nil {
 		return nil
+	}
+	res, err := c.Analysis()
+	if err != nil {
+		return err
 	}
 	sites, err := c.lookupSites()
 	if err != nil {
 		return err
 	}
 	sort.SliceStable(sites, func(i, j int) bool { return sites[i].index > sites[j].index })
+	maxK := min(c.Opts.TopK, maxHotKeys)
+	var plans []*hotPlan
+	trips := map[string]*tripPlan{}
 	for _, s := range sites {
 		ms := c.Coll.Maps[s.mapName]
-		hot := c.Heat.Top(s.mapName, c.Opts.TopK)
-		if len(hot) == 0 {
+		if s.ineligible == "" && ms != nil && len(c.Heat.Top(s.mapName, 1)) == 0 {
 			continue
 		}
-		if why := c.tableRewritable(s, ms); why != "" {
+		if why := hotRewritable(s, ms); why != "" {
 			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
 			continue
 		}
-		if n := len(c.entries(s.mapName)); n <= c.Opts.MaxInline {
-			// mapinline compiles the whole table; caching keys in
-			// front of its fallback lookup would only add a guard.
-			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries: small enough to inline whole", n)
+		if s.readOnlyMap {
+			if n := len(c.entries(s.mapName)); n <= c.Opts.MaxInline {
+				// mapinline compiles the whole table; caching keys in
+				// front of its fallback lookup would only add a guard.
+				c.skipped(s.fn.Name, s.block.ID, s.mapName, "%d entries: small enough to inline whole", n)
+				continue
+			}
+		} else {
+			tp := trips[s.mapName]
+			if tp == nil {
+				tp = c.planTripwires(res, s.mapName)
+				trips[s.mapName] = tp
+			}
+			if tp.why != "" {
+				c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map: %s", tp.why)
+				continue
+			}
+		}
+		plan, why := c.planHot(res, s, ms, maxK)
+		if why != "" {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
 			continue
 		}
-		if err := c.cacheHotKeys(s, ms, hot); err != nil {
+		if !s.readOnlyMap {
+			trips[s.mapName].used = true
+		}
+		plans = append(plans, plan)
+	}
+	if err := c.injectTripwires(trips, plans); err != nil {
+		return err
+	}
+	for _, pl := range plans {
+		if err := c.emitHot(pl); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c *Context) cacheHotKeys(s lookupSite, ms *ebpf.MapSpec, hot []heatmap.Key) error {
-	entries := c.entries(s.mapName)
-	var matchers []matcher
-	var values [][]byte
-	for _, h := range hot {
-		if uint32(len(h.Key)) != ms.KeySize || !s.keyCompatible(h.Key) {
+// maxHotKeys bounds Options.TopK: beyond it a search is deeper than most
+// of what it saves, and the verifier's budget grows with every key.
+const maxHotKeys = 64
+
+// Cost model constants, in compare-and-branch units (see hotCache). The
+// lookup costs are rough ratios measured on this machine class: a hash
+// lookup (hashing the key, walking a bucket) costs about as much as 60
+// compares, an LPM trie lookup over thousands of prefixes about 200.
+const (
+	hotCostGuard   = 3 // load the guard, compare, the jump into the cache
+	costHashLookup = 60
+	costLPMLookup  = 200
+)
+
+// hotRewritable says why no cache may precede the lookup at s, or "" if
+// one may: hash and LPM maps whose value pointer is only read and whose
+// key sits at a known stack offset. Maps the data plane writes are
+// checked further by planTripwires.
+func hotRewritable(s lookupSite, ms *ebpf.MapSpec) string {
+	switch {
+	case s.ineligible != "":
+		return s.ineligible
+	case ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie:
+		return fmt.Sprintf("%s maps are not rewritten", ms.Type)
+	case !s.valueReadOnly:
+		return "the value pointer is written or escapes"
+	case s.keyOff == nil:
+		return "key is not at a known stack offset"
+	}
+	return ""
+}
+
+// hotPlan is a decided cache in front of one lookup.
+type hotPlan struct {
+	s        lookupSite
+	ms       *ebpf.MapSpec
+	matchers []matcher
+	values   [][]byte
+	tree     bool
+	chunks   []keyChunk     // the tree's chunks
+	regs     []asm.Register // registers dead at the lookup, for the tree
+	coverage float64
+	cost     float64 // expected cost per lookup, lookup = lookupCost
+	lookup   float64
+}
+
+// planHot picks the hot keys and the layout for site s, or says why not.
+func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, maxK int) (*hotPlan, string) {
+	all := c.Heat.Top(s.mapName, math.MaxInt)
+	var keys []heatmap.Key
+	var total float64
+	seen := map[string]bool{}
+	for _, h := range all {
+		if uint32(len(h.Key)) != ms.KeySize || !s.keyCompatible(h.Key) || seen[string(h.Key)] {
 			continue // a key this site can never look up
 		}
+		seen[string(h.Key)] = true
+		total += float64(h.Count)
+		keys = append(keys, h)
+	}
+	if len(keys) == 0 {
+		return nil, "no hot key matches this site's constant key bytes"
+	}
+	if total == 0 {
+		total = 1
+	}
+	lookup := float64(costHashLookup)
+	if ms.Type == ebpf.LPMTrie {
+		lookup = costLPMLookup
+	}
+	constByte := func(i int) bool { return i < len(s.keyBytes) && s.keyBytes[i].Kind == "const" }
+	tchs := treeChunks(*s.keyOff, int(ms.KeySize), constByte)
+	cch := float64(len(chunks(0, int(ms.KeySize))))
+	tch := float64(len(tchs))
+	best, bestK, bestTree := math.Inf(1), 0, false
+	if forceLayout != "" {
+		// A test wants one layout with every key it offers.
+		n := min(maxK, len(keys))
+		bestK, bestTree, best = n, forceLayout == "tree", 0
+		return c.hotKeys(res, s, ms, keys, n, bestTree, tchs, total, best, lookup)
+	}
+	var covered, chainHits float64
+	for k := 1; k <= min(maxK, len(keys)); k++ {
+		p := float64(keys[k-1].Count) / total
+		covered += p
+		chainHits += p * (float64(k-1) + cch)
+		chain := chainHits + (1-covered)*float64(k)
+		tree := 2*tch + 1.5*math.Ceil(math.Log2(float64(k+1))) + 2*tch
+		cost := hotCostGuard + min(chain, tree) + (1-covered)*lookup
+		if cost < best {
+			best, bestK, bestTree = cost, k, tree < chain
+		}
+	}
+	if best >= lookup {
+		return nil, fmt.Sprintf("hot keys cover too little: the best cache (%d keys, %.0f%% of lookups) would cost %.0f against %.0f for the lookup", bestK, 100*coverage(keys, bestK, total), best, lookup)
+	}
+	return c.hotKeys(res, s, ms, keys, bestK, bestTree, tchs, total, best, lookup)
+}
+
+// forceLayout, set only by tests, overrides the cost model: "tree" or
+// "chain" with as many keys as Options.TopK allows.
+var forceLayout string
+
+// hotKeys builds the plan for the k hottest keys in the chosen layout.
+func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, keys []heatmap.Key, k int, tree bool, tchs []keyChunk, total, cost, lookup float64) (*hotPlan, string) {
+	pl := &hotPlan{s: s, ms: ms, tree: tree, coverage: coverage(keys, k, total), cost: cost, lookup: lookup}
+	hot := keys[:k]
+	if pl.tree {
+		hot = slices.Clone(hot)
+		slices.SortFunc(hot, func(a, b heatmap.Key) int { return bytes.Compare(a.Key, b.Key) })
+		pl.chunks = tchs
+		for _, r := range res.LiveIn(s.block, s.index).Free() {
+			if r != asm.R1 && r != asm.R2 {
+				pl.regs = append(pl.regs, r)
+			}
+		}
+		if len(pl.regs) < 2 {
+			// R0 and R3-R5 are dead before any helper call.
+			return nil, "fewer than two dead registers at the lookup"
+		}
+	}
+	entries := c.entries(s.mapName)
+	for _, h := range hot {
 		var v []byte
 		if ms.Type == ebpf.LPMTrie {
 			v = longestMatch(entries, h.Key)
@@ -65,19 +261,171 @@ func (c *Context) cacheHotKeys(s lookupSite, ms *ebpf.MapSpec, hot []heatmap.Key
 		}
 		m := matcher{key: h.Key, valueIndex: -1}
 		if v != nil {
-			m.valueIndex = len(values)
-			values = append(values, v)
+			m.valueIndex = len(pl.values)
+			pl.values = append(pl.values, v)
 		}
-		matchers = append(matchers, m)
+		pl.matchers = append(pl.matchers, m)
 	}
-	if len(matchers) == 0 {
-		c.skipped(s.fn.Name, s.block.ID, s.mapName, "no hot key matches this site's constant key bytes")
-		return nil
+	return pl, ""
+}
+
+// coverage is the share of total the first k keys account for.
+func coverage(keys []heatmap.Key, k int, total float64) float64 {
+	var sum float64
+	for _, h := range keys[:k] {
+		sum += float64(h.Count)
 	}
-	if err := c.emitChain(s, ms, matchers, values, true); err != nil {
+	return sum / total
+}
+
+// emitHot isolates the lookup and puts the guard and the cache in front
+// of it; a key outside the cache, or a changed map, runs the lookup.
+func (c *Context) emitHot(pl *hotPlan) error {
+	s, p := pl.s, c.Prog
+	call, after := isolateCall(p, s.fn, s.block, s.index)
+	g, err := c.guardCheck(p, s.mapName, asm.R3, call)
+	if err != nil {
 		return err
 	}
-	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d hot keys cached in front of the lookup behind guard", len(matchers))
+	cache := ""
+	if len(pl.values) > 0 {
+		cache = c.addCacheMap(s.mapName, pl.ms.ValueSize, pl.values)
+	}
+	var body []*program.Block
+	layout := "compare chain"
+	if pl.tree {
+		body = searchTree(p, *s.keyOff, pl.chunks, pl.matchers, pl.regs, cache, pl.ms.ValueSize, after, call)
+		layout = "binary search"
+	} else {
+		body = compareChain(p, *s.keyOff, int(pl.ms.KeySize), pl.matchers, cache, pl.ms.ValueSize, after, call)
+	}
+	g.Next = body[0]
+	s.block.Next = g
+	insertAfter(s.fn, s.block, append([]*program.Block{g}, body...)...)
+	rw := ""
+	if !s.readOnlyMap {
+		rw = ", data-plane writes trip the guard"
+	}
+	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d hot keys cached in front of the lookup behind guard (%s, %.0f%% of lookups, cost %.0f vs %.0f%s)",
+		len(pl.matchers), layout, 100*pl.coverage, pl.cost, pl.lookup, rw)
+	return nil
+}
+
+// tripPlan is where the tripwires of one map the data plane writes go.
+type tripPlan struct {
+	wires []tripwire
+	why   string // non-empty: the map's sites may not be cached
+	used  bool   // some site of the map is cached
+}
+
+// tripwire is one injected guard trip, before instruction index of block.
+type tripwire struct {
+	mapName string
+	fn      *program.Func
+	block   *program.Block
+	index   int
+	reg     asm.Register
+	what    string
+}
+
+// planTripwires finds, for every data-plane write site of mapName, a
+// register dead right before the write to carry the guard pointer.
+func (c *Context) planTripwires(res *analysis.Result, mapName string) *tripPlan {
+	mi := res.Maps[mapName]
+	if mi == nil || mi.Untracked {
+		return &tripPlan{why: "pointers to this map are not all followed"}
+	}
+	for name, ps := range c.Coll.Programs {
+		if ps == nil || (c.Prog.Spec != nil && ps.Name == c.Prog.Spec.Name) {
+			continue
+		}
+		for _, ins := range ps.Instructions {
+			if ins.IsLoadFromMap() && ins.Reference() == mapName {
+				return &tripPlan{why: fmt.Sprintf("program %s also uses it, and its writes would not trip the guard", name)}
+			}
+		}
+	}
+	blocks := map[int]*program.Block{}
+	funcs := map[int]*program.Func{}
+	for _, f := range c.Prog.Funcs {
+		for _, b := range f.Blocks {
+			blocks[b.ID], funcs[b.ID] = b, f
+		}
+	}
+	tp := &tripPlan{}
+	seen := map[[2]int]bool{}
+	for _, id := range mi.WriteSites {
+		ws := res.Site(id)
+		b := blocks[ws.Block]
+		if ws == nil || b == nil {
+			return &tripPlan{why: fmt.Sprintf("write site %d is not in the program", id)}
+		}
+		if seen[[2]int{ws.Block, ws.Index}] {
+			continue // several operands of one instruction
+		}
+		seen[[2]int{ws.Block, ws.Index}] = true
+		free := res.LiveIn(b, ws.Index).Free()
+		if len(free) == 0 {
+			return &tripPlan{why: fmt.Sprintf("no dead register for the guard tripwire before the write at %s:b%d:%d", ws.Func, ws.Block, ws.Index)}
+		}
+		what := ws.Helper
+		if what == "" {
+			what = string(ws.Kind)
+		}
+		tp.wires = append(tp.wires, tripwire{mapName: mapName, fn: funcs[ws.Block], block: b, index: ws.Index, reg: free[0], what: what})
+	}
+	return tp
+}
+
+// injectTripwires inserts the tripwires of every map with a cached site
+// and moves the planned lookups that follow them in the same block.
+func (c *Context) injectTripwires(trips map[string]*tripPlan, plans []*hotPlan) error {
+	var wires []tripwire
+	for _, tp := range trips {
+		if tp.used {
+			wires = append(wires, tp.wires...)
+		}
+	}
+	if len(wires) == 0 {
+		return nil
+	}
+	if _, ok := c.Coll.Maps[guard.MapName]; !ok {
+		c.Coll.Maps[guard.MapName] = guard.Spec()
+	}
+	// Last instruction of a block first, so earlier indices stay valid;
+	// then by map and position, so that the output is deterministic.
+	sort.Slice(wires, func(a, b int) bool {
+		wa, wb := wires[a], wires[b]
+		if wa.index != wb.index {
+			return wa.index > wb.index
+		}
+		if wa.mapName != wb.mapName {
+			return wa.mapName < wb.mapName
+		}
+		return wa.block.ID < wb.block.ID
+	})
+	for _, w := range wires {
+		name := w.mapName
+		slot, err := c.Guards.Slot(name)
+		if err != nil {
+			return err
+		}
+		c.Guards.MarkDataPlane(name)
+		trip := []asm.Instruction{
+			asm.LoadMapValue(w.reg, 0, slot*8).WithReference(guard.MapName),
+			// BPF_ST DW sign-extends the immediate: all ones.
+			// (asm.StoreImm refuses DWord, so built by hand.)
+			{OpCode: asm.StoreImmOp(asm.DWord), Dst: w.reg, Constant: -1},
+		}
+		// Keep the instruction's metadata (line info) on the write.
+		w.block.Insns = slices.Insert(w.block.Insns, w.index, trip...)
+		for _, pl := range plans {
+			if pl.s.block == w.block && pl.s.index >= w.index {
+				pl.s.index += len(trip)
+			}
+		}
+		c.changed(w.fn.Name, w.block.ID, name, "guard tripwire in %s before the data-plane write (%s)", w.reg, w.what)
+	}
 	return nil
 }
 
