@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/mapstate"
 )
 
@@ -64,6 +65,14 @@ func (d *differ) planMapChecks(interval int) error {
 	entries := 0
 	for _, name := range names {
 		m := d.a.coll.Maps[name]
+		if name == guard.MapName {
+			// The optimizer's guard versions are not state of the
+			// network function: the candidate's data-plane tripwires
+			// write them, the originals never do. What they decide
+			// (cache or original path) shows in everything compared.
+			d.report.SkippedMaps = append(d.report.SkippedMaps, name)
+			continue
+		}
 		if nonIterable[m.Type()] {
 			d.report.SkippedMaps = append(d.report.SkippedMaps, name)
 			continue
