@@ -81,6 +81,12 @@
 // the optimized code may use the old contents: that window is inherent to
 // a kernel without map-update probes.
 //
+// Maps the data plane writes are the exception: their cached lookups are
+// guarded by tripwires the data plane trips itself, every cycle re-arms
+// tripped guards before its snapshot, and fingerprints skip those maps,
+// so a bypassing writer of such a map goes unnoticed until the next
+// data-plane write or full cycle (see tripwire.go).
+//
 // # Crash safety
 //
 // With Options.PinDir the links, maps and original programs of the
