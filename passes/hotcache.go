@@ -108,6 +108,12 @@ func hotCache(c *Context) error {
 				c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map: %s", tp.why)
 				continue
 			}
+			if w := c.writeAfter(s, tp); w != "" {
+				// The original's pointer would see that write; a
+				// pointer into the cache would not.
+				c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map: a write (%s) may run after this lookup", w)
+				continue
+			}
 		}
 		plan, why := c.planHot(res, s, ms, maxK)
 		if why != "" {
@@ -356,10 +362,10 @@ func (c *Context) planTripwires(res *analysis.Result, mapName string) *tripPlan 
 	seen := map[[2]int]bool{}
 	for _, id := range mi.WriteSites {
 		ws := res.Site(id)
-		b := blocks[ws.Block]
-		if ws == nil || b == nil {
+		if ws == nil || blocks[ws.Block] == nil {
 			return &tripPlan{why: fmt.Sprintf("write site %d is not in the program", id)}
 		}
+		b := blocks[ws.Block]
 		if seen[[2]int{ws.Block, ws.Index}] {
 			continue // several operands of one instruction
 		}
@@ -375,6 +381,67 @@ func (c *Context) planTripwires(res *analysis.Result, mapName string) *tripPlan 
 		tp.wires = append(tp.wires, tripwire{mapName: mapName, fn: funcs[ws.Block], block: b, index: ws.Index, reg: free[0], what: what})
 	}
 	return tp
+}
+
+// writeAfter names a write of the map that may run after the lookup at s
+// in the same program run (later in its block, in a block reachable from
+// it, or in a function called from there), or returns "". Such a write
+// could change what the lookup's pointer reads after it, which a cached
+// value would not show, so the site is not cached.
+func (c *Context) writeAfter(s lookupSite, tp *tripPlan) string {
+	// Functions that may write the map, directly or through calls.
+	writes := map[string]string{}
+	at := map[*program.Block][]tripwire{}
+	for _, w := range tp.wires {
+		writes[w.fn.Name] = w.what
+		at[w.block] = append(at[w.block], w)
+	}
+	for changed := true; changed; {
+		changed = false
+		for _, f := range c.Prog.Funcs {
+			if writes[f.Name] != "" {
+				continue
+			}
+			for _, b := range f.Blocks {
+				for _, ins := range b.Insns {
+					if w := writes[ins.Reference()]; ins.IsFunctionCall() && w != "" {
+						writes[f.Name], changed = fmt.Sprintf("%s in %s", w, ins.Reference()), true
+					}
+				}
+			}
+		}
+	}
+	blockFrom := func(b *program.Block, from int) string {
+		for _, w := range at[b] {
+			if w.index >= from {
+				return w.what
+			}
+		}
+		for _, ins := range b.Insns[from:] {
+			if w := writes[ins.Reference()]; ins.IsFunctionCall() && w != "" {
+				return fmt.Sprintf("%s in %s", w, ins.Reference())
+			}
+		}
+		return ""
+	}
+	if w := blockFrom(s.block, s.index+1); w != "" {
+		return w
+	}
+	seen := map[*program.Block]bool{}
+	work := slices.Clone(s.block.Succs())
+	for len(work) > 0 {
+		b := work[len(work)-1]
+		work = work[:len(work)-1]
+		if seen[b] {
+			continue
+		}
+		seen[b] = true
+		if w := blockFrom(b, 0); w != "" {
+			return w
+		}
+		work = append(work, b.Succs()...)
+	}
+	return ""
 }
 
 // injectTripwires inserts the tripwires of every map with a cached site

@@ -516,6 +516,9 @@ func TestHotRWIneligible(t *testing.T) {
 			other.Name = "other"
 			cs.Programs["other"] = other
 		}, "program other also uses it"},
+		{"a write runs after the lookup", func(cs *ebpf.CollectionSpec) {
+			cs.Programs[goldenProg].Instructions = goldenRWWriteAfter()
+		}, "may run after this lookup"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -561,4 +564,28 @@ func goldenHotTree() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 		st.Put("acl", goldenU32(goldenIP(203, 0, 113, byte(i))), goldenU32(3))
 	}
 	return spec, st, heat
+}
+
+// goldenRWWriteAfter looks the key up, then updates it, then reads
+// through the pointer of the lookup: the original reads the map as the
+// update left it, which a cached value could not show.
+func goldenRWWriteAfter() asm.Instructions {
+	g := newGoldenAsm()
+	goldenPrologue(g)
+	g.add(asm.StoreMem(asm.R10, -4, asm.R5, asm.Word), asm.StoreMem(asm.R10, -8, asm.R5, asm.Word))
+	goldenLookup(g, "rw", -4)
+	g.add(
+		asm.Mov.Reg(asm.R7, asm.R0),
+		asm.LoadMapPtr(asm.R1, 0).WithReference("rw"),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, -8),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+	)
+	g.jump(asm.JEq.Imm(asm.R7, 0, ""), "drop")
+	g.add(asm.LoadMem(asm.R0, asm.R7, 0, asm.Word), asm.Return())
+	goldenDrop(g)
+	return g.done()
 }
