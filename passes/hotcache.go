@@ -65,7 +65,9 @@ import (
 // with no dead register, a map another program of the collection also
 // references (its writes would carry no tripwire), or a map whose
 // pointers the analysis does not all follow makes the map's sites
-// ineligible.
+// ineligible; so does a write that may run after the site in the same
+// run (the original's pointer would read what it wrote, a pointer into
+// the cache would not).
 func hotCache(c *Context) error {
 	if c.Heat == nil {
 		return nil
