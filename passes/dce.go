@@ -35,10 +35,10 @@ func deadCode(c *Context) error {
 		if err != nil {
 			return err
 		}
+		c.analysis = nil
 		if n == 0 {
 			break
 		}
-		c.analysis = nil
 	}
 	for _, name := range st.funcsRemoved {
 		c.changed(name, -1, "", "function removed: no reachable code calls or references it")
@@ -61,6 +61,13 @@ type dceStats struct {
 	funcsRemoved []string
 }
 
+// deadCodeRound runs one analysis and removes the dead lookups and stores
+// it finds, then the analysis-free cleanups to their fixpoint. It returns
+// how many changes may enable more analysis-driven removals: those, and
+// removed blocks (the analysis takes code it found unreachable to read the
+// whole frame) and removed definitions (a removed stack load or use of a
+// lookup result). Jump threading, merging and layout only move code, so a
+// round that made nothing else needs no further analysis.
 func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 	if st.per == nil {
 		st.per = map[string]funcStats{}
@@ -92,18 +99,30 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 			l += len(lookups[b]) + len(stores[b])
 		}
 		removeMarked(f, marks)
-		j := simplifyJumps(f)
-		j += bypassEmpty(f)
-		b := removeUnreachable(f)
-		d := removeDeadDefs(f)
-		m := mergeBlocks(f)
-		j += dropJumpsToNext(f)
+		// The cleanups enable each other (a removed definition can
+		// empty a block, a threaded jump can make a conditional jump's
+		// targets equal): run them to their fixpoint here, without the
+		// analysis, instead of one step per analysed round.
+		var b, d int
+		for k := 0; k < 16; k++ {
+			j := simplifyJumps(f)
+			j += bypassEmpty(f)
+			rb := removeUnreachable(f)
+			rd := removeDeadDefs(f)
+			m := mergeBlocks(f)
+			j += dropJumpsToNext(f)
+			s.jumps += j
+			s.merged += m
+			b += rb
+			d += rd
+			if j+rb+rd+m == 0 {
+				break
+			}
+		}
 		s.blocks += b
 		s.insns += d
-		s.jumps += j
-		s.merged += m
 		st.per[f.Name] = s
-		total += l + j + b + d + m
+		total += l + b + d
 	}
 	removed := removeUncalled(c.Prog)
 	st.funcsRemoved = append(st.funcsRemoved, removed...)
