@@ -213,6 +213,18 @@ func TestDifferential(t *testing.T) {
 			},
 		},
 		{
+			name: "tail call, periodic checks of the counters only", orig: nf{tail: true}, cand: nf{tail: true},
+			packets: traffic(8), opts: DiffOptions{MapCheckInterval: 2, PeriodicMaps: []string{"counters"}}, wantPass: true,
+			check: func(t *testing.T, r *Report) {
+				// The program array is planned without a read and
+				// found unreadable at the end; four periodic checks
+				// of the counters, then every map after the last.
+				if !slicesContain(r.SkippedMaps, "jmp") || r.MapChecks != 5 {
+					t.Errorf("skipped %v, %d checks; want jmp skipped and 5 checks", r.SkippedMaps, r.MapChecks)
+				}
+			},
+		},
+		{
 			name: "through a tail call", orig: nf{tail: true}, cand: nf{tail: true, overrideDst: ip2, overrideVerdict: xdpPass},
 			packets: traffic(4), wantCount: 2,
 			check: func(t *testing.T, r *Report) {
