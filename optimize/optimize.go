@@ -317,8 +317,10 @@ func loadChecked(spec *ebpf.CollectionSpec, name string, state *mapstate.State, 
 		// corpus ACL). A rejection for anything but complexity is loaded
 		// once more with the branch log, whose tail says where.
 		cand := verify.Candidate{name: cm.insns}
-		loaded, err := verify.Load(cm.coll, cand, verify.LoadOptions{LogLevel: ebpf.LogLevelStats})
+		loaded, err := verify.Load(verifySpec(cm.coll, name, cm.insns), cand, verify.LoadOptions{LogLevel: ebpf.LogLevelStats})
 		if err != nil && !ComplexityRejection(err) {
+			// Whatever else the verifier refused, the whole collection
+			// as it will be loaded has the last word, with the log.
 			loaded, err = verify.Load(cm.coll, cand, verify.LoadOptions{})
 		}
 		pr.VerifyTime += time.Since(vstart)
@@ -360,6 +362,44 @@ func loadChecked(spec *ebpf.CollectionSpec, name string, state *mapstate.State, 
 		return nil
 	}
 	return cm2
+}
+
+// bpfFNoPrealloc is BPF_F_NO_PREALLOC.
+const bpfFNoPrealloc = 1
+
+// verifySpec is the smallest collection in which the kernel verifies the
+// candidate for program name: that program alone (the verifier checks
+// each program on its own; its subprograms are in its instructions), the
+// maps it references, program arrays without their programs (the
+// verifier does not look at a tail call's target), and hash maps
+// without preallocated elements (their creation, tens of milliseconds
+// for a large per-CPU hash, is not what is being checked). A candidate it
+// rejects for anything but complexity is loaded again in the full
+// collection before the verdict.
+func verifySpec(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) *ebpf.CollectionSpec {
+	out := coll.Copy()
+	out.Programs = map[string]*ebpf.ProgramSpec{name: out.Programs[name]}
+	used := referencedMaps(insns)
+	for n, ms := range out.Maps {
+		if _, ok := used[n]; !ok {
+			delete(out.Maps, n)
+			continue
+		}
+		switch ms.Type {
+		case ebpf.ProgramArray:
+			ms.Contents = nil
+		case ebpf.Hash, ebpf.PerCPUHash:
+			ms.Flags |= bpfFNoPrealloc
+		}
+	}
+	// Variables of a section the candidate no longer reads (folded
+	// .rodata) would make the loader look for its map.
+	for vn, v := range out.Variables {
+		if _, ok := out.Maps[v.SectionName]; !ok {
+			delete(out.Variables, vn)
+		}
+	}
+	return out
 }
 
 // ranPasses names the passes a pipeline run executed, in order.
