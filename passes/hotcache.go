@@ -86,8 +86,8 @@ func hotCache(c *Context) error {
 	trips := map[string]*tripPlan{}
 	for _, s := range sites {
 		ms := c.Coll.Maps[s.mapName]
-		if s.ineligible == "" && ms != nil && len(c.Heat.Top(s.mapName, 1)) == 0 {
-			continue
+		if len(c.Heat.Top(s.mapName, 1)) == 0 {
+			continue // no traffic seen: nothing to say about the site
 		}
 		if why := hotRewritable(s, ms); why != "" {
 			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
