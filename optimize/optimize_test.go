@@ -66,7 +66,11 @@ func TestOptimizeRouterHotCache(t *testing.T) {
 		key := binary.LittleEndian.AppendUint32(nil, 32)
 		heat.Maps["routes"] = append(heat.Maps["routes"], heatmap.Key{Key: append(key, p[:]...), Count: uint64(100 - i)})
 	}
-	rep, err := Run(context.Background(), spec, state, heat, Options{Passes: passes.DefaultOptions(), Generated: 300, Seed: 2})
+	// dss would take this table first (with the same hot keys in front of
+	// its hash); leave it out so the test keeps exercising hotcache.
+	popts := passes.DefaultOptions()
+	popts.Passes = []string{"mapinline", "hotcache", "constprop", "dce"}
+	rep, err := Run(context.Background(), spec, state, heat, Options{Passes: popts, Generated: 300, Seed: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
