@@ -842,9 +842,8 @@ func TestDssRouter(t *testing.T) {
 			t.Log(r)
 			frames := routerFrames(t, cfg, 9)
 			differential(t, c, router.Program, insns, state, frames)
-			if n == 500 {
-				checkGuard(t, c, insns, state, cfg)
-			}
+			// 500 routes make a hash, 2,592 DIR tables: both guarded.
+			checkGuard(t, c, insns, state, cfg)
 		})
 	}
 }
@@ -911,8 +910,8 @@ func checkGuard(t *testing.T, c *Context, insns asm.Instructions, state *mapstat
 
 // TestDssRouterConfig specializes the benchmark's router configuration,
 // traffic.RouterConfig with 2,592 routes: about 60% /24 routes, the rest
-// of seven other lengths and a default route. The /24s go into a hash,
-// every other answer comes from the trie behind it. Also without the
+// of seven other lengths and a default route. The routes become DIR-16-8-8
+// tables (dir.go), no trie behind them. Also without the
 // default route, so that lookups miss as well, and with a heatmap of the
 // router's Zipf trace, which may put hot keys in front.
 func TestDssRouterConfig(t *testing.T) {
@@ -971,8 +970,8 @@ func TestDssRouterConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, insns := runDssHeat(t, spec, router.Program, tc.state, tc.heat)
 			r := dssRemark(t, c, router.MapRoutes)
-			if !r.Applied || !strings.Contains(r.Message, "/24 blocks hashed") {
-				t.Fatalf("dss not applied to the routes as a /24 hash: %s", r)
+			if !r.Applied || !strings.Contains(r.Message, "DIR-16-8-8") {
+				t.Fatalf("dss not applied to the routes as DIR tables: %s", r)
 			}
 			t.Log(r)
 			frames := routerFrames(t, cfg, 9)

@@ -155,6 +155,7 @@ var goldenCases = []goldenCase{
 		opts: func(o *Options) { o.MaxInline = 4 }},
 	{name: "dss_array", passes: []string{"dss"}, build: goldenDssArray, keys: goldenDssArrayKeys,
 		opts: func(o *Options) { o.MaxInline = 2 }},
+	{name: "dss_dir", passes: []string{"dss"}, build: goldenDssDIR, keys: goldenDssDIRKeys},
 	{name: "dce_stack_stores", passes: []string{"dce"}, build: goldenStackStores},
 }
 
