@@ -37,7 +37,7 @@ type Pass struct {
 // runs last to remove what folding and the rewrites left dead.
 var Table = []Pass{
 	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
-	{Name: "dss", Doc: "specialize large read-only tables: single-length LPM tries become hashes on the masked key, dense integer-keyed hashes become arrays, behind a guard", fn: dataStructSpec},
+	{Name: "dss", Doc: "specialize large read-only tables by a cost model: IPv4 LPM tries become DIR-16-8-8 arrays, LPM tries with a dominant prefix length become hashes on the masked key (with short chains and hot keys), dense integer-keyed hashes become arrays; behind a guard", fn: dataStructSpec},
 	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
 	{Name: "constprop", Doc: "fold .rodata and control-plane-only array values (behind a guard with an original fallback), constant arithmetic and decided branches", fn: constProp},
 	{Name: "dce", Doc: "remove unreachable blocks and functions, dead register definitions and unused pure lookups; thread jumps and merge blocks", fn: deadCode},
@@ -48,7 +48,8 @@ type Options struct {
 	// MaxInline is the largest number of entries a map may have to be
 	// inlined whole.
 	MaxInline int
-	// TopK is the number of hot keys hotcache compiles into the code.
+	// TopK is the most hot keys hotcache (and dss) compile in front of a
+	// lookup; their cost models pick how many pay off.
 	TopK int
 	// Passes names the passes to run; nil means all of them.
 	Passes []string
@@ -56,7 +57,7 @@ type Options struct {
 
 // DefaultOptions are the settings used when none are given.
 func DefaultOptions() Options {
-	return Options{MaxInline: 64, TopK: 8}
+	return Options{MaxInline: 64, TopK: 64}
 }
 
 // ParsePassList validates a comma-separated list of pass names. "none"

@@ -98,7 +98,7 @@ func newBenchCmd() *cobra.Command {
 	fs.StringVar(&bf.heat, "heat", bench.HeatInstrument, "heatmap source: instrument (profile the instrumented NF over the trace) or trace (exact key counts of the trace)")
 	fs.Float64Var(&bf.sampleRate, "sample-rate", instrument.DefaultRate, "with --heat instrument: the instrumentation's sampling rate")
 	def := passes.DefaultOptions()
-	fs.IntVar(&bf.topK, "top-k", def.TopK, "hot keys the hotcache pass compiles in front of a lookup")
+	fs.IntVar(&bf.topK, "top-k", def.TopK, "most hot keys compiled in front of a lookup (the cost model picks how many pay)")
 	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
 	return cmd
 }

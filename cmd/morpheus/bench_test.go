@@ -11,6 +11,7 @@ import (
 	"github.com/morpheus-go/morpheus/bench"
 	"github.com/morpheus-go/morpheus/instrument"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/passes"
 )
 
 // TestBenchCommand runs the whole command on the two NFs whose evaluation
@@ -117,7 +118,7 @@ var testTime = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 func TestRenderMarkdown(t *testing.T) {
 	bf := &benchFlags{rounds: 7, repeat: 1 << 20}
 	bf.packets, bf.size, bf.flows, bf.miss, bf.seed = defaultPackets, 64, 1000, 0.1, 1
-	bf.topK, bf.maxInline, bf.heat, bf.sampleRate, bf.control = 8, 64, bench.HeatInstrument, instrument.DefaultRate, true
+	bf.topK, bf.maxInline, bf.heat, bf.sampleRate, bf.control = passes.DefaultOptions().TopK, passes.DefaultOptions().MaxInline, bench.HeatInstrument, instrument.DefaultRate, true
 	results := []*bench.Comparison{
 		{NF: "router", Locality: "high", FloorNs: 70, OriginalNs: 200, OptimizedNs: 100, Speedup: 2, EndToEnd: 1.6, Control: 1.02,
 			Result: &bench.Result{Rounds: 7, Repeat: 1 << 20},

@@ -79,7 +79,7 @@ func newOptimizeCmd() *cobra.Command {
 	fl.StringVar(&f.passList, "passes", "", "comma-separated passes to run (default all; none = round trip only)")
 	fl.StringVar(&f.pcapPath, "packets", "", "pcap file (Ethernet) of trace packets for the differential test")
 	fl.IntVar(&f.maxInline, "max-inline", def.MaxInline, "inline maps with at most this many entries")
-	fl.IntVar(&f.topK, "top-k", def.TopK, "hot keys hotcache compiles into the code")
+	fl.IntVar(&f.topK, "top-k", def.TopK, "most hot keys compiled in front of a lookup (the cost model picks how many pay)")
 	fl.IntVar(&f.generate, "generate", 2000, "packets to generate from the map contents (a quarter as many edge cases are added)")
 	fl.Int64Var(&f.seed, "seed", 1, "seed of the generated packets")
 	fl.Uint32Var(&f.ingress, "ingress", 0, "XDP ingress_ifindex of the test runs (1 = lo; 0 = no context)")

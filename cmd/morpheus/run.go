@@ -81,6 +81,9 @@ type profileConfig struct {
 	Decay      float64       `yaml:"decay"`
 	// Sampler is "countdown" (default) or "prandom".
 	Sampler string `yaml:"sampler"`
+	// Recorder is "ring" (default: per-CPU rings, cheapest) or "hash" (the
+	// seed's per-CPU hash per map).
+	Recorder string `yaml:"recorder"`
 }
 
 func (p *profileConfig) options() (*agent.ProfileOptions, error) {
@@ -100,6 +103,13 @@ func (p *profileConfig) options() (*agent.ProfileOptions, error) {
 			return nil, err
 		}
 		o.Sampler = s
+	}
+	switch p.Recorder {
+	case "", "ring":
+	case "hash":
+		o.HashRecorder = true
+	default:
+		return nil, fmt.Errorf("recorder %q: want ring or hash", p.Recorder)
 	}
 	return o, nil
 }
