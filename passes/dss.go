@@ -323,7 +323,8 @@ type lpmPlan struct {
 	// bits (expanded counts those). With longer nodes not chained, a
 	// block with a longer node inside it is left out, so that keys under
 	// it reach the trie (excluded counts the /P nodes left out). inHash
-	// holds the blocks' keys.
+	// holds the blocks' keys; it is built on first use (see holds), as
+	// most costed plans are never used again.
 	hashed         []lpmNode
 	inHash         map[string]bool
 	lo             uint32
@@ -501,14 +502,14 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 	// plan costs one plan; hashed and inHash are shared with the plans
 	// of other expansion depths of the same variant, so it takes them
 	// as they are at the call.
-	plan := func(chainLonger, complete bool, hashed []lpmNode, lo uint32, expanded, excluded int) {
+	plan := func(chainLonger, complete bool, hashed []lpmNode, inHash map[string]bool, lo uint32, expanded, excluded int) {
 		pl := &lpmPlan{plen: p, keyBytes: keyBytes, chainLonger: chainLonger, complete: complete, base: hashPath,
 			hashed: slices.Clip(hashed), lo: lo, expanded: expanded, excluded: excluded,
 			expandedBlocks: len(hashed) - (len(same) - excluded)}
-		pl.inHash = make(map[string]bool, len(hashed))
-		for _, n := range hashed {
-			pl.inHash[string(n.key)] = true
-		}
+		// The variant's set holds exactly hashed right now; costing
+		// borrows it instead of copying up to 64Ki keys per plan.
+		pl.inHash = inHash
+		defer func() { pl.inHash = nil }()
 		if chainLonger {
 			pl.longer = longer
 			pl.base += chainCost(longer, keySize, plenConst)
@@ -544,8 +545,13 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 		pl.block = block
 		out = append(out, pl)
 	}
-	variant := func(chainLonger, complete bool) {
-		if complete && len(longer) > c.Opts.MaxInline {
+	// variant expands once for every plan shape in completes: the
+	// blocks hashed depend only on chainLonger.
+	variant := func(chainLonger bool, completes ...bool) {
+		completes = slices.DeleteFunc(completes, func(complete bool) bool {
+			return complete && len(longer) > c.Opts.MaxInline
+		})
+		if len(completes) == 0 {
 			return
 		}
 		blocked := map[string]bool{}
@@ -574,9 +580,25 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 			}
 			return n
 		}
-		if !complete || len(longer)+chained(p) <= c.Opts.MaxInline {
-			plan(chainLonger, complete, hashed, p, 0, excluded)
+		// Plans are kept per shape, in the order of completes, so that
+		// ties resolve as if each shape had been expanded on its own.
+		bufs := make([][]*lpmPlan, len(completes))
+		planEach := func(lo uint32, expanded int, chained int) {
+			for i, complete := range completes {
+				if !complete || len(longer)+chained <= c.Opts.MaxInline {
+					saved := out
+					out = bufs[i]
+					plan(chainLonger, complete, hashed, inHash, lo, expanded, excluded)
+					bufs[i], out = out, saved
+				}
+			}
 		}
+		defer func() {
+			for _, b := range bufs {
+				out = append(out, b...)
+			}
+		}()
+		planEach(p, 0, chained(p))
 		// Expand the shorter nodes, longest first, one length at a
 		// time: a block already held has a longer (or equal) answer.
 		expanded := 0
@@ -610,14 +632,13 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 				break
 			}
 			i = j
-			if !complete || len(longer)+chained(l) <= c.Opts.MaxInline {
-				plan(chainLonger, complete, hashed, l, expanded, excluded)
-			}
+			planEach(l, expanded, chained(l))
 		}
 	}
-	variant(true, true)
 	if len(longer) <= c.Opts.MaxInline {
-		variant(true, false)
+		variant(true, true, false)
+	} else {
+		variant(true, true)
 	}
 	if len(longer) > 0 {
 		variant(false, false)
@@ -652,10 +673,21 @@ func (pl *lpmPlan) stage(t trafficKey, block func([]byte) string) int {
 	switch {
 	case r != nil && r.plen > pl.plen && pl.chainLonger:
 		return stageChain
-	case binary.LittleEndian.Uint32(t.key) >= pl.plen && r != nil && pl.inHash[block(t.key)]:
+	case binary.LittleEndian.Uint32(t.key) >= pl.plen && r != nil && pl.holds(block(t.key)):
 		return stageHash
 	}
 	return stageRest
+}
+
+// holds says whether the hash holds the /P block key.
+func (pl *lpmPlan) holds(key string) bool {
+	if pl.inHash == nil {
+		pl.inHash = make(map[string]bool, len(pl.hashed))
+		for _, n := range pl.hashed {
+			pl.inHash[string(n.key)] = true
+		}
+	}
+	return pl.inHash[key]
 }
 
 // maskKey masks an LPM key's data in place to plen bits and returns it.
