@@ -289,6 +289,14 @@ func (n *NF) candidateVersions(c *optimize.Candidate, guarded []string) (map[str
 // optimizeProgram runs the optimizer on one program and swaps the result
 // in if it is new. Whatever fails, the running program stays.
 func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot, trigger string) ProgramCycle {
+	pc := n.optimizeProgramOnce(ctx, ps, snap, trigger)
+	if ps.prof != nil {
+		ps.prof.adapt(pc.Outcome)
+	}
+	return pc
+}
+
+func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snapshot, trigger string) ProgramCycle {
 	pc := ProgramCycle{Program: ps.name, InstructionsBefore: ps.origIns}
 	fail := func(o Outcome, format string, args ...any) ProgramCycle {
 		pc.Outcome, pc.Reason = o, fmt.Sprintf(format, args...)

@@ -30,6 +30,10 @@ const (
 // hot keys. The variant is checked first with the differential test
 // (identical behaviour apart from its own heat maps) and dropped if it
 // differs; a program without an instrumentable lookup is not profiled.
+// The variant instruments the original code, so a window trades the
+// optimized program's speed for fresh hot keys; windows whose cycle swaps
+// nothing therefore back off (every 2nd, 4th, ... up to every
+// MaxProfileInterval-th cycle) and a swap brings them back to every cycle.
 type ProfileOptions struct {
 	// Window is how long the variant runs per cycle. Default
 	// DefaultProfileWindow.
@@ -59,6 +63,33 @@ type profiler struct {
 	checked map[[32]byte]error
 	// active is set while the variant runs.
 	active bool
+	// A window runs the instrumented original, not the optimized code,
+	// so windows back off while they change nothing: interval is the
+	// number of cycles from one window to the next (doubling up to
+	// MaxProfileInterval after a cycle that swapped nothing, back to 1
+	// after a swap), wait the cycles left until the next one, and
+	// windowed is set when this cycle ran one.
+	interval, wait int
+	windowed       bool
+}
+
+// MaxProfileInterval is the most cycles between two profiling windows of
+// a program whose windows keep producing the candidate that runs.
+const MaxProfileInterval = 16
+
+// adapt sets the distance to the next window from the outcome of the
+// cycle that ran one.
+func (p *profiler) adapt(o Outcome) {
+	if !p.windowed {
+		return
+	}
+	p.windowed = false
+	if o == OutcomeSwapped {
+		p.interval = 1
+	} else {
+		p.interval = min(max(1, 2*p.interval), MaxProfileInterval)
+	}
+	p.wait = p.interval - 1
 }
 
 // Heatmap returns the hot keys the agent's profiler measured for a
@@ -103,6 +134,10 @@ func (n *NF) profileProgram(ctx context.Context, ps *progState, snap *snapshot) 
 	}
 	if prof.noSites {
 		return nil
+	}
+	if prof.wait > 0 {
+		prof.wait--
+		return current()
 	}
 	entries := map[string]int{}
 	for name, m := range snap.state.Maps {
@@ -182,6 +217,7 @@ func (n *NF) profileProgram(ctx context.Context, ps *progState, snap *snapshot) 
 		}
 	}
 	prof.active = false
+	prof.windowed = true
 	n.stats.ProfileWindows++
 	n.mu.Unlock()
 
