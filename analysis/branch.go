@@ -110,7 +110,7 @@ func refineNull(st *State, reg asm.Register, v Value, isNull bool) {
 // decide evaluates a condition when the operands determine it.
 func decide(op asm.JumpOp, dst, src Value, is32 bool) (bool, bool) {
 	if dst.Kind == Const && src.Kind == Const {
-		return compare(op, dst.Const, src.Const, is32)
+		return CompareConst(op, dst.Const, src.Const, is32)
 	}
 	// A pointer that cannot be NULL is never equal to zero.
 	if !is32 && (op == asm.JEq || op == asm.JNE) {
@@ -124,7 +124,13 @@ func decide(op asm.JumpOp, dst, src Value, is32 bool) (bool, bool) {
 	return false, false
 }
 
-func compare(op asm.JumpOp, x, y uint64, is32 bool) (bool, bool) {
+// CompareConst evaluates the BPF conditional jump op on the constants x
+// (dst) and y (src). 32-bit jumps (JMP32) compare the low halves only,
+// signed ones as two's complement of the width compared; JSet tests
+// x&y != 0. ok is false for ops that are not comparisons (Ja, Call,
+// Exit, ...). It is exported so that passes fold branches with exactly
+// the semantics the analysis prunes them with.
+func CompareConst(op asm.JumpOp, x, y uint64, is32 bool) (taken, ok bool) {
 	sx, sy := int64(x), int64(y)
 	if is32 {
 		x, y = x&math.MaxUint32, y&math.MaxUint32

@@ -374,7 +374,7 @@ func (cp *propagator) decide(res *analysis.Result, st *analysis.State, b *progra
 		srcConst, srcIsConst = src.Const, src.IsConst()
 	}
 	if dst.IsConst() && srcIsConst {
-		t, ok := compareConst(op, dst.Const, srcConst, is32)
+		t, ok := analysis.CompareConst(op, dst.Const, srcConst, is32)
 		return t, fmt.Sprintf("%#x %v %#x", dst.Const, op, srcConst), ok
 	}
 	if is32 || (op != asm.JEq && op != asm.JNE) || !srcIsConst || srcConst != 0 {
@@ -417,41 +417,6 @@ func (cp *propagator) inRangeArrayLookup(res *analysis.Result, v analysis.Value)
 		}
 	}
 	return true
-}
-
-// compareConst evaluates a BPF comparison: 32-bit jumps compare the low
-// halves, signed ones as two's complement.
-func compareConst(op asm.JumpOp, x, y uint64, is32 bool) (bool, bool) {
-	sx, sy := int64(x), int64(y)
-	if is32 {
-		x, y = x&math.MaxUint32, y&math.MaxUint32
-		sx, sy = int64(int32(uint32(x))), int64(int32(uint32(y)))
-	}
-	switch op {
-	case asm.JEq:
-		return x == y, true
-	case asm.JNE:
-		return x != y, true
-	case asm.JGT:
-		return x > y, true
-	case asm.JGE:
-		return x >= y, true
-	case asm.JLT:
-		return x < y, true
-	case asm.JLE:
-		return x <= y, true
-	case asm.JSet:
-		return x&y != 0, true
-	case asm.JSGT:
-		return sx > sy, true
-	case asm.JSGE:
-		return sx >= sy, true
-	case asm.JSLT:
-		return sx < sy, true
-	case asm.JSLE:
-		return sx <= sy, true
-	}
-	return false, false
 }
 
 // movImm returns a one-slot instruction setting all 64 bits of dst to v:
