@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/nf/router"
 )
 
@@ -143,16 +144,12 @@ type runResult struct {
 }
 
 // testRun runs prog once on pkt (ingress ifindex 1, as the kernel reports
-// for test runs).
+// for test runs) through kerneltest.Run; the agent's tests compare the
+// lower-case fields of runResult.
 func testRun(tb testing.TB, prog *ebpf.Program, pkt []byte) runResult {
 	tb.Helper()
-	out := make([]byte, len(pkt)+256)
-	opts := ebpf.RunOptions{Data: pkt, DataOut: out}
-	v, err := prog.Run(&opts)
-	if err != nil {
-		tb.Fatalf("test run: %v", err)
-	}
-	return runResult{v, opts.DataOut}
+	r := kerneltest.Run(tb, prog, pkt)
+	return runResult{r.Verdict, r.Out}
 }
 
 // runID runs pkt through the program with the given ID.

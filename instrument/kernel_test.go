@@ -26,20 +26,9 @@ import (
 	"github.com/morpheus-go/morpheus/verify"
 )
 
-// loIfindex is the loopback interface: it exists in every namespace, so
-// BPF_PROG_TEST_RUN accepts it as ingress_ifindex, and the generated
-// configurations route frames arriving on it.
-const loIfindex = 1
-
 // xdpMD is struct xdp_md, the context of an XDP test run.
 type xdpMD struct {
 	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
-}
-
-func xdpContext(ingress uint32) []byte {
-	b := make([]byte, 24)
-	binary.LittleEndian.PutUint32(b[12:], ingress)
-	return b
 }
 
 // nfCase is one network function with a generated configuration and trace.
@@ -56,14 +45,14 @@ type nfCase struct {
 func nfCases() []nfCase {
 	return []nfCase{
 		{
-			name: "router", spec: router.Spec, progs: []string{router.Program}, ingress: loIfindex,
+			name: "router", spec: router.Spec, progs: []string{router.Program}, ingress: kerneltest.LoIfindex,
 			maps: []string{router.MapRoutes},
 			state: func() (*mapstate.State, traffic.FlowSet, error) {
-				cfg, err := traffic.RouterConfig(0, []uint32{loIfindex, 2}, 1)
+				cfg, err := traffic.RouterConfig(0, []uint32{kerneltest.LoIfindex, 2}, 1)
 				if err != nil {
 					return nil, traffic.FlowSet{}, err
 				}
-				set, err := traffic.RouterFlows(cfg, loIfindex, 500, 2)
+				set, err := traffic.RouterFlows(cfg, kerneltest.LoIfindex, 500, 2)
 				if err != nil {
 					return nil, set, err
 				}
@@ -119,13 +108,13 @@ func nfCases() []nfCase {
 			},
 		},
 		{
-			name: "l2switch", spec: l2switch.Spec, progs: []string{l2switch.Program}, ingress: loIfindex,
+			name: "l2switch", spec: l2switch.Spec, progs: []string{l2switch.Program}, ingress: kerneltest.LoIfindex,
 			state: func() (*mapstate.State, traffic.FlowSet, error) {
-				cfg, err := traffic.L2SwitchConfig([]uint32{loIfindex, 2, 3, 4}, 3, 0, 1)
+				cfg, err := traffic.L2SwitchConfig([]uint32{kerneltest.LoIfindex, 2, 3, 4}, 3, 0, 1)
 				if err != nil {
 					return nil, traffic.FlowSet{}, err
 				}
-				set, err := traffic.L2SwitchFlows(cfg, loIfindex, 500, 2)
+				set, err := traffic.L2SwitchFlows(cfg, kerneltest.LoIfindex, 500, 2)
 				if err != nil {
 					return nil, set, err
 				}
@@ -217,7 +206,7 @@ func diffVariant(t *testing.T, name string, v *Variant, st *mapstate.State, fram
 	cand := verify.Candidate{v.Program: v.Spec.Programs[v.Program].Instructions}
 	opts := verify.DiffOptions{MapCheckInterval: -1, MaxMismatches: math.MaxInt32}
 	if ingress != 0 {
-		opts.Context = xdpContext(ingress)
+		opts.Context = kerneltest.XDPContext(ingress)
 	}
 	rep, err := verify.Differential(context.Background(), v.Baseline(), st, cand, frames, opts)
 	if err != nil {
@@ -258,7 +247,7 @@ func runFrames(t *testing.T, prog *ebpf.Program, frames [][]byte, ingress uint32
 // against the same maps, the variant built with opts.
 func routerVariant(tb testing.TB, opts Options) (*Variant, *ebpf.Collection, *ebpf.Collection) {
 	tb.Helper()
-	cfg, err := traffic.RouterConfig(0, []uint32{loIfindex, 2}, 1)
+	cfg, err := traffic.RouterConfig(0, []uint32{kerneltest.LoIfindex, 2}, 1)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -292,11 +281,11 @@ func routerVariant(tb testing.TB, opts Options) (*Variant, *ebpf.Collection, *eb
 // routerTrace is a high-locality router trace without malformed frames.
 func routerTrace(tb testing.TB, packets int, seed uint64) *traffic.Trace {
 	tb.Helper()
-	cfg, err := traffic.RouterConfig(0, []uint32{loIfindex, 2}, 1)
+	cfg, err := traffic.RouterConfig(0, []uint32{kerneltest.LoIfindex, 2}, 1)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	set, err := traffic.RouterFlows(cfg, loIfindex, 1000, 2)
+	set, err := traffic.RouterFlows(cfg, kerneltest.LoIfindex, 1000, 2)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -342,12 +331,12 @@ func exactCountsAtFullRate(t *testing.T, r Recorder) {
 	tr := routerTrace(t, 5000, 7)
 	want := exactCounts(tr)
 
-	got := runFrames(t, coll.Programs[router.Program], tr.Frames, loIfindex)
+	got := runFrames(t, coll.Programs[router.Program], tr.Frames, kerneltest.LoIfindex)
 	before, err := router.ReadCounters(orig.Maps[router.MapCounters])
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := runFrames(t, orig.Programs[router.Program], tr.Frames, loIfindex)
+	ref := runFrames(t, orig.Programs[router.Program], tr.Frames, kerneltest.LoIfindex)
 	if !slices.Equal(got, ref) {
 		t.Error("verdicts of the variant differ from the original's")
 	}
@@ -396,7 +385,7 @@ func TestSampledTopKeys(t *testing.T) {
 	for _, o := range []Options{{Rate: 0.05}, {Rate: 0.05, Sampler: SamplerPrandom}, {Rate: 0.05, Recorder: RecorderRing}} {
 		t.Run(o.Sampler.String()+"/"+o.Recorder.String(), func(t *testing.T) {
 			v, _, coll := routerVariant(t, o)
-			runFrames(t, coll.Programs[router.Program], tr.Frames, loIfindex)
+			runFrames(t, coll.Programs[router.Program], tr.Frames, kerneltest.LoIfindex)
 			h, err := v.Collect(coll.Maps)
 			if err != nil {
 				t.Fatal(err)
@@ -457,7 +446,7 @@ func TestWindows(t *testing.T) {
 	hm := coll.Maps[v.HeatMaps[router.MapRoutes]]
 
 	first := routerTrace(t, 2000, 21)
-	runFrames(t, prog, first.Frames, loIfindex)
+	runFrames(t, prog, first.Frames, kerneltest.LoIfindex)
 	w1, err := v.Drain(coll.Maps)
 	if err != nil {
 		t.Fatal(err)
@@ -471,7 +460,7 @@ func TestWindows(t *testing.T) {
 
 	// A second window with other traffic: the profile follows it.
 	second := routerTrace(t, 2000, 22)
-	runFrames(t, prog, second.Frames, loIfindex)
+	runFrames(t, prog, second.Frames, kerneltest.LoIfindex)
 	w2, err := v.Drain(coll.Maps)
 	if err != nil {
 		t.Fatal(err)
@@ -489,7 +478,7 @@ func TestWindows(t *testing.T) {
 	}
 
 	// In-kernel decay halves every count and forgets the ones.
-	runFrames(t, prog, second.Frames, loIfindex)
+	runFrames(t, prog, second.Frames, kerneltest.LoIfindex)
 	if err := v.Decay(coll.Maps, 0.5); err != nil {
 		t.Fatal(err)
 	}
@@ -522,7 +511,7 @@ func TestRingWindows(t *testing.T) {
 	v, _, coll := routerVariant(t, Options{Rate: 1, Recorder: RecorderRing, RingEntries: 4096})
 	prog := coll.Programs[router.Program]
 	first := routerTrace(t, 2000, 21)
-	runFrames(t, prog, first.Frames, loIfindex)
+	runFrames(t, prog, first.Frames, kerneltest.LoIfindex)
 	w1, err := v.Drain(coll.Maps)
 	if err != nil {
 		t.Fatal(err)
@@ -538,9 +527,9 @@ func TestRingWindows(t *testing.T) {
 	}
 	// 3 x 2000 lookups into a 4096-entry ring: the estimate still sums to
 	// the number of lookups (runs may spread over CPUs, each weighted).
-	runFrames(t, prog, first.Frames, loIfindex)
-	runFrames(t, prog, first.Frames, loIfindex)
-	runFrames(t, prog, first.Frames, loIfindex)
+	runFrames(t, prog, first.Frames, kerneltest.LoIfindex)
+	runFrames(t, prog, first.Frames, kerneltest.LoIfindex)
+	runFrames(t, prog, first.Frames, kerneltest.LoIfindex)
 	w2, err := v.Collect(coll.Maps)
 	if err != nil {
 		t.Fatal(err)

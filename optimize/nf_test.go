@@ -26,17 +26,9 @@ import (
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
-// loIfindex is the loopback interface, present in every network namespace:
-// BPF_PROG_TEST_RUN resolves an XDP context's ingress_ifindex, so the
-// ingress port of the router and the switch is configured on it.
-const loIfindex = 1
-
-// xdpContext returns a struct xdp_md with ingress_ifindex set.
-func xdpContext(ifindex uint32) []byte {
-	c := make([]byte, 24)
-	binary.LittleEndian.PutUint32(c[12:], ifindex)
-	return c
-}
+// xdpContext is kerneltest.XDPContext under the name the cycle benchmarks
+// use.
+var xdpContext = kerneltest.XDPContext
 
 // nfCase is one NF with one configuration.
 type nfCase struct {
@@ -76,15 +68,15 @@ func routerCase(n int) nfCase {
 		name: fmt.Sprintf("router/%d-routes", n),
 		spec: router.Spec,
 		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
-			cfg := must[*router.Config](t)(traffic.RouterConfig(n, []uint32{loIfindex, 2, 3}, uint64(n)))
+			cfg := must[*router.Config](t)(traffic.RouterConfig(n, []uint32{kerneltest.LoIfindex, 2, 3}, uint64(n)))
 			state := must[*mapstate.State](t)(cfg.State())
-			set := must[traffic.FlowSet](t)(traffic.RouterFlows(cfg, loIfindex, min(n, 256), 7))
+			set := must[traffic.FlowSet](t)(traffic.RouterFlows(cfg, kerneltest.LoIfindex, min(n, 256), 7))
 			return state, set
 		},
 		keys: func(f traffic.Flow) map[string][]byte {
 			return map[string][]byte{router.MapRoutes: lpmHostKey(f.DstIP)}
 		},
-		ingress:     loIfindex,
+		ingress:     kerneltest.LoIfindex,
 		malformed:   0.02,
 		wantRewrite: router.MapRoutes,
 	}
@@ -106,7 +98,7 @@ func bigRouterCase(n int) nfCase {
 			return spec, nil
 		},
 		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
-			cfg := must[*router.Config](t)(traffic.RouterConfig(8, []uint32{loIfindex, 2, 3}, 1))
+			cfg := must[*router.Config](t)(traffic.RouterConfig(8, []uint32{kerneltest.LoIfindex, 2, 3}, 1))
 			state := must[*mapstate.State](t)(cfg.State())
 			delete(state.Maps, router.MapRoutes)
 			// Distinct /24s below 100.0.0.0 plus a default route; every
@@ -133,7 +125,7 @@ func bigRouterCase(n int) nfCase {
 		keys: func(f traffic.Flow) map[string][]byte {
 			return map[string][]byte{router.MapRoutes: lpmHostKey(f.DstIP)}
 		},
-		ingress:     loIfindex,
+		ingress:     kerneltest.LoIfindex,
 		wantRewrite: router.MapRoutes,
 	}
 }
@@ -192,16 +184,16 @@ func l2switchCase() nfCase {
 		name: "l2switch/eval",
 		spec: l2switch.Spec,
 		setup: func(t testing.TB, _ *ebpf.CollectionSpec) (*mapstate.State, traffic.FlowSet) {
-			cfg := must[*l2switch.Config](t)(traffic.L2SwitchConfig([]uint32{loIfindex, 2, 3, 4}, 4, 0, 8))
+			cfg := must[*l2switch.Config](t)(traffic.L2SwitchConfig([]uint32{kerneltest.LoIfindex, 2, 3, 4}, 4, 0, 8))
 			state := must[*mapstate.State](t)(cfg.State())
-			set := must[traffic.FlowSet](t)(traffic.L2SwitchFlows(cfg, loIfindex, 200, 9))
+			set := must[traffic.FlowSet](t)(traffic.L2SwitchFlows(cfg, kerneltest.LoIfindex, 200, 9))
 			return state, set
 		},
 		keys: func(f traffic.Flow) map[string][]byte {
 			k := append([]byte(nil), f.DstMAC...)
 			return map[string][]byte{"fdb": binary.LittleEndian.AppendUint16(k, f.VLAN)}
 		},
-		ingress: loIfindex,
+		ingress: kerneltest.LoIfindex,
 	}
 }
 
@@ -277,7 +269,7 @@ func TestNFMatrix(t *testing.T) {
 			heat := heatFromTrace(tr, c.keys)
 			opts := Options{Passes: passes.DefaultOptions(), Packets: tr.Frames, Generated: 1000, Seed: 13}
 			if c.ingress != 0 {
-				opts.Context = xdpContext(c.ingress)
+				opts.Context = kerneltest.XDPContext(c.ingress)
 			}
 			setup := time.Since(setupStart)
 			start := time.Now()

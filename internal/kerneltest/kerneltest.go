@@ -1,9 +1,10 @@
 // Package kerneltest holds the helpers shared by tests that need the real
-// kernel: a privilege check that fails instead of skipping in CI, and thin
-// wrappers around BPF_PROG_TEST_RUN.
+// kernel: a privilege check that fails instead of skipping in CI, thin
+// wrappers around BPF_PROG_TEST_RUN, and the XDP context those runs take.
 package kerneltest
 
 import (
+	"encoding/binary"
 	"os"
 	"sync"
 	"testing"
@@ -74,4 +75,19 @@ func Run(tb testing.TB, prog *ebpf.Program, pkt []byte) Result {
 		tb.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 	}
 	return Result{Verdict: ret, Out: opts.DataOut}
+}
+
+// LoIfindex is the loopback interface. It exists in every network
+// namespace, so BPF_PROG_TEST_RUN accepts it as an XDP context's
+// ingress_ifindex, and the generated NF configurations (traffic package)
+// use it as the ingress port of frames in test runs.
+const LoIfindex = 1
+
+// XDPContext returns a struct xdp_md (24 bytes) for BPF_PROG_TEST_RUN with
+// only ingress_ifindex set, for tests that choose the port frames arrive
+// on: the sample NFs route and switch by ingress port.
+func XDPContext(ingress uint32) []byte {
+	c := make([]byte, 24)
+	binary.LittleEndian.PutUint32(c[12:], ingress) // offsetof(struct xdp_md, ingress_ifindex)
+	return c
 }
