@@ -37,8 +37,9 @@ type nfKind struct {
 	program string
 	spec    func() (*ebpf.CollectionSpec, error)
 	// generate returns a configuration at the seed evaluation's sizes
-	// with ingress as a port where the NF has ports.
-	generate func(ingress uint32, seed uint64) (any, error)
+	// with ingress as a port where the NF has ports, and others as
+	// further ports it routes or switches to (nil: defaultOthers).
+	generate func(ingress uint32, others []uint32, seed uint64) (any, error)
 	// decode parses a JSON configuration of the NF's Config type.
 	decode func(data []byte) (any, error)
 	state  func(cfg any) (*mapstate.State, error)
@@ -75,8 +76,11 @@ var nfKinds = map[string]nfKind{
 	"router": {
 		program: router.Program,
 		spec:    router.Spec,
-		generate: func(in uint32, seed uint64) (any, error) {
-			return traffic.RouterConfig(0, []uint32{in, otherPort(in)}, seed)
+		generate: func(in uint32, others []uint32, seed uint64) (any, error) {
+			if others == nil {
+				others = []uint32{otherPort(in)}
+			}
+			return traffic.RouterConfig(0, append([]uint32{in}, others[:1]...), seed)
 		},
 		decode: decodeJSON[router.Config],
 		state:  func(cfg any) (*mapstate.State, error) { return cfg.(*router.Config).State() },
@@ -90,14 +94,15 @@ var nfKinds = map[string]nfKind{
 	"l2switch": {
 		program: l2switch.Program,
 		spec:    l2switch.Spec,
-		generate: func(in uint32, seed uint64) (any, error) {
-			ports := []uint32{in}
-			for p := uint32(2); len(ports) < 5; p++ {
-				if p != in {
-					ports = append(ports, p)
+		generate: func(in uint32, others []uint32, seed uint64) (any, error) {
+			if others == nil {
+				for p := uint32(2); len(others) < 4; p++ {
+					if p != in {
+						others = append(others, p)
+					}
 				}
 			}
-			return traffic.L2SwitchConfig(ports, 4, 0, seed)
+			return traffic.L2SwitchConfig(append([]uint32{in}, others...), 4, 0, seed)
 		},
 		decode: decodeJSON[l2switch.Config],
 		state:  func(cfg any) (*mapstate.State, error) { return cfg.(*l2switch.Config).State() },
@@ -123,7 +128,7 @@ var nfKinds = map[string]nfKind{
 	"lb": {
 		program:  lb.Program,
 		spec:     lb.Spec,
-		generate: func(_ uint32, seed uint64) (any, error) { return traffic.LBConfig(0, 0, seed) },
+		generate: func(_ uint32, _ []uint32, seed uint64) (any, error) { return traffic.LBConfig(0, 0, seed) },
 		decode:   decodeJSON[lb.Config],
 		state:    func(cfg any) (*mapstate.State, error) { return cfg.(*lb.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
@@ -143,7 +148,7 @@ var nfKinds = map[string]nfKind{
 		// Stateless, like the seed's iptables rule set: with connection
 		// tracking on, every packet after a flow's first is decided by
 		// the connection table and the rules are never consulted.
-		generate: func(_ uint32, seed uint64) (any, error) { return traffic.FirewallConfig(0, false, seed) },
+		generate: func(_ uint32, _ []uint32, seed uint64) (any, error) { return traffic.FirewallConfig(0, false, seed) },
 		decode:   decodeJSON[firewall.Config],
 		state:    func(cfg any) (*mapstate.State, error) { return cfg.(*firewall.Config).State() },
 		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
@@ -161,7 +166,7 @@ var nfKinds = map[string]nfKind{
 	"ddos": {
 		program: ddos.Program,
 		spec:    ddos.Spec,
-		generate: func(_ uint32, seed uint64) (any, error) {
+		generate: func(_ uint32, _ []uint32, seed uint64) (any, error) {
 			return traffic.DDoSConfig(0, 200, 1_000_000, seed)
 		},
 		decode: decodeJSON[ddos.Config],
@@ -191,6 +196,45 @@ func kindOf(nf string) (nfKind, error) {
 		return nfKind{}, fmt.Errorf("bench: unknown NF %q (want one of %v)", nf, NFs)
 	}
 	return k, nil
+}
+
+// NF is the scenario logic of one sample NF, for a caller that sets up
+// its own run of it (the demo, whose NF is attached by an agent): the
+// same configurations, map contents and flows as a Scenario's.
+type NF struct {
+	// Name is one of NFs, Program its entry XDP program.
+	Name, Program string
+	kind          nfKind
+}
+
+// LookupNF returns the scenario logic of nf, one of NFs.
+func LookupNF(nf string) (NF, error) {
+	k, err := kindOf(nf)
+	if err != nil {
+		return NF{}, err
+	}
+	return NF{Name: nf, Program: k.program, kind: k}, nil
+}
+
+// Spec returns the NF's collection spec (unmodified).
+func (n NF) Spec() (*ebpf.CollectionSpec, error) { return n.kind.spec() }
+
+// Config generates a configuration at the seed evaluation's sizes, as
+// NewScenario does, with ingress as a port where the NF has ports and
+// others as the further ports it routes or switches to (the router takes
+// the first, the switch all); nil others takes NewScenario's.
+func (n NF) Config(ingress uint32, others []uint32, seed uint64) (any, error) {
+	return n.kind.generate(ingress, others, seed)
+}
+
+// State returns the configuration cfg (of the NF's Config type) as map
+// contents.
+func (n NF) State(cfg any) (*mapstate.State, error) { return n.kind.state(cfg) }
+
+// Flows draws count hit and count miss flows from cfg for frames arriving on
+// ingress.
+func (n NF) Flows(cfg any, ingress uint32, count int, seed uint64) (traffic.FlowSet, error) {
+	return n.kind.flows(cfg, ingress, count, seed)
 }
 
 // ScenarioOptions describes an NF, its configuration and its traffic.
@@ -254,7 +298,7 @@ func NewScenario(opts ScenarioOptions) (*Scenario, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bench: %s configuration: %w", opts.NF, err)
 		}
-	} else if sc.Config, err = k.generate(sc.Ingress, opts.Trace.Seed); err != nil {
+	} else if sc.Config, err = k.generate(sc.Ingress, nil, opts.Trace.Seed); err != nil {
 		return nil, fmt.Errorf("bench: generate %s configuration: %w", opts.NF, err)
 	}
 	if sc.State, err = k.state(sc.Config); err != nil {

@@ -2,10 +2,11 @@
 
 // Package demo is Morpheus's live demonstration on one machine, as a
 // library: a network function at a realistic size runs under the agent
-// on a veth pair between two fresh network namespaces, a live-frames
-// generator replays a high-locality trace into it, and the demo walks
-// through four phases while it samples throughput and per-packet cost
-// from bpf_stats:
+// on a veth pair between two fresh network namespaces (the testbed
+// package's, with the agent owning the NF's XDP link), the testbed's
+// live-frames generator replays a high-locality trace into it, and the
+// demo walks through four phases while it samples throughput and
+// per-packet cost from bpf_stats:
 //
 //  1. baseline: the original program, optimizer off;
 //  2. optimize: the optimizer on (adaptive profiling, optimization
@@ -43,6 +44,7 @@ import (
 
 	"github.com/morpheus-go/morpheus/agent"
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/testbed"
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
@@ -326,9 +328,9 @@ type demo struct {
 	kind  nfKind
 	start time.Time
 	rep   *Report
-	rig   *rig
+	tb    *testbed.Testbed
 	nf    *agent.NF
-	stats *statsReader
+	stats *testbed.Totals
 	cfg   any
 
 	// phaseStart is when the current phase began (set by begin).
@@ -361,11 +363,11 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	d := &demo{
 		opts:     opts,
 		kind:     kind,
-		stats:    newStatsReader(),
+		stats:    testbed.NewTotals(),
 		versions: map[ebpf.ProgramID]string{},
-		rep:      &Report{NF: opts.NF, Program: kind.program, Locality: string(opts.Locality)},
+		rep:      &Report{NF: opts.NF, Program: kind.Program, Locality: string(opts.Locality)},
 	}
-	defer func() { err = errors.Join(err, d.stats.close()) }()
+	defer func() { err = errors.Join(err, d.stats.Close()) }()
 	if d.rep.OutDir, err = outDir(opts.OutDir); err != nil {
 		return nil, err
 	}
@@ -387,15 +389,16 @@ func outDir(dir string) (string, error) {
 // run sets everything up, runs the phases and tears down in reverse.
 func (d *demo) run(ctx context.Context) (err error) {
 	o := d.opts
-	if d.rig, err = newRig(); err != nil {
-		return fmt.Errorf("testbed: %w", err)
+	if d.tb, err = newTestbed(ctx, o.Duration*4+time.Minute); err != nil {
+		return err
 	}
-	d.rep.Created.Namespaces = []uint64{nsInode(d.rig.genNS), nsInode(d.rig.nfNS)}
-	d.rep.Created.Interfaces = []string{d.rig.genName, d.rig.nfName}
-	d.rep.Interface = d.rig.nfName
-	defer func() { err = errors.Join(err, d.rig.Close()) }()
+	genNS, nfNS := d.tb.NamespaceInodes()
+	d.rep.Created.Namespaces = []uint64{genNS, nfNS}
+	d.rep.Created.Interfaces = []string{d.tb.GenLinkName(), d.tb.NFLinkName()}
+	d.rep.Interface = d.tb.NFLinkName()
+	defer func() { err = errors.Join(err, d.tb.Close()) }()
 
-	ingress := uint32(d.rig.nfIfindex)
+	ingress := uint32(d.tb.NFIfindex())
 	// Ifindexes the NF may route or switch to besides its ingress: they
 	// do not exist in the namespace, so such frames are dropped at the
 	// redirect, which costs the NF nothing.
@@ -405,15 +408,15 @@ func (d *demo) run(ctx context.Context) (err error) {
 			others = append(others, i)
 		}
 	}
-	if d.cfg, err = d.kind.config(ingress, others, o.Seed); err != nil {
+	if d.cfg, err = d.kind.Config(ingress, others, o.Seed); err != nil {
 		return fmt.Errorf("%s configuration: %w", o.NF, err)
 	}
-	state, err := d.kind.state(d.cfg)
+	state, err := d.kind.State(d.cfg)
 	if err != nil {
 		return err
 	}
 	d.rep.Config = describeState(state)
-	set, err := d.kind.flows(d.cfg, ingress, o.Flows, o.Seed+1)
+	set, err := d.kind.Flows(d.cfg, ingress, o.Flows, o.Seed+1)
 	if err != nil {
 		return fmt.Errorf("%s flows: %w", o.NF, err)
 	}
@@ -421,12 +424,12 @@ func (d *demo) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	spec, err := d.kind.spec()
+	spec, err := d.kind.Spec()
 	if err != nil {
 		return err
 	}
-	atts := []agent.Attachment{{Program: d.kind.program, Kind: agent.XDP, Interface: d.rig.nfName, Netns: d.rig.nfNetnsPath(), XDPMode: agent.XDPNative}}
-	disabled := []string{d.kind.program}
+	atts := []agent.Attachment{{Program: d.kind.Program, Kind: agent.XDP, Interface: d.tb.NFLinkName(), Netns: d.tb.NFNetnsPath(), XDPMode: agent.XDPNative}}
+	disabled := []string{d.kind.Program}
 	for _, name := range slices.Sorted(maps.Keys(spec.Maps)) {
 		if ms := spec.Maps[name]; ms.Type == ebpf.ProgramArray {
 			for _, kv := range ms.Contents {
@@ -453,7 +456,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer func() { err = errors.Join(err, d.nf.Close()) }()
-	ps, err := d.nf.Program(d.kind.program)
+	ps, err := d.nf.Program(d.kind.Program)
 	if err != nil {
 		return err
 	}
@@ -461,17 +464,20 @@ func (d *demo) run(ctx context.Context) (err error) {
 	d.versions[ps.OriginalID] = "original"
 
 	fmt.Fprintf(o.Out, "morpheus demo: %s (%s) on %s, %s locality trace of %d packets over %d flows\n",
-		o.NF, d.rep.Config, d.rig.nfName, o.Locality, len(trace.Frames), len(trace.Flows))
+		o.NF, d.rep.Config, d.tb.NFLinkName(), o.Locality, len(trace.Frames), len(trace.Flows))
 	fmt.Fprintf(o.Out, "%8s  %-9s %12s %10s  %s\n", "time", "phase", "pps", "ns/pkt", "program")
 
 	d.start = time.Now()
 	d.rep.Start = d.start
 	d.setPhase(PhaseBaseline)
-	if err := d.rig.start(ctx, trace.Frames, o.Duration*4+time.Minute); err != nil {
+	if err := d.tb.LoadTrace(trace.Frames); err != nil {
+		return fmt.Errorf("traffic generator: %w", err)
+	}
+	if err := d.tb.Start(ctx, 0); err != nil {
 		return fmt.Errorf("traffic generator: %w", err)
 	}
 	defer func() {
-		_, serr := d.rig.stop()
+		_, serr := d.tb.Stop()
 		err = errors.Join(err, serr)
 	}()
 
@@ -483,7 +489,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		stopBG()
 		wg.Wait()
 		d.rep.Stats = d.nf.Stats()
-		d.rep.Created.Programs = d.stats.ids()
+		d.rep.Created.Programs = d.stats.IDs()
 		slices.Sort(d.rep.Created.Programs)
 	}()
 	events, unsubscribe := d.nf.Subscribe(1024)
@@ -497,6 +503,15 @@ func (d *demo) run(ctx context.Context) (err error) {
 	wg.Go(func() { d.sample(bg) })
 
 	return d.phases(ctx, trace, set)
+}
+
+// newTestbed creates the demo's testbed: the NF end is attached by the
+// agent, which owns the XDP link and swaps programs on it, and the
+// generator stops by itself after maxDuration. Its interfaces are named
+// "mdgen..." and "mdnf..." so that leak checks can tell them from other
+// testbeds' ("mgen...").
+func newTestbed(ctx context.Context, maxDuration time.Duration) (*testbed.Testbed, error) {
+	return testbed.New(ctx, testbed.Options{ExternalNF: true, LinkPrefix: "md", MaxDuration: maxDuration})
 }
 
 // describeState summarizes the configuration's table sizes, e.g.
@@ -547,7 +562,7 @@ func (d *demo) versionOf(id ebpf.ProgramID, profiling bool) string {
 // running returns the entry program's running ID and whether it is the
 // instrumented variant.
 func (d *demo) running() (ebpf.ProgramID, bool) {
-	ps, err := d.nf.Program(d.kind.program)
+	ps, err := d.nf.Program(d.kind.Program)
 	if err != nil {
 		return 0, false
 	}
@@ -566,7 +581,7 @@ func (d *demo) sample(ctx context.Context) {
 	for {
 		id, profiling := d.running()
 		ver := d.versionOf(id, profiling)
-		pkts, rt := d.stats.read(id)
+		pkts, rt := d.stats.Read(id)
 		s := Sample{At: time.Now(), Elapsed: d.elapsed(), Phase: d.currentPhase(), ProgramID: id, Version: ver, Packets: pkts, RunTime: rt}
 		d.mu.Lock()
 		d.rep.Samples = append(d.rep.Samples, s)
@@ -652,7 +667,7 @@ func (d *demo) record(ev agent.Event) {
 			return // every program disabled: nothing happened
 		}
 		for _, pc := range ev.Cycle.Programs {
-			if pc.Program == d.kind.program {
+			if pc.Program == d.kind.Program {
 				d.mu.Lock()
 				d.cycles = append(d.cycles, cycleRec{start: ev.Cycle.Start, end: ev.Time, outcome: pc.Outcome})
 				d.mu.Unlock()

@@ -315,11 +315,11 @@ func TestChanges(t *testing.T) {
 				t.Fatal(err)
 			}
 			const ingress = 2
-			cfg, err := k.config(ingress, []uint32{200, 201, 202, 203}, 0)
+			cfg, err := k.Config(ingress, []uint32{200, 201, 202, 203}, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			set, err := k.flows(cfg, ingress, 200, 1)
+			set, err := k.Flows(cfg, ingress, 200, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -331,16 +331,16 @@ func TestChanges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before, err := k.state(cfg)
+			before, err := k.State(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			after, err := k.state(newCfg)
+			after, err := k.State(newCfg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// The change must not touch the original configuration.
-			again, err := k.state(cfg)
+			again, err := k.State(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -478,20 +478,20 @@ var loaders = map[string]func(cfg any) (*ebpf.Collection, error){
 // program's run after the change differs from before) needs that.
 func TestChangesKernel(t *testing.T) {
 	kerneltest.Require(t)
-	r, err := newRig()
+	r, err := newTestbed(t.Context(), time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	ingress := uint32(r.nfIfindex)
+	ingress := uint32(r.NFIfindex())
 	for _, nf := range NFs {
 		t.Run(nf, func(t *testing.T) {
 			k, _ := kindOf(nf)
-			cfg, err := k.config(ingress, []uint32{200, 201, 202, 203}, 0)
+			cfg, err := k.Config(ingress, []uint32{200, 201, 202, 203}, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			set, err := k.flows(cfg, ingress, 200, 1)
+			set, err := k.Flows(cfg, ingress, 200, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -504,8 +504,8 @@ func TestChangesKernel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before, _ := k.state(cfg)
-			after, _ := k.state(newCfg)
+			before, _ := k.State(cfg)
+			after, _ := k.State(newCfg)
 			coll, err := loaders[nf](cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -515,8 +515,8 @@ func TestChangesKernel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			prog := coll.Programs[k.program]
-			v0, out0, err := r.testRun(prog, pkt, ingress)
+			prog := coll.Programs[k.Program]
+			v0, out0, err := r.TestRun(prog, pkt, ingress)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -531,7 +531,7 @@ func TestChangesKernel(t *testing.T) {
 					t.Fatalf("%s: %v", w.Map, err)
 				}
 			}
-			v1, out1, err := r.testRun(prog, pkt, ingress)
+			v1, out1, err := r.TestRun(prog, pkt, ingress)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,8 +11,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/cilium/ebpf"
-
+	"github.com/morpheus-go/morpheus/bench"
 	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/nf/ddos"
 	"github.com/morpheus-go/morpheus/nf/firewall"
@@ -22,20 +21,18 @@ import (
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
-// NFs lists the network functions the demo can run, the default first.
-var NFs = []string{"router", "l2switch", "lb", "firewall", "ddos"}
+// NFs lists the network functions the demo can run, the default first:
+// the bench package's sample NFs.
+var NFs = slices.Clone(bench.NFs)
 
-// nfKind is what the demo needs to know about one sample NF: how to
-// configure it at a realistic size for the testbed's interfaces, which
-// flows hit it, and which control-plane change to make in phase 3.
+// nfKind is what the demo needs to know about one sample NF. How to
+// configure it at a realistic size for the testbed's interfaces, its
+// map contents and which flows hit it are the bench package's scenario
+// logic (the embedded bench.NF: Program, Spec, Config, State, Flows);
+// the demo adds which control-plane change to make in phase 3 and how
+// to label hot keys.
 type nfKind struct {
-	program string
-	spec    func() (*ebpf.CollectionSpec, error)
-	// config builds the configuration for frames arriving on ingress;
-	// others are further (unused) ifindexes an NF may route or switch to.
-	config func(ingress uint32, others []uint32, seed uint64) (any, error)
-	state  func(cfg any) (*mapstate.State, error)
-	flows  func(cfg any, ingress uint32, n int, seed uint64) (traffic.FlowSet, error)
+	bench.NF
 	// change returns a copy of cfg in which the entry of the main table
 	// that decides flow f is changed so that f is handled differently,
 	// and a description of the change.
@@ -45,30 +42,18 @@ type nfKind struct {
 	hotLabel func(cfg any, m string, key []byte) string
 }
 
-var kinds = map[string]nfKind{
+// demoKind is the demo's part of an nfKind.
+type demoKind struct {
+	change   func(cfg any, f traffic.Flow) (any, string, error)
+	hotLabel func(cfg any, m string, key []byte) string
+}
+
+var kinds = map[string]demoKind{
 	"router": {
-		program: router.Program,
-		spec:    router.Spec,
-		config: func(in uint32, others []uint32, seed uint64) (any, error) {
-			return traffic.RouterConfig(0, append([]uint32{in}, others[:1]...), seed)
-		},
-		state: func(cfg any) (*mapstate.State, error) { return cfg.(*router.Config).State() },
-		flows: func(cfg any, in uint32, n int, seed uint64) (traffic.FlowSet, error) {
-			return traffic.RouterFlows(cfg.(*router.Config), in, n, seed)
-		},
 		change:   changeRoute,
 		hotLabel: routerLabel,
 	},
 	"l2switch": {
-		program: l2switch.Program,
-		spec:    l2switch.Spec,
-		config: func(in uint32, others []uint32, seed uint64) (any, error) {
-			return traffic.L2SwitchConfig(append([]uint32{in}, others...), 4, 0, seed)
-		},
-		state: func(cfg any) (*mapstate.State, error) { return cfg.(*l2switch.Config).State() },
-		flows: func(cfg any, in uint32, n int, seed uint64) (traffic.FlowSet, error) {
-			return traffic.L2SwitchFlows(cfg.(*l2switch.Config), in, n, seed)
-		},
 		change: func(cfg any, f traffic.Flow) (any, string, error) {
 			c := *cfg.(*l2switch.Config)
 			i := slices.IndexFunc(c.StaticFDB, func(e l2switch.StaticEntry) bool { return e.MAC == f.DstMAC.String() })
@@ -87,15 +72,6 @@ var kinds = map[string]nfKind{
 		},
 	},
 	"lb": {
-		program: lb.Program,
-		spec:    lb.Spec,
-		config: func(_ uint32, _ []uint32, seed uint64) (any, error) {
-			return traffic.LBConfig(0, 0, seed)
-		},
-		state: func(cfg any) (*mapstate.State, error) { return cfg.(*lb.Config).State() },
-		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
-			return traffic.LBFlows(cfg.(*lb.Config), n, seed)
-		},
 		// Moving the VIP to another port rewrites one key of the vips
 		// table; withdrawing it would renumber every VIP's ring.
 		change: func(cfg any, f traffic.Flow) (any, string, error) {
@@ -122,15 +98,6 @@ var kinds = map[string]nfKind{
 		},
 	},
 	"firewall": {
-		program: firewall.Program,
-		spec:    firewall.Spec,
-		// Stateless, like the seed's iptables rule set: with connection
-		// tracking every packet after a flow's first skips the rules.
-		config: func(_ uint32, _ []uint32, seed uint64) (any, error) { return traffic.FirewallConfig(0, false, seed) },
-		state:  func(cfg any) (*mapstate.State, error) { return cfg.(*firewall.Config).State() },
-		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
-			return traffic.FirewallFlows(cfg.(*firewall.Config), n, seed)
-		},
 		change: changeFirewall,
 		hotLabel: func(_ any, m string, key []byte) string {
 			switch {
@@ -143,15 +110,6 @@ var kinds = map[string]nfKind{
 		},
 	},
 	"ddos": {
-		program: ddos.Program,
-		spec:    ddos.Spec,
-		config: func(_ uint32, _ []uint32, seed uint64) (any, error) {
-			return traffic.DDoSConfig(0, 200, 1_000_000, seed)
-		},
-		state: func(cfg any) (*mapstate.State, error) { return cfg.(*ddos.Config).State() },
-		flows: func(cfg any, _ uint32, n int, seed uint64) (traffic.FlowSet, error) {
-			return traffic.DDoSFlows(cfg.(*ddos.Config), n, seed)
-		},
 		change: func(cfg any, f traffic.Flow) (any, string, error) {
 			c := *cfg.(*ddos.Config)
 			// The entry that blocks the source: its address, else the
@@ -191,11 +149,15 @@ var kinds = map[string]nfKind{
 }
 
 func kindOf(nf string) (nfKind, error) {
-	k, ok := kinds[nf]
+	dk, ok := kinds[nf]
 	if !ok {
 		return nfKind{}, fmt.Errorf("unknown network function %q (want one of %v)", nf, NFs)
 	}
-	return k, nil
+	n, err := bench.LookupNF(nf)
+	if err != nil {
+		return nfKind{}, err
+	}
+	return nfKind{NF: n, change: dk.change, hotLabel: dk.hotLabel}, nil
 }
 
 // bestRoute returns the index of the longest non-default route of cfg

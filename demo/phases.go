@@ -46,6 +46,12 @@ func (d *demo) phases(ctx context.Context, trace *traffic.Trace, set traffic.Flo
 	d.begin(1)
 	for _, ps := range d.nf.Programs() {
 		if err := d.nf.SetEnabled(ps.Name, true); err != nil {
+			if ctx.Err() != nil {
+				// Cancelled as the phase began: the agent's loop
+				// stops with ctx and refuses the call, but the
+				// cause to report is the cancellation.
+				return ctx.Err()
+			}
 			return fmt.Errorf("enable the optimizer on %s: %w", ps.Name, err)
 		}
 	}
@@ -76,7 +82,7 @@ func (d *demo) phases(ctx context.Context, trace *traffic.Trace, set traffic.Flo
 	}
 	fmt.Fprintf(d.opts.Out, "%7.1fs  >> traffic shift: new trace, %d of the 10 hottest flows are new\n",
 		d.elapsed().Seconds(), newHot(trace, shifted, 10))
-	if err := d.rig.start(ctx, shifted.Frames, d.opts.Duration*4+time.Minute); err != nil {
+	if err := d.tb.ReplaceTrace(shifted.Frames); err != nil {
 		return fmt.Errorf("traffic generator: %w", err)
 	}
 	// The profile decays window by window: wait for a cycle that
@@ -142,8 +148,8 @@ func (d *demo) runPhase(ctx context.Context, i int, share time.Duration, goal fu
 			fmt.Fprintf(d.opts.Out, "%7.1fs  .. waiting for the optimizer (at most %v more)\n", d.elapsed().Seconds(), maxEnd.Sub(now).Round(time.Second))
 			announced = true
 		}
-		if err := d.rig.generatorErr(); err != nil {
-			return err
+		if err := d.tb.Err(); err != nil {
+			return fmt.Errorf("traffic generator: %w", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -270,11 +276,11 @@ func (d *demo) change(ctx context.Context, trace *traffic.Trace) error {
 	if err != nil {
 		return fmt.Errorf("control-plane change: %w", err)
 	}
-	oldState, err := d.kind.state(d.cfg)
+	oldState, err := d.kind.State(d.cfg)
 	if err != nil {
 		return err
 	}
-	newState, err := d.kind.state(newCfg)
+	newState, err := d.kind.State(newCfg)
 	if err != nil {
 		return err
 	}
@@ -291,7 +297,7 @@ func (d *demo) change(ctx context.Context, trace *traffic.Trace) error {
 	var id ebpf.ProgramID
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		ps, err := d.nf.Program(d.kind.program)
+		ps, err := d.nf.Program(d.kind.Program)
 		if err != nil {
 			return err
 		}
@@ -315,9 +321,9 @@ func (d *demo) change(ctx context.Context, trace *traffic.Trace) error {
 		return fmt.Errorf("open the original program: %w", err)
 	}
 	defer orig.Close()
-	ingress := uint32(d.rig.nfIfindex)
+	ingress := uint32(d.tb.NFIfindex())
 	run := func(p *ebpf.Program) (TestResult, error) {
-		v, out, err := d.rig.testRun(p, pkt, ingress)
+		v, out, err := d.tb.TestRun(p, pkt, ingress)
 		return TestResult{Verdict: v, Frame: out}, err
 	}
 	c := &Change{Description: desc, Flow: flow.String(), Writes: len(writes), ProgramID: id}
@@ -347,7 +353,7 @@ func (d *demo) change(ctx context.Context, trace *traffic.Trace) error {
 	if c.Original, err = run(orig); err != nil {
 		return err
 	}
-	if ps, err := d.nf.Program(d.kind.program); err == nil {
+	if ps, err := d.nf.Program(d.kind.Program); err == nil {
 		c.Tripped = ps.Tripped
 	}
 	written := map[string]bool{}
@@ -383,7 +389,7 @@ func (d *demo) change(ctx context.Context, trace *traffic.Trace) error {
 // snapshotHot records the profiler's hottest keys of the NF's tables,
 // labelled by the NF (route prefixes for the router).
 func (d *demo) snapshotHot(label string) {
-	h, err := d.nf.Heatmap(d.kind.program)
+	h, err := d.nf.Heatmap(d.kind.Program)
 	if err != nil || h == nil {
 		return
 	}

@@ -3,8 +3,6 @@
 package demo
 
 import (
-	"errors"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -27,67 +25,6 @@ type Sample struct {
 	// Packets and RunTime are cumulative over every program seen.
 	Packets uint64        `json:"packets"`
 	RunTime time.Duration `json:"run_time_ns"`
-}
-
-// statsReader sums bpf_stats over every program ID it has seen. A
-// program's counters only grow and only the attached one grows, so the
-// sum is monotonic and a delta between two readings counts exactly the
-// packets in between, provided every program that ran was seen: the
-// sampler polls often enough to see each profiling window.
-type statsReader struct {
-	mu    sync.Mutex
-	progs map[ebpf.ProgramID]*ebpf.Program
-	last  map[ebpf.ProgramID]ebpf.ProgramStats
-}
-
-func newStatsReader() *statsReader {
-	return &statsReader{progs: map[ebpf.ProgramID]*ebpf.Program{}, last: map[ebpf.ProgramID]ebpf.ProgramStats{}}
-}
-
-// read opens id if it is new and returns the totals over every program
-// seen. A program closed by the agent before it could be opened counts
-// nothing; an opened one stays readable until close.
-func (s *statsReader) read(id ebpf.ProgramID) (packets uint64, runTime time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.progs[id]; !ok && id != 0 {
-		if p, err := ebpf.NewProgramFromID(id); err == nil {
-			s.progs[id] = p
-		}
-	}
-	for pid, p := range s.progs {
-		if st, err := p.Stats(); err == nil {
-			s.last[pid] = *st
-		}
-	}
-	for _, st := range s.last {
-		packets += st.RunCount
-		runTime += st.Runtime
-	}
-	return packets, runTime
-}
-
-// ids returns the program IDs seen.
-func (s *statsReader) ids() []ebpf.ProgramID {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]ebpf.ProgramID, 0, len(s.progs))
-	for id := range s.progs {
-		out = append(out, id)
-	}
-	return out
-}
-
-// close releases every program handle.
-func (s *statsReader) close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var errs []error
-	for id, p := range s.progs {
-		errs = append(errs, p.Close())
-		delete(s.progs, id)
-	}
-	return errors.Join(errs...)
 }
 
 // Rate is the throughput and cost between two samples.

@@ -14,6 +14,11 @@
 // lifetime) at a fixed interval: packets per second and ns per packet over
 // time, before and after a swap.
 //
+// The NF may also be attached by someone else (Options.ExternalNF), for
+// example an agent that owns the XDP link and swaps programs on it; a
+// following sampler (StartFollowingSampler) then tracks whatever program
+// is attached, summing over every one seen.
+//
 // Namespaces are anonymous and held only by the testbed's handles, so
 // Close, or the process exiting, removes them and the veth pair with them.
 // Veth names are unique per testbed.
@@ -26,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -57,6 +63,17 @@ type Options struct {
 	// MaxDuration stops the generator by itself after this long, so a
 	// forgotten Stop cannot load the machine forever. Default 10 minutes.
 	MaxDuration time.Duration
+	// ExternalNF says that the NF is attached by someone else (for
+	// example an agent that owns the XDP link and swaps programs on it)
+	// to the interface NFIfindex names in NFNamespace (or NFNetnsPath):
+	// Start then does not require Attach, and the testbed never touches
+	// the NF's attachment.
+	ExternalNF bool
+	// LinkPrefix starts the veth names (prefix+"gen"+id and
+	// prefix+"nf"+id), so a user can recognize its own interfaces, e.g.
+	// in a leak check. Default "m"; at most 3 characters, as interface
+	// names are limited to 15.
+	LinkPrefix string
 }
 
 func (o Options) withDefaults() Options {
@@ -71,6 +88,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxDuration <= 0 {
 		o.MaxDuration = 10 * time.Minute
+	}
+	if o.LinkPrefix == "" {
+		o.LinkPrefix = "m"
 	}
 	return o
 }
@@ -101,6 +121,18 @@ type run struct {
 	done   chan struct{}
 	res    GenStats
 	err    error
+
+	// parent and packets are Start's arguments and start its time: a
+	// trace replacement restarts the run with them (see LoadTrace).
+	parent  context.Context
+	packets uint64
+	start   time.Time
+	// stopped is set when Stop or Close (not a trace replacement)
+	// cancelled the run.
+	stopped bool
+	// next is the run that continues this one after a trace
+	// replacement, for Wait to follow.
+	next *run
 }
 
 // GenStats is what the generator did in one run.
@@ -130,12 +162,15 @@ func New(ctx context.Context, opts Options) (*Testbed, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if len(opts.LinkPrefix) > 3 {
+		return nil, fmt.Errorf("testbed: link prefix %q longer than 3 characters", opts.LinkPrefix)
+	}
 	suffix := make([]byte, 4)
 	if _, err := rand.Read(suffix); err != nil {
 		return nil, err
 	}
 	id := hex.EncodeToString(suffix)
-	t := &Testbed{opts: opts, genName: "mgen" + id, nfName: "mnf" + id, genNS: -1, nfNS: -1}
+	t := &Testbed{opts: opts, genName: opts.LinkPrefix + "gen" + id, nfName: opts.LinkPrefix + "nf" + id, genNS: -1, nfNS: -1}
 	if err := t.setup(); err != nil {
 		t.Close()
 		return nil, err
@@ -194,40 +229,38 @@ func (t *Testbed) setup() error {
 }
 
 // newNamespaces creates two anonymous network namespaces. Creating one
-// switches the calling thread into it, so this runs on a locked thread
-// that is switched back before it is released.
+// switches the calling thread into it, so this runs on a thread of its
+// own (see onThread) rather than the caller's, which could not be
+// discarded if switching back failed.
 func newNamespaces() (gen, nf netns.NsHandle, err error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return -1, -1, fmt.Errorf("testbed: current namespace: %w", err)
-	}
-	defer orig.Close()
 	gen, nf = -1, -1
-	defer func() {
-		if serr := netns.Set(orig); serr != nil && err == nil {
-			err = fmt.Errorf("testbed: switch back to the original namespace: %w", serr)
+	err = onThread(func() error {
+		var err error
+		if gen, err = netns.New(); err != nil {
+			return fmt.Errorf("testbed: new namespace: %w", err)
 		}
-		if err != nil {
-			for _, h := range []netns.NsHandle{gen, nf} {
-				if h >= 0 {
-					h.Close()
-				}
+		if nf, err = netns.New(); err != nil {
+			return fmt.Errorf("testbed: new namespace: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, h := range []netns.NsHandle{gen, nf} {
+			if h >= 0 {
+				h.Close()
 			}
 		}
-	}()
-	if gen, err = netns.New(); err != nil {
-		return -1, -1, fmt.Errorf("testbed: new namespace: %w", err)
-	}
-	if nf, err = netns.New(); err != nil {
-		return gen, -1, fmt.Errorf("testbed: new namespace: %w", err)
+		return -1, -1, err
 	}
 	return gen, nf, nil
 }
 
-// LoadTrace replaces the trace the generator replays. The generator must
-// not be running.
+// LoadTrace replaces the trace the generator replays. On a stopped
+// generator it takes effect at the next Start. On a running one, the run
+// ends after its current burst and goes on at once with the new trace
+// under the same context and packet count (the frames sent so far
+// count), with MaxDuration starting over: the NF keeps running and sees
+// the new traffic from the next burst on (a traffic shift).
 func (t *Testbed) LoadTrace(frames [][]byte) error {
 	gen, err := bench.NewGenerator(frames)
 	if err != nil {
@@ -235,16 +268,38 @@ func (t *Testbed) LoadTrace(frames [][]byte) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.running != nil {
-		gen.Close()
-		return errors.New("testbed: generator running")
+	r := t.running
+	if r != nil {
+		// Wait for the old run under the lock: no Start, Stop or
+		// LoadTrace can come in between, so the restart is seamless
+		// to every caller.
+		ended := false
+		select {
+		case <-r.done:
+			ended = true
+		default:
+			r.cancel()
+			<-r.done
+		}
+		if ended || r.stopped || r.err != nil || (r.packets > 0 && r.res.Sent >= r.packets) || r.parent.Err() != nil {
+			// It ended by itself (or was stopped) before the
+			// replacement: leave it for Wait, as without one.
+			r = nil
+		}
 	}
 	if t.gen != nil {
 		t.gen.Close()
 	}
 	t.gen = gen
+	if r != nil {
+		t.startLocked(r.parent, r.packets, r.res, r.start)
+		r.next = t.running
+	}
 	return nil
 }
+
+// ReplaceTrace is LoadTrace, named for its use on a running generator.
+func (t *Testbed) ReplaceTrace(frames [][]byte) error { return t.LoadTrace(frames) }
 
 // NFIfindex returns the ifindex of the NF's veth end, in the NF namespace.
 func (t *Testbed) NFIfindex() int { return t.nfIfindex }
@@ -255,36 +310,111 @@ func (t *Testbed) NFLinkName() string { return t.nfName }
 // NFNamespace returns the NF namespace. It stays owned by the testbed.
 func (t *Testbed) NFNamespace() netns.NsHandle { return t.nfNS }
 
+// NFNetnsPath names the NF namespace as a path, for code that opens a
+// namespace by path (an agent attaching the NF itself): the namespace is
+// anonymous, with no bind mount, but this process's descriptor of it is a
+// path while the testbed is open.
+func (t *Testbed) NFNetnsPath() string {
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(t.nfNS))
+}
+
+// GenLinkName returns the name of the generator's veth end.
+func (t *Testbed) GenLinkName() string { return t.genName }
+
+// NamespaceInodes returns the inodes of the generator and NF namespaces,
+// which identify them while they exist (a leak check looks for them
+// after Close). An inode is 0 if it cannot be read.
+func (t *Testbed) NamespaceInodes() (gen, nf uint64) {
+	return nsInode(t.genNS), nsInode(t.nfNS)
+}
+
+func nsInode(h netns.NsHandle) uint64 {
+	var st unix.Stat_t
+	if h < 0 || unix.Fstat(int(h), &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
 // InNF runs fn on an OS thread inside the NF namespace (for example to
 // attach a program or resolve interfaces there) and returns its error.
 func (t *Testbed) InNF(fn func() error) error { return inNamespace(t.nfNS, fn) }
 
-// inNamespace runs fn on a locked thread in ns and switches the thread
-// back before releasing it. If the switch back fails, the goroutine exits
-// locked, so the runtime discards the thread rather than reuse it in the
-// wrong namespace. (Relying on that alone is not enough: a goroutine that
-// exits locked to the main thread wedges it, namespace and all.)
+// inNamespace runs fn on a thread of its own switched into ns.
 func inNamespace(ns netns.NsHandle, fn func() error) error {
+	return onThread(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("testbed: enter namespace: %w", err)
+		}
+		return fn()
+	})
+}
+
+// onThread runs fn, which may switch its thread's network namespace, on
+// a new goroutine locked to its OS thread, then switches the thread back
+// to the namespace it started in and unlocks it, so the thread returns
+// to the runtime's pool as it was. A thread is never released, or left
+// to exit, inside another namespace: a released one would run unrelated
+// goroutines there, and one exiting locked on the process's main thread
+// wedges it, keeping the namespace (and its veth) alive for the
+// process's lifetime. Only if switching back fails, even on retries, does
+// the goroutine exit locked, which makes the runtime discard the thread.
+func onThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
+			// Nothing switched yet: the thread is still where it was.
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("testbed: current namespace: %w", err)
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("testbed: enter namespace: %w", err)
+		ferr := fn()
+		var serr error
+		for range 3 {
+			if serr = netns.Set(orig); serr == nil {
+				break
+			}
+		}
+		if serr != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("testbed: switch back to the original namespace: %w", serr))
 			return
 		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
+}
+
+// TestRun runs prog once on pkt with BPF_PROG_TEST_RUN inside the NF
+// namespace, as if pkt arrived on the interface with index ingress there
+// (the kernel resolves the ifindex in the caller's namespace), and
+// returns the verdict and the output frame.
+func (t *Testbed) TestRun(prog *ebpf.Program, pkt []byte, ingress uint32) (uint32, []byte, error) {
+	var verdict uint32
+	var out []byte
+	err := t.InNF(func() error {
+		buf := make([]byte, len(pkt)+256)
+		ctx := xdpMD{DataEnd: uint32(len(pkt)), IngressIfindex: ingress}
+		opts := ebpf.RunOptions{Data: pkt, DataOut: buf, Context: ctx}
+		ret, err := prog.Run(&opts)
+		if err != nil {
+			return fmt.Errorf("BPF_PROG_TEST_RUN: %w", err)
+		}
+		verdict, out = ret, opts.DataOut
+		return nil
+	})
+	return verdict, out, err
+}
+
+// xdpMD is struct xdp_md, the context of an XDP test run.
+type xdpMD struct {
+	Data, DataEnd, DataMeta uint32
+	IngressIfindex          uint32
+	RxQueueIndex            uint32
+	EgressIfindex           uint32
 }
 
 // Attach attaches prog (an XDP program) to the NF's veth end in native
@@ -350,28 +480,35 @@ func (t *Testbed) Attached() *ebpf.Program {
 // Start starts the generator: it replays the trace at full speed in
 // bursts until Stop, ctx is done, MaxDuration has passed or, if packets is
 // positive, about that many frames were sent. The NF must be attached
-// first: a veth only accepts XDP_TX frames when its peer runs XDP.
+// first (by Attach, or by someone else with Options.ExternalNF): a veth
+// only accepts XDP_TX frames when its peer runs XDP.
 func (t *Testbed) Start(ctx context.Context, packets uint64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.running != nil {
 		return errors.New("testbed: generator already running")
 	}
-	if t.xdp == nil {
+	if t.xdp == nil && !t.opts.ExternalNF {
 		return errors.New("testbed: attach the NF before starting the generator")
 	}
 	if t.gen == nil {
 		return errors.New("testbed: no trace loaded")
 	}
+	t.startLocked(ctx, packets, GenStats{}, time.Now())
+	return nil
+}
+
+// startLocked starts a run of t.gen that continues from res (frames sent
+// since start). t.mu is held.
+func (t *Testbed) startLocked(parent context.Context, packets uint64, res GenStats, start time.Time) {
 	gen := t.gen
-	ctx, cancel := context.WithTimeout(ctx, t.opts.MaxDuration)
-	r := &run{cancel: cancel, done: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(parent, t.opts.MaxDuration)
+	r := &run{cancel: cancel, done: make(chan struct{}), res: res, parent: parent, packets: packets, start: start}
 	t.running = r
 	go func() {
 		defer close(r.done)
 		defer cancel()
 		r.err = inNamespace(t.genNS, func() error {
-			start := time.Now()
 			defer func() { r.res.Elapsed = time.Since(start) }()
 			for ctx.Err() == nil && (packets == 0 || r.res.Sent < packets) {
 				burst := t.opts.Burst
@@ -388,7 +525,25 @@ func (t *Testbed) Start(ctx context.Context, packets uint64) error {
 			return nil
 		})
 	}()
-	return nil
+}
+
+// Err returns the error the generator's current run failed with, or nil
+// while it runs, after it ended without error, or when none was started.
+// A caller that leaves the generator running for a long time polls it to
+// notice a failure.
+func (t *Testbed) Err() error {
+	t.mu.Lock()
+	r := t.running
+	t.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	select {
+	case <-r.done:
+		return r.err
+	default:
+		return nil
+	}
 }
 
 // Wait waits for the generator to finish by itself (packet count,
@@ -400,13 +555,21 @@ func (t *Testbed) Wait() (GenStats, error) {
 	if r == nil {
 		return GenStats{}, errors.New("testbed: generator not running")
 	}
-	<-r.done
-	t.mu.Lock()
-	if t.running == r {
-		t.running = nil
+	for {
+		<-r.done
+		t.mu.Lock()
+		if r.next != nil {
+			// Replaced by LoadTrace: the run goes on as r.next.
+			r = r.next
+			t.mu.Unlock()
+			continue
+		}
+		if t.running == r {
+			t.running = nil
+		}
+		t.mu.Unlock()
+		return r.res, r.err
 	}
-	t.mu.Unlock()
-	return r.res, r.err
 }
 
 // Stop stops the generator (after its current burst) and returns what it
@@ -414,11 +577,17 @@ func (t *Testbed) Wait() (GenStats, error) {
 func (t *Testbed) Stop() (GenStats, error) {
 	t.mu.Lock()
 	r := t.running
+	if r != nil {
+		// Under the lock, so that a concurrent LoadTrace either
+		// restarted the run before (and this stops the new one) or
+		// sees it stopped and does not restart it.
+		r.stopped = true
+		r.cancel()
+	}
 	t.mu.Unlock()
 	if r == nil {
 		return GenStats{}, errors.New("testbed: generator not running")
 	}
-	r.cancel()
 	return t.Wait()
 }
 
@@ -428,6 +597,9 @@ func (t *Testbed) Close() error {
 	var errs []error
 	t.mu.Lock()
 	r, s := t.running, t.sampler
+	if r != nil {
+		r.stopped = true
+	}
 	t.mu.Unlock()
 	if r != nil {
 		r.cancel()
