@@ -20,6 +20,7 @@ import (
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/nf/router"
+	"github.com/morpheus-go/morpheus/passes"
 	"github.com/morpheus-go/morpheus/traffic"
 )
 
@@ -74,9 +75,57 @@ func routerCases() []routerCase {
 				}
 				return cfg.Routes[1].Prefix
 			},
-			pass: "hotcache",
+			pass: "", // hotcache or dss (which takes hot keys in front of its hash)
+		},
+		{
+			// 500 mixed-length routes: dss's hash on the masked key.
+			name:   "dss-hash",
+			cfg:    generatedRouter(500),
+			prefix: forwardedRoute,
+			pass:   "dss",
+		},
+		{
+			// The seed's 2,592 routes: dss's DIR-16-8-8 tables.
+			name:   "dss-dir",
+			cfg:    generatedRouter(2592),
+			prefix: forwardedRoute,
+			pass:   "dss",
 		},
 	}
+}
+
+func generatedRouter(routes int) func(t *testing.T) *router.Config {
+	return func(t *testing.T) *router.Config {
+		cfg, err := traffic.RouterConfig(routes, []uint32{1, 2}, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+}
+
+// forwardedRoute picks a forwarding route that no longer route overlaps
+// at the probe address, so blackholing it changes the probe's verdict.
+func forwardedRoute(cfg *router.Config) string {
+	for _, r := range cfg.Routes {
+		p := netip.MustParsePrefix(r.Prefix)
+		if r.Action == router.ActionBlackhole || p.Bits() == 0 || p.Bits() > 24 {
+			continue
+		}
+		probe := netip.MustParseAddr(hostIn(r.Prefix))
+		covered := false
+		for _, o := range cfg.Routes {
+			op := netip.MustParsePrefix(o.Prefix)
+			if op.Bits() > p.Bits() && op.Contains(probe) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			return r.Prefix
+		}
+	}
+	return cfg.Routes[1].Prefix
 }
 
 func withRoute(cfg *router.Config, prefix string, r router.Route) *router.Config {
@@ -150,6 +199,11 @@ func TestRouterGuards(t *testing.T) {
 				t.Fatalf("first cycle: %s (%s)", pc.Outcome, pc.Reason)
 			}
 			pc := cs.Programs[0]
+			if tc.pass != "" && !slices.ContainsFunc(pc.Remarks, func(r passes.Remark) bool {
+				return r.Pass == tc.pass && r.Map == router.MapRoutes && r.Applied
+			}) {
+				t.Fatalf("the running candidate has no %s rewrite of %s: %v", tc.pass, router.MapRoutes, pc.Remarks)
+			}
 			t.Logf("cycle %v: snapshot %v, optimize %v, verifier %v, differential+guard check %v, swap %v; %d -> %d insns",
 				cs.Duration, cs.SnapshotTime, pc.OptimizeTime, pc.VerifyTime, pc.DifferentialTime, pc.SwapTime, pc.InstructionsBefore, pc.InstructionsAfter)
 			ps, _ = nf.Program(router.Program)
