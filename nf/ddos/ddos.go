@@ -1,7 +1,6 @@
 package ddos
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -13,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/internal/nfmap"
 )
 
 // Program is the name of the XDP entry program.
@@ -137,14 +137,6 @@ func (c *Config) Validate() error {
 	return err
 }
 
-func marshal(v any) []byte {
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.LittleEndian, v); err != nil {
-		panic(fmt.Sprintf("ddos: marshal %T: %v", v, err)) // fixed-size types only
-	}
-	return buf.Bytes()
-}
-
 // State validates the configuration and returns its map contents and
 // variables.
 func (c *Config) State() (*mapstate.State, error) {
@@ -176,7 +168,7 @@ func (c *Config) State() (*mapstate.State, error) {
 		if err != nil {
 			return nil, err
 		}
-		val := marshal(&ddosDdosBlock{Reason: reason})
+		val := nfmap.Encode(&ddosDdosBlock{Reason: reason})
 		addr := p.Addr().As4()
 		if p.Bits() == 32 {
 			if exact++; exact > MaxBlocked {
@@ -189,7 +181,7 @@ func (c *Config) State() (*mapstate.State, error) {
 			return nil, fmt.Errorf("%s: more than %d blocked prefixes", field, MaxPrefixes)
 		}
 		key := ddosDdosLpmKey{Prefixlen: uint32(p.Bits()), Addr: binary.LittleEndian.Uint32(addr[:])}
-		st.Put("blocklist_lpm", marshal(&key), val)
+		st.Put("blocklist_lpm", nfmap.Encode(&key), val)
 	}
 	st.SetVariable("rate_limit_packets", binary.LittleEndian.AppendUint64(nil, c.PacketsPerWindow))
 	st.SetVariable("rate_window_ns", binary.LittleEndian.AppendUint64(nil, uint64(window.Nanoseconds())))
@@ -204,17 +196,5 @@ func Spec() (*ebpf.CollectionSpec, error) {
 // Load validates cfg, loads the NF with its variables set and fills its
 // maps. The caller closes the collection.
 func Load(cfg *Config) (*ebpf.Collection, error) {
-	st, err := cfg.State()
-	if err != nil {
-		return nil, err
-	}
-	spec, err := Spec()
-	if err != nil {
-		return nil, err
-	}
-	coll, err := st.Load(spec, ebpf.CollectionOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("ddos: %w", err)
-	}
-	return coll, nil
+	return nfmap.Load("ddos", cfg.State, Spec)
 }

@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/internal/nfmap"
 )
 
 // Program is the name of the XDP entry program; it tail-calls the stages.
@@ -204,14 +204,6 @@ func be16(p uint16) uint16 {
 	return p<<8 | p>>8
 }
 
-func marshal(v any) []byte {
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.LittleEndian, v); err != nil {
-		panic(fmt.Sprintf("firewall: marshal %T: %v", v, err)) // fixed-size types only
-	}
-	return buf.Bytes()
-}
-
 func flag(on bool) []byte {
 	if on {
 		return binary.LittleEndian.AppendUint32(nil, 1)
@@ -273,7 +265,7 @@ func (c *Config) State() (*mapstate.State, error) {
 		}
 		seen[key] = i
 		ruleID++
-		st.Put("rules", marshal(&key), marshal(&firewallFwVerdict{Action: act, RuleId: ruleID}))
+		st.Put("rules", nfmap.Encode(&key), nfmap.Encode(&firewallFwVerdict{Action: act, RuleId: ruleID}))
 	}
 	for _, table := range []struct {
 		name, field string
@@ -302,7 +294,7 @@ func (c *Config) State() (*mapstate.State, error) {
 			}
 			ruleID++
 			key := firewallFwLpmKey{Prefixlen: uint32(p.Bits()), Addr: be32(p.Addr())}
-			st.Put(table.name, marshal(&key), marshal(&firewallFwVerdict{Action: act, RuleId: ruleID}))
+			st.Put(table.name, nfmap.Encode(&key), nfmap.Encode(&firewallFwVerdict{Action: act, RuleId: ruleID}))
 		}
 	}
 	feats := [NumFeatures]bool{
@@ -329,19 +321,7 @@ func Spec() (*ebpf.CollectionSpec, error) {
 // maps. The stages program array is filled by the loader from its BTF
 // initializer. The caller closes the collection.
 func Load(cfg *Config) (*ebpf.Collection, error) {
-	st, err := cfg.State()
-	if err != nil {
-		return nil, err
-	}
-	spec, err := Spec()
-	if err != nil {
-		return nil, err
-	}
-	coll, err := st.Load(spec, ebpf.CollectionOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("firewall: %w", err)
-	}
-	return coll, nil
+	return nfmap.Load("firewall", cfg.State, Spec)
 }
 
 // errNoStage is returned when the stages program array lacks a stage.

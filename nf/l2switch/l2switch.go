@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/internal/nfmap"
 )
 
 // Program is the name of the XDP program in the object.
@@ -272,31 +273,17 @@ func (c *Config) State() (*mapstate.State, error) {
 	s.SetVariable(VarAgingNs, binary.LittleEndian.AppendUint64(nil, p.agingNs))
 	for _, ifindex := range p.ports {
 		v := p.port[ifindex]
-		s.Put(MapPorts, u32(ifindex), encode(&v))
+		s.Put(MapPorts, nfmap.U32(ifindex), nfmap.Encode(&v))
 	}
 	for _, id := range p.vlanIDs {
 		v := p.vlans[id]
-		s.Put(MapVLANs, u32(id), encode(&v))
+		s.Put(MapVLANs, nfmap.U32(id), nfmap.Encode(&v))
 	}
 	for i := range p.static {
 		e := bpfFdbEntry{Ifindex: c.StaticFDB[i].Ifindex, Flags: fdbFlagStatic}
-		s.Put(MapFDB, encode(&p.static[i]), encode(&e))
+		s.Put(MapFDB, nfmap.Encode(&p.static[i]), nfmap.Encode(&e))
 	}
 	return s, nil
-}
-
-func u32(v uint32) []byte {
-	return binary.LittleEndian.AppendUint32(nil, v)
-}
-
-// encode lays v out as the BPF program sees it (little-endian target).
-func encode(v any) []byte {
-	b, err := binary.Append(nil, binary.LittleEndian, v)
-	if err != nil {
-		// Only fixed-size generated structs are passed in.
-		panic(fmt.Sprintf("l2switch: encode %T: %v", v, err))
-	}
-	return b
 }
 
 // Spec returns a fresh copy of the switch's collection spec.
@@ -307,19 +294,7 @@ func Spec() (*ebpf.CollectionSpec, error) {
 // Load validates cfg, sets the variables, loads the switch into the kernel
 // and fills its maps. The caller owns the returned collection.
 func Load(cfg *Config) (*ebpf.Collection, error) {
-	state, err := cfg.State()
-	if err != nil {
-		return nil, err
-	}
-	spec, err := Spec()
-	if err != nil {
-		return nil, err
-	}
-	coll, err := state.Load(spec, ebpf.CollectionOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("l2switch: %w", err)
-	}
-	return coll, nil
+	return nfmap.Load("l2switch", cfg.State, Spec)
 }
 
 // FDBEntry is one forwarding database entry as read back from the kernel.

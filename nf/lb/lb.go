@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/internal/nfmap"
 )
 
 // Program is the name of the XDP entry program.
@@ -272,18 +273,6 @@ func be16(p uint16) uint16 {
 	return p<<8 | p>>8
 }
 
-func marshal(v any) []byte {
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.LittleEndian, v); err != nil {
-		panic(fmt.Sprintf("lb: marshal %T: %v", v, err)) // fixed-size types only
-	}
-	return buf.Bytes()
-}
-
-func u32(v uint32) []byte {
-	return binary.LittleEndian.AppendUint32(nil, v)
-}
-
 // State returns the map contents and variables for the configuration.
 func (c *Config) State() (*mapstate.State, error) {
 	cc, err := c.compile()
@@ -296,20 +285,20 @@ func (c *Config) State() (*mapstate.State, error) {
 	st.SetVariable("gateway_mac", []byte(cc.gateway))
 
 	for i, a := range cc.backends {
-		st.Put("backends", u32(uint32(i+1)), marshal(&lbBackend{Addr: be32(a)}))
+		st.Put("backends", nfmap.U32(uint32(i+1)), nfmap.Encode(&lbBackend{Addr: be32(a)}))
 	}
 	addrs := map[netip.Addr]bool{}
 	for i, v := range cc.vips {
 		key := lbVipKey{Addr: be32(v.addr), Port: be16(v.port), Proto: v.proto}
-		st.Put("vips", marshal(&key), marshal(&lbVipMeta{Index: uint32(i), Flags: v.flags}))
+		st.Put("vips", nfmap.Encode(&key), nfmap.Encode(&lbVipMeta{Index: uint32(i), Flags: v.flags}))
 		if !addrs[v.addr] {
 			// The address entry: echo replies and fragment drops.
 			addrs[v.addr] = true
-			st.Put("vips", marshal(&lbVipKey{Addr: be32(v.addr)}), marshal(&lbVipMeta{Index: uint32(i)}))
+			st.Put("vips", nfmap.Encode(&lbVipKey{Addr: be32(v.addr)}), nfmap.Encode(&lbVipMeta{Index: uint32(i)}))
 		}
 		table := maglev(v.members, RingSize)
 		for slot, b := range table {
-			st.Put("ring", u32(uint32(i*RingSize+slot)), u32(b))
+			st.Put("ring", nfmap.U32(uint32(i*RingSize+slot)), nfmap.U32(b))
 		}
 	}
 	return st, nil
@@ -372,17 +361,5 @@ func Spec() (*ebpf.CollectionSpec, error) {
 // Load validates cfg, loads the NF with its variables set and fills its
 // maps. The caller closes the collection.
 func Load(cfg *Config) (*ebpf.Collection, error) {
-	st, err := cfg.State()
-	if err != nil {
-		return nil, err
-	}
-	spec, err := Spec()
-	if err != nil {
-		return nil, err
-	}
-	coll, err := st.Load(spec, ebpf.CollectionOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("lb: %w", err)
-	}
-	return coll, nil
+	return nfmap.Load("lb", cfg.State, Spec)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/internal/nfmap"
 )
 
 // Program is the name of the XDP program in the object.
@@ -328,10 +329,10 @@ func (c *Config) State() (*mapstate.State, error) {
 	// Deterministic order: interfaces as listed.
 	for _, ifc := range c.Interfaces {
 		v := p.ifaces[ifc.Ifindex]
-		s.Put(MapIfconfig, u32(ifc.Ifindex), encode(&v))
+		s.Put(MapIfconfig, nfmap.U32(ifc.Ifindex), nfmap.Encode(&v))
 	}
 	for i := range p.nexthops {
-		s.Put(MapNextHops, u32(uint32(i)), encode(&p.nexthops[i]))
+		s.Put(MapNextHops, nfmap.U32(uint32(i)), nfmap.Encode(&p.nexthops[i]))
 	}
 	for i := range p.routes {
 		r := &p.routes[i]
@@ -339,23 +340,9 @@ func (c *Config) State() (*mapstate.State, error) {
 		// The C key holds the address in network byte order: reading the
 		// wire bytes as little endian makes encode write them back as is.
 		k := bpfRouteKey{Prefixlen: uint32(r.prefix.Bits()), Addr: binary.LittleEndian.Uint32(a[:])}
-		s.Put(MapRoutes, encode(&k), encode(&r.value))
+		s.Put(MapRoutes, nfmap.Encode(&k), nfmap.Encode(&r.value))
 	}
 	return s, nil
-}
-
-func u32(v uint32) []byte {
-	return binary.LittleEndian.AppendUint32(nil, v)
-}
-
-// encode lays v out as the BPF program sees it (little-endian target).
-func encode(v any) []byte {
-	b, err := binary.Append(nil, binary.LittleEndian, v)
-	if err != nil {
-		// Only fixed-size generated structs are passed in.
-		panic(fmt.Sprintf("router: encode %T: %v", v, err))
-	}
-	return b
 }
 
 // Spec returns a fresh copy of the router's collection spec.
@@ -366,17 +353,5 @@ func Spec() (*ebpf.CollectionSpec, error) {
 // Load validates cfg, loads the router into the kernel and fills its maps.
 // The caller owns the returned collection.
 func Load(cfg *Config) (*ebpf.Collection, error) {
-	state, err := cfg.State()
-	if err != nil {
-		return nil, err
-	}
-	spec, err := Spec()
-	if err != nil {
-		return nil, err
-	}
-	coll, err := state.Load(spec, ebpf.CollectionOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("router: %w", err)
-	}
-	return coll, nil
+	return nfmap.Load("router", cfg.State, Spec)
 }

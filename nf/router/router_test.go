@@ -18,6 +18,7 @@ import (
 
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
+	"github.com/morpheus-go/morpheus/nf/internal/nfmap"
 )
 
 // XDP verdicts.
@@ -508,8 +509,8 @@ func TestRouterRouteUpdate(t *testing.T) {
 	if !bytes.Equal(res.Out, routed(f, macNhA, macIf2).bytes(t)) {
 		t.Fatalf("before update: not routed via a: %x", res.Out)
 	}
-	key := encode(&bpfRouteKey{Prefixlen: 32, Addr: binary.LittleEndian.Uint32([]byte{10, 5, 5, 5})})
-	if err := l.coll.Maps[MapRoutes].Put(key, encode(&bpfRoute{Nexthop: 1})); err != nil {
+	key := nfmap.Encode(&bpfRouteKey{Prefixlen: 32, Addr: binary.LittleEndian.Uint32([]byte{10, 5, 5, 5})})
+	if err := l.coll.Maps[MapRoutes].Put(key, nfmap.Encode(&bpfRoute{Nexthop: 1})); err != nil {
 		t.Fatal(err)
 	}
 	res = kerneltest.Run(t, l.prog, f.bytes(t))
