@@ -130,12 +130,7 @@ func udpFrame(tb testing.TB, dst string) []byte {
 	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
 		tb.Fatal(err)
 	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
-		eth, ip, udp, gopacket.Payload([]byte("morpheus agent test"))); err != nil {
-		tb.Fatal(err)
-	}
-	return buf.Bytes()
+	return kerneltest.Frame(tb, eth, ip, udp, gopacket.Payload([]byte("morpheus agent test")))
 }
 
 type runResult struct {

@@ -1,17 +1,22 @@
 // Package kerneltest holds the helpers shared by tests that need the real
 // kernel: a privilege check that fails instead of skipping in CI, thin
-// wrappers around BPF_PROG_TEST_RUN, and the XDP context those runs take.
+// wrappers around BPF_PROG_TEST_RUN, the XDP context those runs take, test
+// frames, and CPU pinning for per-CPU maps.
 package kerneltest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/google/gopacket"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -90,4 +95,34 @@ func XDPContext(ingress uint32) []byte {
 	c := make([]byte, 24)
 	binary.LittleEndian.PutUint32(c[12:], ingress) // offsetof(struct xdp_md, ingress_ifindex)
 	return c
+}
+
+// Frame serializes layers into a test frame with lengths and checksums
+// filled in, as a sender's stack would.
+func Frame(tb testing.TB, layers ...gopacket.SerializableLayer) []byte {
+	tb.Helper()
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, layers...); err != nil {
+		tb.Fatalf("serialize test frame: %v", err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+// PinCPU keeps the calling test's goroutine on CPU 0 until the test ends,
+// for programs whose per-CPU maps must see every run on one CPU.
+func PinCPU(tb testing.TB) {
+	tb.Helper()
+	runtime.LockOSThread()
+	var old, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		tb.Fatal(err)
+	}
+	set.Set(0)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	})
 }

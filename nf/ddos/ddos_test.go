@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -53,39 +52,11 @@ func load(t *testing.T, cfg *Config) *ebpf.Collection {
 	return coll
 }
 
-// pinCPU keeps the test on CPU 0: the rate table counts per CPU, so every
-// test run must land on the same one for the threshold to be reached.
-func pinCPU(t *testing.T) {
-	t.Helper()
-	runtime.LockOSThread()
-	var old, set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		t.Fatal(err)
-	}
-	set.Set(0)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = unix.SchedSetaffinity(0, &old)
-		runtime.UnlockOSThread()
-	})
-}
-
 type packet struct {
 	vlans   []uint16
 	src     string
 	proto   layers.IPProtocol
 	fragOff uint16
-}
-
-func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
-	t.Helper()
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
-		t.Fatal(err)
-	}
-	return bytes.Clone(buf.Bytes())
 }
 
 func build(t testing.TB, p packet) []byte {
@@ -126,7 +97,7 @@ func build(t testing.TB, p packet) []byte {
 		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0)})
 	}
 	ls = append(ls, gopacket.Payload("ddos-test"))
-	return serialize(t, ls...)
+	return kerneltest.Frame(t, ls...)
 }
 
 func stats(t *testing.T, coll *ebpf.Collection) [NumStats]uint64 {
@@ -226,10 +197,10 @@ func TestDDoSPackets(t *testing.T) {
 			ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: net.ParseIP("2001:db8::66"), DstIP: net.ParseIP("2001:db8::1")}
 			udp := &layers.UDP{SrcPort: 1, DstPort: 2}
 			_ = udp.SetNetworkLayerForChecksum(ip6)
-			return serialize(t, &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip6, udp)
+			return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip6, udp)
 		}, verdict: xdpPass, stat: StatPassIPv6},
 		{name: "arp passes", raw: func(t *testing.T) []byte {
-			return serialize(t, &layers.Ethernet{SrcMAC: macA, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
+			return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: macA, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
 				&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 					Operation: layers.ARPRequest, SourceHwAddress: macA, SourceProtAddress: []byte{198, 51, 100, 23},
 					DstHwAddress: make([]byte, 6), DstProtAddress: []byte{10, 0, 0, 1}})
@@ -285,7 +256,7 @@ func TestDDoSThreshold(t *testing.T) {
 	kerneltest.Require(t)
 	for _, limit := range []uint64{1, 5, 20} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
-			pinCPU(t)
+			kerneltest.PinCPU(t)
 			cfg := testConfig()
 			cfg.PacketsPerWindow = limit
 			coll := load(t, cfg)
@@ -316,7 +287,7 @@ func TestDDoSThreshold(t *testing.T) {
 // window that is full drops.
 func TestDDoSWindow(t *testing.T) {
 	kerneltest.Require(t)
-	pinCPU(t)
+	kerneltest.PinCPU(t)
 	cfg := testConfig()
 	coll := load(t, cfg)
 	window := uint64(10 * time.Second)
@@ -372,7 +343,7 @@ func TestDDoSRateDisabled(t *testing.T) {
 // untracked, while a tracked source is still limited.
 func TestDDoSRateTableFull(t *testing.T) {
 	kerneltest.Require(t)
-	pinCPU(t)
+	kerneltest.PinCPU(t)
 	coll := load(t, testConfig())
 	m := coll.Maps["rate"]
 	ncpu, err := ebpf.PossibleCPU()

@@ -78,15 +78,6 @@ type packet struct {
 	fragOff uint16
 }
 
-func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
-	t.Helper()
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
-		t.Fatal(err)
-	}
-	return bytes.Clone(buf.Bytes())
-}
-
 func build(t testing.TB, p packet) []byte {
 	t.Helper()
 	eth := &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv4}
@@ -120,7 +111,7 @@ func build(t testing.TB, p packet) []byte {
 		ls = append(ls, &layers.ICMPv4{TypeCode: p.icmp, Id: 1, Seq: 1})
 	}
 	ls = append(ls, gopacket.Payload("firewall-test-payload"))
-	return serialize(t, ls...)
+	return kerneltest.Frame(t, ls...)
 }
 
 func tcpPkt(src, dst string, sport, dport uint16) packet {
@@ -253,7 +244,7 @@ func TestFirewallPackets(t *testing.T) {
 		{name: "later fragment skips exact rules", pkt: packet{src: "192.0.2.10", dst: "10.0.0.5", proto: layers.IPProtocolTCP, fragOff: 100}, verdict: xdpDrop, counter: CounterDefaultDeny},
 		{name: "first fragment has ports", pkt: packet{src: "192.0.2.10", dst: "10.0.0.5", proto: layers.IPProtocolTCP, sport: 40000, dport: 22, flags: layers.IPv4MoreFragments}, verdict: xdpPass, counter: CounterRuleAllow, ctRule: 1},
 		{name: "arp passes", raw: func(t *testing.T) []byte {
-			return serialize(t, &layers.Ethernet{SrcMAC: macA, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
+			return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: macA, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
 				&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 					Operation: layers.ARPRequest, SourceHwAddress: macA, SourceProtAddress: []byte{10, 0, 0, 1},
 					DstHwAddress: make([]byte, 6), DstProtAddress: []byte{10, 0, 0, 2}})
@@ -262,7 +253,7 @@ func TestFirewallPackets(t *testing.T) {
 			ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: net.ParseIP("2001:db8::1"), DstIP: net.ParseIP("2001:db8::2")}
 			udp := &layers.UDP{SrcPort: 1, DstPort: 2}
 			_ = udp.SetNetworkLayerForChecksum(ip6)
-			return serialize(t, &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip6, udp)
+			return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip6, udp)
 		}, verdict: xdpDrop, counter: CounterDefaultDeny},
 		{name: "truncated vlan", raw: func(*testing.T) []byte {
 			return append(append(append([]byte{}, macB...), macA...), 0x81, 0x00, 0x00, 0x07)
@@ -423,7 +414,7 @@ func TestFirewallDefaultPolicy(t *testing.T) {
 		ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: net.ParseIP("2001:db8::1"), DstIP: net.ParseIP("2001:db8::2")}
 		tcp := &layers.TCP{SrcPort: 1, DstPort: 2, SYN: true}
 		_ = tcp.SetNetworkLayerForChecksum(ip)
-		return serialize(t, &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip, tcp)
+		return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip, tcp)
 	}
 	cases := []struct {
 		policy  string

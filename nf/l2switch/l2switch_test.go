@@ -173,11 +173,7 @@ func (f frame) bytes(t *testing.T) []byte {
 		}
 		ls = append(ls, ip, udp, gopacket.Payload("l2switch test payload"))
 	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, ls...); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return kerneltest.Frame(t, ls...)
 }
 
 func mac(t *testing.T, s string) net.HardwareAddr {

@@ -121,20 +121,7 @@ func build(t testing.TB, p packet) []byte {
 		payload = []byte("morpheus-payload")
 	}
 	ls = append(ls, gopacket.Payload(payload))
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
-		t.Fatal(err)
-	}
-	return bytes.Clone(buf.Bytes())
-}
-
-func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
-	t.Helper()
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
-		t.Fatal(err)
-	}
-	return bytes.Clone(buf.Bytes())
+	return kerneltest.Frame(t, ls...)
 }
 
 // csumOK reports whether an Internet checksum over b verifies.
@@ -328,7 +315,7 @@ func TestLBPackets(t *testing.T) {
 		{name: "later fragment to vip", pkt: packet{src: "192.0.2.7", dst: "10.0.0.10", proto: layers.IPProtocolUDP, fragOff: 185}, verdict: xdpDrop, stat: StatDropFragment},
 		{name: "fragment to non-vip", pkt: packet{src: "192.0.2.7", dst: "10.9.9.9", proto: layers.IPProtocolUDP, fragOff: 185}, verdict: xdpPass, stat: StatPass},
 		{name: "arp", raw: func(t *testing.T) []byte {
-			return serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
+			return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
 				&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 					Operation: layers.ARPRequest, SourceHwAddress: clientMAC, SourceProtAddress: []byte{192, 0, 2, 7},
 					DstHwAddress: make([]byte, 6), DstProtAddress: []byte{10, 0, 0, 10}})
@@ -337,7 +324,7 @@ func TestLBPackets(t *testing.T) {
 			ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: net.ParseIP("2001:db8::1"), DstIP: net.ParseIP("2001:db8::10")}
 			udp := &layers.UDP{SrcPort: 1, DstPort: 80}
 			_ = udp.SetNetworkLayerForChecksum(ip6)
-			return serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: lbMAC, EthernetType: layers.EthernetTypeIPv6}, ip6, udp, gopacket.Payload("x"))
+			return kerneltest.Frame(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: lbMAC, EthernetType: layers.EthernetTypeIPv6}, ip6, udp, gopacket.Payload("x"))
 		}, verdict: xdpPass, stat: StatPass},
 		{name: "truncated vlan header", raw: func(*testing.T) []byte {
 			return append(append(append([]byte{}, lbMAC...), clientMAC...), 0x81, 0x00, 0x00)

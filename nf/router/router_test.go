@@ -188,11 +188,7 @@ func (f frame) bytes(tb testing.TB) []byte {
 		}
 		ls = append(ls, payload)
 	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, ls...); err != nil {
-		tb.Fatalf("serialize: %v", err)
-	}
-	return buf.Bytes()
+	return kerneltest.Frame(tb, ls...)
 }
 
 func mustMAC(tb testing.TB, s string) net.HardwareAddr {
