@@ -471,13 +471,7 @@ func (r *Result) Summary() string {
 	sort.Strings(names)
 	for _, n := range names {
 		mi := r.Maps[n]
-		access := "RW"
-		switch {
-		case mi.ReadOnly:
-			access = "RO"
-		case mi.Untracked:
-			access = "RW?"
-		}
+		access := mi.Access()
 		reason := ""
 		if len(mi.Reasons) > 0 {
 			reason = mi.Reasons[0]

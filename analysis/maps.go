@@ -205,3 +205,16 @@ func (r *recorder) eligibility(s *Site, mi *MapInfo) {
 	sort.Strings(s.HotCache.Reasons)
 	sort.Strings(s.ConstKey.Reasons)
 }
+
+// Access is the map's data-plane access class as reports print it: "RO"
+// (only the control plane writes it), "RW", or "RW?" when a pointer to
+// the map was lost, so writes may have been missed.
+func (mi *MapInfo) Access() string {
+	switch {
+	case mi.ReadOnly:
+		return "RO"
+	case mi.Untracked:
+		return "RW?"
+	}
+	return "RW"
+}

@@ -124,13 +124,7 @@ func analyse(spec *ebpf.CollectionSpec, p *program.Program) (*Analysis, error) {
 	sort.Strings(names)
 	for _, n := range names {
 		mi := res.Maps[n]
-		access := "RW"
-		switch {
-		case mi.ReadOnly:
-			access = "RO"
-		case mi.Untracked:
-			access = "RW?"
-		}
+		access := mi.Access()
 		out.Maps = append(out.Maps, MapAccess{Name: n, Type: mi.Type, Access: access, Sites: len(mi.Sites), WriteSites: mi.WriteSites, Reasons: mi.Reasons})
 	}
 	return out, nil
