@@ -583,9 +583,9 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 		// Plans are kept per shape, in the order of completes, so that
 		// ties resolve as if each shape had been expanded on its own.
 		bufs := make([][]*lpmPlan, len(completes))
-		planEach := func(lo uint32, expanded int, chained int) {
+		planEach := func(lo uint32, expanded, shorterChained int) {
 			for i, complete := range completes {
-				if !complete || len(longer)+chained <= c.Opts.MaxInline {
+				if !complete || len(longer)+shorterChained <= c.Opts.MaxInline {
 					saved := out
 					out = bufs[i]
 					plan(chainLonger, complete, hashed, inHash, lo, expanded, excluded)
