@@ -502,7 +502,7 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 	// plan costs one plan; hashed and inHash are shared with the plans
 	// of other expansion depths of the same variant, so it takes them
 	// as they are at the call.
-	plan := func(chainLonger, complete bool, hashed []lpmNode, inHash map[string]bool, lo uint32, expanded, excluded int) {
+	plan := func(chainLonger, complete bool, hashed []lpmNode, inHash map[string]bool, lo uint32, expanded, excluded int) *lpmPlan {
 		pl := &lpmPlan{plen: p, keyBytes: keyBytes, chainLonger: chainLonger, complete: complete, base: hashPath,
 			hashed: slices.Clip(hashed), lo: lo, expanded: expanded, excluded: excluded,
 			expandedBlocks: len(hashed) - (len(same) - excluded)}
@@ -543,7 +543,7 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 			pl.restShare = rest / total
 		}
 		pl.block = block
-		out = append(out, pl)
+		return pl
 	}
 	// variant expands once for every plan shape in completes: the
 	// blocks hashed depend only on chainLonger.
@@ -586,10 +586,7 @@ func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst boo
 		planEach := func(lo uint32, expanded, shorterChained int) {
 			for i, complete := range completes {
 				if !complete || len(longer)+shorterChained <= c.Opts.MaxInline {
-					saved := out
-					out = bufs[i]
-					plan(chainLonger, complete, hashed, inHash, lo, expanded, excluded)
-					bufs[i], out = out, saved
+					bufs[i] = append(bufs[i], plan(chainLonger, complete, hashed, inHash, lo, expanded, excluded))
 				}
 			}
 		}
