@@ -124,13 +124,30 @@ func (t *Testbed) CompareLive(ctx context.Context, progs map[string]*ebpf.Progra
 				if err := sleep(ctx, opts.Settle); err != nil {
 					return err
 				}
+				// The period's rate comes from the program's own counters
+				// read at its ends: sampler ticks can be late on a busy
+				// machine and leave a short period with one sample.
+				before, err := progs[n].Stats()
+				if err != nil {
+					return fmt.Errorf("testbed: program %s: %w", n, err)
+				}
 				from := time.Now()
 				if err := sleep(ctx, opts.Period); err != nil {
 					return err
 				}
-				sum := Summarize(s.Samples(), ids[n], from, time.Now())
-				if sum.PPS == 0 {
-					return fmt.Errorf("testbed: %s carried no traffic in round %d", n, r)
+				after, err := progs[n].Stats()
+				if err != nil {
+					return fmt.Errorf("testbed: program %s: %w", n, err)
+				}
+				to := time.Now()
+				dn := after.RunCount - before.RunCount
+				if dn == 0 {
+					return fmt.Errorf("testbed: %s carried no traffic in round %d (generator: %v)", n, r, t.Err())
+				}
+				sum := Summary{
+					Samples:     Summarize(s.Samples(), ids[n], from, to).Samples,
+					PPS:         float64(dn) / to.Sub(from).Seconds(),
+					NsPerPacket: float64((after.Runtime - before.Runtime).Nanoseconds()) / float64(dn),
 				}
 				per[n] = append(per[n], sum)
 				done++
