@@ -55,7 +55,10 @@ type CompareOptions struct {
 	// Control also measures a second copy of the original, for the noise
 	// floor of the ratio (Comparison.Control).
 	Control bool
-	// Progress, if set, is told the current stage ("optimize", "load",
+	// Cold specializes to the configuration as given instead of to the
+	// state after a warm-up replay of the trace (Scenario.Warm).
+	Cold bool
+	// Progress, if set, is told the current stage ("warm", "optimize", "load",
 	// "measure") and, while measuring, the measurements done and total.
 	Progress func(stage string, done, total int)
 }
@@ -176,6 +179,13 @@ func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, er
 		if opts.Progress != nil {
 			opts.Progress(stage, done, total)
 		}
+	}
+	if !opts.Cold {
+		progress("warm", 0, 1)
+		if err := sc.Warm(ctx); err != nil {
+			return nil, err
+		}
+		progress("warm", 1, 1)
 	}
 	heat, src := opts.Heat, opts.HeatSource
 	switch {

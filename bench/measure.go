@@ -175,11 +175,11 @@ func (h *Harness) Measure(ctx context.Context, progs map[string]*ebpf.Program, o
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			d, err := h.Run(prog(name), opts.Repeat)
+			d, err := h.RunNs(prog(name), opts.Repeat)
 			if err != nil {
 				return nil, fmt.Errorf("bench: round %d, %q: %w", round, name, err)
 			}
-			raw[name] = append(raw[name], float64(d.Nanoseconds()))
+			raw[name] = append(raw[name], d)
 			done++
 			if opts.Progress != nil {
 				opts.Progress(done, total)

@@ -278,6 +278,8 @@ type Scenario struct {
 	Frames [][]byte
 	// Trace is the generated trace, nil when the frames were given.
 	Trace *traffic.Trace
+
+	warmed bool
 }
 
 // DefaultFlows is the default number of hit (and of miss) flows.

@@ -62,6 +62,7 @@ type benchFlags struct {
 	heat         string
 	sampleRate   float64
 	control      bool
+	cold         bool
 }
 
 func newBenchCmd() *cobra.Command {
@@ -98,6 +99,7 @@ func newBenchCmd() *cobra.Command {
 	fs.StringVar(&bf.heat, "heat", bench.HeatInstrument, "heatmap source: instrument (profile the instrumented NF over the trace) or trace (exact key counts of the trace)")
 	fs.Float64Var(&bf.sampleRate, "sample-rate", instrument.DefaultRate, "with --heat instrument: the instrumentation's sampling rate")
 	def := passes.DefaultOptions()
+	fs.BoolVar(&bf.cold, "cold", false, "specialize to the configuration as given, not to the maps after a warm-up replay of the trace through the original (learned addresses, connections)")
 	fs.IntVar(&bf.topK, "top-k", def.TopK, "most hot keys compiled in front of a lookup (the cost model picks how many pay)")
 	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
 	return cmd
@@ -204,6 +206,7 @@ func (bf *benchFlags) compareOptions() bench.CompareOptions {
 		HeatFrom:    bf.heat,
 		Profile:     bench.ProfileOptions{Rate: bf.sampleRate},
 		Control:     bf.control,
+		Cold:        bf.cold,
 	}
 }
 
@@ -431,6 +434,9 @@ func commandLine(bf *benchFlags) string {
 	}
 	if !bf.control {
 		s += " --control=false"
+	}
+	if bf.cold {
+		s += " --cold"
 	}
 	if bf.heat != bench.HeatInstrument {
 		s += " --heat " + bf.heat
