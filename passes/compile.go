@@ -32,13 +32,17 @@ type Pass struct {
 }
 
 // Table is the pipeline, in order. The order matters: inlining runs before
-// caching so that a map inlined whole is not also cached; constprop runs
-// after the map rewrites so that it folds the values they expose, and dce
-// runs last to remove what folding and the rewrites left dead.
+// caching so that a map inlined whole is not also cached; taildup runs
+// after the map rewrites, whose compare chains and hot caches make the
+// merges it splits, and right before constprop, which folds the copies
+// (taildup runs only when constprop does); constprop runs after the map
+// rewrites so that it folds the values they expose, and dce runs last to
+// remove what folding and the rewrites left dead.
 var Table = []Pass{
 	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
 	{Name: "dss", Doc: "specialize large read-only tables by a cost model: IPv4 LPM tries become DIR-16-8-8 arrays, LPM tries with a dominant prefix length become hashes on the masked key (with short chains and hot keys), dense integer-keyed hashes become arrays; behind a guard", fn: dataStructSpec},
 	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
+	{Name: "taildup", Doc: "duplicate the tail after a merge of known values (the hits of a compare chain or hot cache) per predecessor, with the static functions it calls, so that constprop folds each copy; bounded, runs only with constprop", fn: tailDup},
 	{Name: "constprop", Doc: "fold .rodata and control-plane-only array values (behind a guard with an original fallback), constant arithmetic and decided branches", fn: constProp},
 	{Name: "dce", Doc: "remove unreachable blocks and functions, dead register definitions and unused pure lookups; thread jumps and merge blocks", fn: deadCode},
 }
