@@ -138,6 +138,11 @@ type Context struct {
 	Remarks []Remark
 	Results []PassResult
 
+	// unduplicated is the program as it was before taildup copied
+	// tails, for constprop's guarded fallback; nil when taildup changed
+	// nothing.
+	unduplicated *program.Program
+
 	pass     string
 	changes  int
 	analysis *analysis.Result

@@ -51,6 +51,11 @@ func constProp(c *Context) error {
 	}
 	cp := &propagator{c: c, guarded: map[string]bool{}, touched: map[string]bool{}, skips: map[Remark]bool{}, plain: map[string]int{}}
 	before := c.Prog.Clone()
+	if c.unduplicated != nil {
+		// taildup ran right before: its copies change no behaviour, and
+		// a fallback without them halves what the verifier walks.
+		before, c.unduplicated = c.unduplicated, nil
+	}
 	cp.sharedBefore = c.Guards.Guarded()
 	cp.written = c.writtenByOthers()
 	for round := 0; round < constPropRounds; round++ {
@@ -384,7 +389,7 @@ func (cp *propagator) decide(res *analysis.Result, st *analysis.State, b *progra
 	switch {
 	case dst.Kind.IsPointer() && !dst.MaybeNull && dst.Kind != analysis.PtrParentStack:
 		return op == asm.JNE, dst.Kind.String() + " pointer is never NULL", true
-	case dst.Kind == analysis.PtrMapValue && dst.MaybeNull && cp.inRangeArrayLookup(res, dst):
+	case dst.Kind == analysis.PtrMapValue && dst.MaybeNull && cp.c.inRangeArrayLookup(res, dst):
 		return op == asm.JNE, "array lookup with a constant in-range index never fails", true
 	}
 	return false, "", false
@@ -395,13 +400,13 @@ func (cp *propagator) decide(res *analysis.Result, st *analysis.State, b *progra
 // whatever the map holds, and whether nothing but NULL checks uses the
 // pointer any more: the verifier still wants the check before a
 // dereference.
-func (cp *propagator) inRangeArrayLookup(res *analysis.Result, v analysis.Value) bool {
+func (c *Context) inRangeArrayLookup(res *analysis.Result, v analysis.Value) bool {
 	origins := res.Origins(v)
 	if len(origins) == 0 {
 		return false
 	}
 	for _, o := range origins {
-		ms := cp.c.Coll.Maps[o.Map]
+		ms := c.Coll.Maps[o.Map]
 		if ms == nil || (ms.Type != ebpf.Array && ms.Type != ebpf.PerCPUArray) || o.Key == nil || !o.Key.Const || len(o.Key.Bytes) != 4 {
 			return false
 		}

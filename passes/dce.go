@@ -1,10 +1,12 @@
 package passes
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/program"
@@ -48,13 +50,17 @@ func deadCode(c *Context) error {
 		if s == (funcStats{}) {
 			continue
 		}
-		c.changed(f.Name, f.Blocks[0].ID, "", "removed %d unreachable blocks, %d dead register definitions, %d dead stack stores, %d unused lookups; threaded or dropped %d jumps; merged %d blocks",
+		msg := fmt.Sprintf("removed %d unreachable blocks, %d dead register definitions, %d dead stack stores, %d unused lookups; threaded or dropped %d jumps; merged %d blocks",
 			s.blocks, s.insns, s.stores, s.lookups, s.jumps, s.merged)
+		if s.nullChecks > 0 {
+			msg += fmt.Sprintf("; decided %d NULL checks of array lookups that cannot fail", s.nullChecks)
+		}
+		c.changed(f.Name, f.Blocks[0].ID, "", "%s", msg)
 	}
 	return nil
 }
 
-type funcStats struct{ blocks, insns, lookups, stores, jumps, merged int }
+type funcStats struct{ blocks, insns, lookups, stores, nullChecks, jumps, merged int }
 
 type dceStats struct {
 	per          map[string]funcStats
@@ -79,7 +85,9 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 	}
 	// Both removals below read the analysis, so both are decided before
 	// either changes an instruction index.
-	lookups := c.deadLookups(res)
+	args := callArgs(c.Prog)
+	checks := c.neverNull(res)
+	lookups := c.deadLookups(res, args)
 	stores := map[*program.Block][]int{}
 	for _, f := range c.Prog.Funcs {
 		deadStores(res, f, stores)
@@ -99,6 +107,23 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 			l += len(lookups[b]) + len(stores[b])
 		}
 		removeMarked(f, marks)
+		for _, b := range f.Blocks {
+			taken, ok := checks[b]
+			if !ok {
+				continue
+			}
+			if taken {
+				j := b.Insns[len(b.Insns)-1]
+				j.OpCode, j.Src, j.Dst, j.Offset, j.Constant = gotoOpCode, 0, 0, 0, 0
+				b.Insns[len(b.Insns)-1] = clearRef(j)
+				b.Next = nil
+			} else {
+				b.Insns = b.Insns[:len(b.Insns)-1]
+				b.Target = nil
+			}
+			s.nullChecks++
+			l++
+		}
 		// The cleanups enable each other (a removed definition can
 		// empty a block, a threaded jump can make a conditional jump's
 		// targets equal): run them to their fixpoint here, without the
@@ -108,7 +133,7 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 			j := simplifyJumps(f)
 			j += bypassEmpty(f)
 			rb := removeUnreachable(f)
-			rd := removeDeadDefs(f)
+			rd := removeDeadDefs(f, args)
 			m := mergeBlocks(f)
 			j += dropJumpsToNext(f)
 			s.jumps += j
@@ -129,6 +154,38 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 	return total + len(removed), nil
 }
 
+// neverNull finds the NULL checks of pointers that only come from array
+// lookups with a constant in-range index and that nothing else uses (the
+// verifier wants the check only before a dereference): such a lookup
+// never fails. It maps each block ending in one to whether its jump is
+// taken. Constprop decides the same checks; here they are decided again
+// once dead definitions (such as the argument a specialized callee no
+// longer reads) have gone.
+func (c *Context) neverNull(res *analysis.Result) map[*program.Block]bool {
+	out := map[*program.Block]bool{}
+	for _, f := range c.Prog.Funcs {
+		for _, b := range f.Blocks {
+			t := b.Term()
+			if t == nil || t.OpCode.Class() != asm.JumpClass || t.OpCode.Source() != asm.ImmSource || t.Constant != 0 {
+				continue
+			}
+			op := t.OpCode.JumpOp()
+			if op != asm.JEq && op != asm.JNE {
+				continue
+			}
+			st := res.StateBefore(b, len(b.Insns)-1)
+			if st == nil {
+				continue
+			}
+			v := st.Reg(t.Dst)
+			if v.Kind == analysis.PtrMapValue && v.MaybeNull && c.inRangeArrayLookup(res, v) {
+				out[b] = op == asm.JNE
+			}
+		}
+	}
+	return out
+}
+
 // pureLookup lists the map types whose lookup only reads: removing an
 // unused one changes nothing (an LRU lookup would refresh the entry).
 var pureLookup = map[ebpf.MapType]bool{
@@ -137,10 +194,10 @@ var pureLookup = map[ebpf.MapType]bool{
 
 // deadLookups finds bpf_map_lookup_elem calls on maps with a pure lookup
 // whose result no instruction reads.
-func (c *Context) deadLookups(a *analysis.Result) map[*program.Block][]int {
+func (c *Context) deadLookups(a *analysis.Result, args map[string]regSet) map[*program.Block][]int {
 	out := map[*program.Block][]int{}
 	for _, f := range c.Prog.Funcs {
-		live := computeLive(f)
+		live := computeLiveWith(f, args)
 		for _, b := range f.Blocks {
 			var w *analysis.Walker
 			for i, ins := range b.Insns {
@@ -267,8 +324,8 @@ func removeUnreachable(f *program.Func) int {
 // removeDeadDefs removes instructions whose only effect is to define
 // registers that are dead afterwards. One liveness solution suffices for a
 // sweep: removing a dead definition only shrinks liveness.
-func removeDeadDefs(f *program.Func) int {
-	live := computeLive(f)
+func removeDeadDefs(f *program.Func, args map[string]regSet) int {
+	live := computeLiveWith(f, args)
 	n := 0
 	for _, b := range f.Blocks {
 		kept := b.Insns[:0:0]
@@ -386,6 +443,35 @@ func removeUncalled(p *program.Program) []string {
 	return removed
 }
 
+// callArgs gives, for every static function of p, the argument registers
+// its code may read before writing them: a call to it reads only those, so
+// the caller's definitions of the others are dead. The verifier checks the
+// arguments of a global function (and of the entry function) against its
+// BTF even when the body ignores them, so those are not listed. Calls
+// cannot recurse in BPF, so the iteration from "all five" down is exact.
+func callArgs(p *program.Program) map[string]regSet {
+	args := map[string]regSet{}
+	for _, f := range p.Funcs[1:] {
+		if f.BTF == nil || f.BTF.Linkage == btf.StaticFunc {
+			args[f.Name] = argRegSet
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for _, f := range p.Funcs[1:] {
+			a, ok := args[f.Name]
+			if !ok {
+				continue
+			}
+			if in := computeLiveWith(f, args).entry(f) & argRegSet; in != a {
+				args[f.Name] = in
+				changed = true
+			}
+		}
+	}
+	return args
+}
+
 // regSet is a set of registers R0-R10.
 type regSet uint16
 
@@ -476,9 +562,15 @@ func (l liveSets) entry(f *program.Func) regSet {
 	return l.out[f.Blocks[0]]
 }
 
-// computeLive solves backward register liveness of f. The lattice is
-// finite and the transfer monotone, so the round-robin iteration ends.
-func computeLive(f *program.Func) liveSets {
+// computeLive solves backward register liveness of f, every call
+// reading all five argument registers.
+func computeLive(f *program.Func) liveSets { return computeLiveWith(f, nil) }
+
+// computeLiveWith solves backward register liveness of f; a call to a
+// function named in args reads only the registers args gives for it (see
+// callArgs). The lattice is finite and the transfer monotone, so the
+// round-robin iteration ends.
+func computeLiveWith(f *program.Func, args map[string]regSet) liveSets {
 	l := liveSets{in: map[*program.Block][]regSet{}, out: map[*program.Block]regSet{}}
 	blockIn := map[*program.Block]regSet{}
 	for changed := true; changed; {
@@ -493,7 +585,11 @@ func computeLive(f *program.Func) liveSets {
 			ins := make([]regSet, len(b.Insns))
 			live := out | regBit(asm.R10)
 			for i := len(b.Insns) - 1; i >= 0; i-- {
-				use, def := useDef(b.Insns[i])
+				in := b.Insns[i]
+				use, def := useDef(in)
+				if a, ok := args[in.Reference()]; ok && in.IsFunctionCall() {
+					use = a
+				}
 				live = (live &^ def) | use | regBit(asm.R10)
 				ins[i] = live
 			}

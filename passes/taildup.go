@@ -359,6 +359,9 @@ func staticCallees(p *program.Program, blocks []*program.Block) []*program.Func 
 func (td *tailDuplicator) duplicate(md tdMerge) {
 	p := td.c.Prog
 	td.tried[md.m] = true
+	if td.c.unduplicated == nil {
+		td.c.unduplicated = p.Clone()
+	}
 	for k, pred := range md.preds {
 		td.seq++
 		rename := map[string]string{}
