@@ -131,6 +131,8 @@ type goldenCase struct {
 	// keys are key values worth sending (hits of the tables).
 	keys []uint32
 	opts func(*Options)
+	// layout, if set, overrides the cost models' choice (forceLayout).
+	layout string
 }
 
 // goldenCases: one row per program and pass selection. A new pass adds
@@ -143,8 +145,11 @@ var goldenCases = []goldenCase{
 	{name: "hotcache_hash", passes: []string{"hotcache"}, build: goldenHot, keys: goldenHashKeys,
 		opts: func(o *Options) { o.MaxInline, o.TopK = 2, 2 }},
 	{name: "hotcache_tree", passes: []string{"hotcache"}, build: goldenHotTree, keys: goldenHotTreeKeys,
+		opts: func(o *Options) { o.MaxInline, o.TopK = 2, 24 }, layout: "tree"},
+	{name: "hotcache_probe", passes: []string{"hotcache"}, build: goldenHotTree, keys: goldenHotTreeKeys,
 		opts: func(o *Options) { o.MaxInline, o.TopK = 2, 24 }},
 	{name: "hotcache_rw_tripwire", passes: []string{"hotcache"}, build: goldenRW, keys: goldenHashKeys},
+	{name: "mapinline_probe", passes: []string{"mapinline"}, build: goldenProbe, keys: goldenHotTreeKeys},
 	{name: "constprop_rodata", passes: []string{"constprop"}, build: goldenRodata},
 	{name: "constprop_features", passes: []string{"constprop"}, build: goldenFeatures},
 	{name: "constprop_dce_features", passes: []string{"constprop", "dce"}, build: goldenFeatures},
@@ -324,6 +329,10 @@ func goldenRun(t *testing.T, gc goldenCase) (*Context, *program.Program) {
 		gc.opts(&opts)
 	}
 	opts.Passes = gc.passes
+	if gc.layout != "" {
+		defer func(old string) { forceLayout = old }(forceLayout)
+		forceLayout = gc.layout
+	}
 	c := &Context{Coll: spec, Prog: prog.Clone(), State: st, Heat: heat, Guards: guard.NewTable(), Opts: opts}
 	if err := Run(c); err != nil {
 		t.Fatal(err)

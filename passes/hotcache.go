@@ -33,21 +33,31 @@ import (
 // 1-byte chunks (bytes the site always passes as constants are skipped),
 // each loaded once from the stack and byte-swapped to big endian, so that
 // unsigned compares (jlt, jgt) order chunks like bytes; with too few dead
-// registers the chunks are reloaded per compare. Options.TopK is the
-// maximum number of keys (at most maxHotKeys). How many are compiled, and
-// which layout, is decided per site by an expected cost per lookup, in
-// units of one compare-and-branch:
+// registers the chunks are reloaded per compare. Or the keys go into a
+// hashed probe (probe.go): the same chunks hashed into a collision-free
+// table of 2^b slots, one load of the key's slot and one compare per
+// chunk, whatever K. Options.TopK is the maximum number of keys (at most
+// maxHotKeys). How many are compiled, and which layout, is decided per
+// site by an expected cost per lookup, in units of one compare-and-branch:
 //
-//	cost(K) = hotCostGuard + min(chain(K), tree(K)) + (1 - coverage(K)) * lookup
+//	cost(K)  = hotCostGuard + min(chain(K), tree(K), probe(K)) + (1 - coverage(K)) * lookup
 //	chain(K) = Σ_{i<K} p_i (i + chunks) + (1 - coverage(K)) K
 //	tree(K)  = 2 chunks + 1.5 ⌈log2(K+1)⌉ + 2 chunks
+//	probe(K) = 3 chunks + probeHashCost (+ chunks/2 with two slots a
+//	           bucket, + 1 when a cached result is a miss)
 //
 // where p_i is the share of the site's heatmap counts on the i-th
 // hottest key, coverage(K) the share of the top K, and lookup the cost of
 // the helper (costHashLookup, costLPMLookup). The K with the lowest cost
 // wins; if even that is not below lookup (the hot keys cover too little
 // of the traffic, as with no locality) the site is left alone, so a flat
-// heatmap never pays for a cache that rarely hits.
+// heatmap never pays for a cache that rarely hits. The probe's cost does
+// not grow with K, so where it wins it takes every key it may; its
+// placement is searched only then, and if none is found within the
+// search's budget the best chain or tree stands. The chain and the tree
+// pay mispredicted branches that grow with K (which of K keys a lookup
+// hits is data, not history); the probe's branches go the same way for
+// every hit.
 //
 // # Maps the data plane writes
 //
@@ -81,6 +91,7 @@ func hotCache(c *Context) error {
 		return err
 	}
 	sort.SliceStable(sites, func(i, j int) bool { return sites[i].index > sites[j].index })
+	ans := answers{}
 	maxK := min(c.Opts.TopK, maxHotKeys)
 	var plans []*hotPlan
 	trips := map[string]*tripPlan{}
@@ -117,7 +128,7 @@ func hotCache(c *Context) error {
 				continue
 			}
 		}
-		plan, why := c.planHot(res, s, ms, maxK)
+		plan, why := c.planHot(res, s, ms, maxK, ans)
 		if why != "" {
 			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
 			continue
@@ -185,10 +196,12 @@ type hotPlan struct {
 	coverage float64
 	cost     float64 // expected cost per lookup, lookup = lookupCost
 	lookup   float64
+	probe    *probePlan // the hashed probe, if that is the layout
+	nkeys    int        // keys in the probe
 }
 
 // planHot picks the hot keys and the layout for site s, or says why not.
-func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, maxK int) (*hotPlan, string) {
+func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, maxK int, ans answers) (*hotPlan, string) {
 	all := c.Heat.Top(s.mapName, math.MaxInt)
 	var keys []heatmap.Key
 	var total float64
@@ -213,41 +226,109 @@ func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 	}
 	constByte := func(i int) bool { return i < len(s.keyBytes) && s.keyBytes[i].Kind == "const" }
 	tchs := treeChunks(*s.keyOff, int(ms.KeySize), constByte)
+	pchs := probeChunks(*s.keyOff, int(ms.KeySize), constByte)
 	cch := float64(len(chunks(0, int(ms.KeySize))))
 	tch := float64(len(tchs))
-	best, bestK, bestTree := math.Inf(1), 0, false
-	if forceLayout != "" {
-		// A test wants one layout with every key it offers.
-		n := min(maxK, len(keys))
-		bestK, bestTree, best = n, forceLayout == "tree", 0
-		return c.hotKeys(res, s, ms, keys, n, bestTree, tchs, total, best, lookup)
-	}
+	// The chain and the tree, and separately the probe: its placement
+	// is only searched for the K it would take, and if none is found
+	// the best of the other two stands.
+	best, bestK, bestLayout := math.Inf(1), 0, "chain"
+	bestProbe, probeK := math.Inf(1), 0
 	var covered, chainHits float64
+	cachedMiss := false
+	at := map[string]float64{} // each layout's cost with the most keys
 	for k := 1; k <= min(maxK, len(keys)); k++ {
 		p := float64(keys[k-1].Count) / total
 		covered += p
 		chainHits += p * (float64(k-1) + cch)
 		chain := chainHits + (1-covered)*float64(k)
 		tree := 2*tch + 1.5*math.Ceil(math.Log2(float64(k+1))) + 2*tch
-		cost := hotCostGuard + min(chain, tree) + (1-covered)*lookup
-		if cost < best {
-			best, bestK, bestTree = cost, k, tree < chain
+		cachedMiss = cachedMiss || ans.of(c, ms, keys[k-1].Key) == nil
+		probe := probeCost(len(pchs), 1, cachedMiss)
+		rest := hotCostGuard + (1-covered)*lookup
+		at["chain"], at["tree"], at["probe"] = rest+chain, rest+tree, rest+probe
+		if cost := rest + min(chain, tree); cost < best {
+			best, bestK, bestLayout = cost, k, map[bool]string{true: "tree", false: "chain"}[tree < chain]
+		}
+		if cost := rest + probe; cost < bestProbe {
+			bestProbe, probeK = cost, k
+		}
+	}
+	if forceLayout != "" {
+		// A test wants one layout with every key it offers.
+		chs := tchs
+		if forceLayout == "probe" {
+			chs = pchs
+		}
+		pl, why := c.hotKeys(res, s, ms, keys, min(maxK, len(keys)), forceLayout, chs, total, at[forceLayout], lookup, ans)
+		if pl == nil {
+			return nil, "forced layout: " + why
+		}
+		return pl, ""
+	}
+	if bestProbe < min(best, lookup) {
+		pl, why := c.hotKeys(res, s, ms, keys, probeK, "probe", pchs, total, bestProbe, lookup, ans)
+		if pl != nil && pl.cost < min(best, lookup) {
+			return pl, ""
+		}
+		if pl == nil {
+			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
 		}
 	}
 	if best >= lookup {
 		return nil, fmt.Sprintf("hot keys cover too little: the best cache (%d keys, %.0f%% of lookups) would cost %.0f against %.0f for the lookup", bestK, 100*coverage(keys, bestK, total), best, lookup)
 	}
-	return c.hotKeys(res, s, ms, keys, bestK, bestTree, tchs, total, best, lookup)
+	return c.hotKeys(res, s, ms, keys, bestK, bestLayout, tchs, total, best, lookup, ans)
 }
 
-// forceLayout, set only by tests, overrides the cost model: "tree" or
-// "chain" with as many keys as Options.TopK allows.
+// answers indexes the snapshot's hash entries by key, per map, built on
+// first use: hot keys are looked up in tables of many thousand entries.
+type answers map[string]map[string][]byte
+
+// of is the snapshot's answer to a lookup of key in ms: the value bytes,
+// or nil for a miss.
+func (a answers) of(c *Context, ms *ebpf.MapSpec, key []byte) []byte {
+	if ms.Type == ebpf.LPMTrie {
+		return longestMatch(c.entries(ms.Name), key)
+	}
+	idx, ok := a[ms.Name]
+	if !ok {
+		idx = map[string][]byte{}
+		for _, e := range c.entries(ms.Name) {
+			idx[string(e.Key)] = e.Value // the last write of a key wins
+		}
+		a[ms.Name] = idx
+	}
+	return idx[string(key)]
+}
+
+// forceLayout, set only by tests, overrides the cost models: "tree",
+// "chain" or "probe" with as many keys as Options.TopK allows in
+// hotcache, "probe" for any hash in mapinline.
 var forceLayout string
 
-// hotKeys builds the plan for the k hottest keys in the chosen layout.
-func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, keys []heatmap.Key, k int, tree bool, tchs []keyChunk, total, cost, lookup float64) (*hotPlan, string) {
-	pl := &hotPlan{s: s, ms: ms, tree: tree, coverage: coverage(keys, k, total), cost: cost, lookup: lookup}
+// hotKeys builds the plan for the k hottest keys in the chosen layout
+// ("chain", "tree" or "probe"; chs are the chunks the tree or the probe
+// compares), or says why it cannot.
+func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, keys []heatmap.Key, k int, layout string, tchs []keyChunk, total, cost, lookup float64, ans answers) (*hotPlan, string) {
+	pl := &hotPlan{s: s, ms: ms, tree: layout == "tree", coverage: coverage(keys, k, total), cost: cost, lookup: lookup}
 	hot := keys[:k]
+	if layout == "probe" {
+		var hk, results [][]byte
+		for _, h := range hot {
+			hk, results = append(hk, h.Key), append(results, ans.of(c, ms, h.Key))
+		}
+		pl.probe = planProbe(hk, results, tchs, int(ms.KeySize), int(ms.ValueSize))
+		if pl.probe == nil {
+			return nil, fmt.Sprintf("no hashed probe placement for %d hot keys within the search budget", k)
+		}
+		if pl.probe.t.ways == 2 {
+			// The second slot's compares: re-cost with them.
+			pl.cost += probeCost(len(tchs), 2, pl.probe.flag) - probeCost(len(tchs), 1, pl.probe.flag)
+		}
+		pl.nkeys = k
+		return pl, ""
+	}
 	if pl.tree {
 		hot = slices.Clone(hot)
 		slices.SortFunc(hot, func(a, b heatmap.Key) int { return bytes.Compare(a.Key, b.Key) })
@@ -262,14 +343,8 @@ func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 			return nil, "fewer than two dead registers at the lookup"
 		}
 	}
-	entries := c.entries(s.mapName)
 	for _, h := range hot {
-		var v []byte
-		if ms.Type == ebpf.LPMTrie {
-			v = longestMatch(entries, h.Key)
-		} else {
-			v = exactMatch(entries, h.Key)
-		}
+		v := ans.of(c, ms, h.Key)
 		m := matcher{key: h.Key, valueIndex: -1}
 		if v != nil {
 			m.valueIndex = len(pl.values)
@@ -298,6 +373,20 @@ func (c *Context) emitHot(pl *hotPlan) error {
 	if err != nil {
 		return err
 	}
+	rw := ""
+	if !s.readOnlyMap {
+		rw = ", data-plane writes trip the guard"
+	}
+	if pl.probe != nil {
+		// The guard goes first, the probe after it; a key the probe
+		// does not hold runs the call.
+		if err := c.emitProbeAt(s, pl.probe, call, after, g); err != nil {
+			return err
+		}
+		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d hot keys cached in front of the lookup behind guard (%s, %.0f%% of lookups, cost %.0f vs %.0f%s)",
+			pl.nkeys, pl.probe.t.describe(pl.probe.l), 100*pl.coverage, pl.cost, pl.lookup, rw)
+		return nil
+	}
 	cache := ""
 	if len(pl.values) > 0 {
 		cache = c.addCacheMap(s.mapName, pl.ms.ValueSize, pl.values)
@@ -313,10 +402,6 @@ func (c *Context) emitHot(pl *hotPlan) error {
 	g.Next = body[0]
 	s.block.Next = g
 	insertAfter(s.fn, s.block, append([]*program.Block{g}, body...)...)
-	rw := ""
-	if !s.readOnlyMap {
-		rw = ", data-plane writes trip the guard"
-	}
 	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d hot keys cached in front of the lookup behind guard (%s, %.0f%% of lookups, cost %.0f vs %.0f%s)",
 		len(pl.matchers), layout, 100*pl.coverage, pl.cost, pl.lookup, rw)
 	return nil

@@ -177,7 +177,7 @@ func runHot(t *testing.T, spec *ebpf.CollectionSpec, st *mapstate.State, heat *h
 func TestHotSearchTreeKernel(t *testing.T) {
 	kerneltest.Require(t)
 	defer func(old string) { forceLayout = old }(forceLayout)
-	for _, layout := range []string{"tree", "chain"} {
+	for _, layout := range []string{"tree", "chain", "probe"} {
 		for _, k := range []int{1, 7, 8, 33, 64} {
 			for _, n := range []int{4, 6, 8, 16} {
 				if layout == "chain" && k > 8 {
@@ -187,7 +187,7 @@ func TestHotSearchTreeKernel(t *testing.T) {
 					forceLayout = layout
 					spec, st, heat, packets := hotTreeCase(k, n, int64(100*k+n))
 					c := runHot(t, spec, st, heat, k)
-					want := fmt.Sprintf("%d hot keys cached in front of the lookup behind guard (%s", k, map[string]string{"tree": "binary search", "chain": "compare chain"}[layout])
+					want := fmt.Sprintf("%d hot keys cached in front of the lookup behind guard (%s", k, map[string]string{"tree": "binary search", "chain": "compare chain", "probe": "hashed probe"}[layout])
 					if !slices.ContainsFunc(c.Remarks, func(r Remark) bool { return r.Applied && strings.HasPrefix(r.Message, want) }) {
 						t.Fatalf("no remark %q in %v", want, c.Remarks)
 					}
@@ -282,7 +282,7 @@ func TestHotCostModel(t *testing.T) {
 		layout  string
 	}{
 		{"one hot key", keys(func(i int) uint64 { return map[bool]uint64{true: 100000, false: 1}[i == 0] }, 1), 64, true, "1 hot keys", "compare chain"},
-		{"zipf-like: many keys, searched", keys(func(i int) uint64 { return uint64(100000 / (i + 1)) }, 20), 64, true, "", "binary search"},
+		{"zipf-like: many keys, hashed", keys(func(i int) uint64 { return uint64(100000 / (i + 1)) }, 20), 64, true, "64 hot keys", "hashed probe"},
 		{"flat: nothing pays", keys(func(int) uint64 { return 1 }, 1), 64, false, "", ""},
 		{"TopK is the maximum", keys(func(i int) uint64 { return uint64(100000 / (i + 1)) }, 20), 8, true, "8 hot keys", ""},
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
+	"slices"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -21,8 +23,11 @@ import (
 //     miss, behind the map's guard;
 //   - a lookup in a read-only hash or LPM map with at most MaxInline
 //     entries becomes a compare chain on the key, longest prefix first for
-//     LPM, whose hits point into a frozen read-only copy of the values,
-//     behind the map's guard. On guard mismatch the original lookup runs.
+//     LPM, hottest first for a hash with a heatmap, whose hits point into a
+//     frozen read-only copy of the values, behind the map's guard; a hash
+//     becomes a hashed probe (probe.go) instead where the cost model
+//     (inlineProbe) prefers it: many entries, flat traffic. On guard
+//     mismatch the original lookup runs.
 func mapInline(c *Context) error {
 	sites, err := c.lookupSites()
 	if err != nil {
@@ -115,6 +120,10 @@ func (c *Context) inlineTable(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 			values = append(values, e.Value)
 		}
 	} else {
+		entries = c.hashOrder(s, lastWrites(entries))
+		if done, err := c.inlineProbe(s, ms, entries); done || err != nil {
+			return err
+		}
 		for _, e := range entries {
 			matchers = append(matchers, matcher{key: e.Key, valueIndex: len(values)})
 			values = append(values, e.Value)
@@ -129,6 +138,118 @@ func (c *Context) inlineTable(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d entries inlined as a compare chain behind guard", len(matchers))
 	}
 	return nil
+}
+
+// lastWrites keeps one entry per key, with the value of its last write,
+// at the position of its first.
+func lastWrites(entries []mapstate.Entry) []mapstate.Entry {
+	at := map[string]int{}
+	var out []mapstate.Entry
+	for _, e := range entries {
+		if i, ok := at[string(e.Key)]; ok {
+			out[i].Value = e.Value
+			continue
+		}
+		at[string(e.Key)] = len(out)
+		out = append(out, e)
+	}
+	return out
+}
+
+// hashOrder puts the entries of a hash the heatmap saw at s hottest first
+// (a chain tests them in that order), the others after them in snapshot
+// order.
+func (c *Context) hashOrder(s lookupSite, entries []mapstate.Entry) []mapstate.Entry {
+	counts := c.siteHeat(s)
+	if len(counts) == 0 {
+		return entries
+	}
+	out := slices.Clone(entries)
+	sort.SliceStable(out, func(i, j int) bool { return counts[string(out[i].Key)] > counts[string(out[j].Key)] })
+	return out
+}
+
+// siteHeat returns the heatmap counts of the keys s can look up.
+func (c *Context) siteHeat(s lookupSite) map[string]uint64 {
+	if c.Heat == nil {
+		return nil
+	}
+	counts := map[string]uint64{}
+	for _, h := range c.Heat.Top(s.mapName, math.MaxInt) {
+		if s.keyCompatible(h.Key) {
+			counts[string(h.Key)] += h.Count
+		}
+	}
+	return counts
+}
+
+// inlineProbe compiles the entries of a read-only hash (one per key, in
+// chain order) as a hashed probe instead of a compare chain when the cost
+// model prefers it and a placement exists; it reports whether it did.
+//
+// Both are costed per lookup in compare-and-branch units, as in hotcache:
+// the chain tests entry i after i others, each test costing one compare
+// per 4-byte chunk of the key on a match, and a key the map does not hold
+// runs through all of them; the probe costs probeCost whatever the
+// number of keys. The traffic is the heatmap's counts of the keys the
+// site can look up when it has some (misses included), otherwise every
+// entry equally likely and no misses. Entries whose key contradicts the
+// bytes the site passes as constants can never be found there and are
+// left out of the probe; those bytes are not compared.
+func (c *Context) inlineProbe(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry) (bool, error) {
+	keySize := int(ms.KeySize)
+	var keys, results [][]byte
+	for _, e := range entries {
+		if len(e.Key) == keySize && s.keyCompatible(e.Key) {
+			keys, results = append(keys, e.Key), append(results, e.Value)
+		}
+	}
+	constByte := func(i int) bool { return i < len(s.keyBytes) && s.keyBytes[i].Kind == "const" }
+	if len(keys) == 0 || s.constKey != nil {
+		return false, nil // nothing to find, or a constant key: the chain folds
+	}
+	chs := probeChunks(*s.keyOff, keySize, constByte)
+	chain := inlineChainCost(keys, c.siteHeat(s), len(chunks(0, keySize)))
+	if probeCost(len(chs), 1, false) >= chain && forceLayout != "probe" {
+		return false, nil
+	}
+	pp := planProbe(keys, results, chs, keySize, int(ms.ValueSize))
+	if pp == nil {
+		c.skipped(s.fn.Name, s.block.ID, s.mapName, "no hashed probe placement for %d keys within the search budget", len(keys))
+		return false, nil
+	}
+	cost := probeCost(len(chs), pp.t.ways, false)
+	if cost >= chain && forceLayout != "probe" {
+		return false, nil
+	}
+	if err := c.emitProbe(s, pp, false); err != nil {
+		return false, err
+	}
+	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d entries inlined as a %s behind guard (cost %.1f vs %.1f for a compare chain)",
+		len(keys), pp.t.describe(pp.l), cost, chain)
+	return true, nil
+}
+
+// inlineChainCost is the expected cost of a compare chain over keys, in chain
+// order, with nch chunks per key (see inlineProbe). counts, if any, are
+// the heatmap's counts per key.
+func inlineChainCost(keys [][]byte, counts map[string]uint64, nch int) float64 {
+	n := float64(len(keys))
+	var total, hits float64
+	for _, cnt := range counts {
+		total += float64(cnt)
+	}
+	if total == 0 {
+		// No traffic seen: every entry equally likely, no misses.
+		return (n-1)/2 + float64(nch)
+	}
+	var cost float64
+	for i, k := range keys {
+		p := float64(counts[string(k)]) / total
+		hits += p
+		cost += p * (float64(i) + float64(nch))
+	}
+	return cost + (1-hits)*n
 }
 
 // emitChain isolates the lookup call and puts a guard and a compare chain
