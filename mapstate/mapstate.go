@@ -70,6 +70,14 @@ type Map struct {
 	Entries []Entry `json:"entries"`
 }
 
+// GetEntries returns m's entries; a nil map has none.
+func (m *Map) GetEntries() []Entry {
+	if m == nil {
+		return nil
+	}
+	return m.Entries
+}
+
 // State is the content of a set of maps and global variables.
 type State struct {
 	Variables map[string]Hex  `json:"variables,omitempty"`
@@ -231,6 +239,10 @@ func (s *State) Apply(maps map[string]*ebpf.Map) error {
 	}
 	return nil
 }
+
+// PutEntry writes one entry into m as Apply does: a per-CPU map's
+// entry with Value gets that value on every CPU.
+func PutEntry(m *ebpf.Map, e Entry) error { return put(m, e) }
 
 func put(m *ebpf.Map, e Entry) error {
 	if !PerCPU(m.Type()) {

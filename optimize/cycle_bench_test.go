@@ -76,7 +76,7 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 			}
 		}
 	}
-	var opt, ver, diff time.Duration
+	var opt, ver, diff, load, runsT, maps, gc time.Duration
 	runs := 0
 	for b.Loop() {
 		for _, name := range names {
@@ -94,6 +94,12 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 			opt += rep.OptimizeTime
 			ver += rep.VerifyTime
 			diff += rep.DifferentialNS
+			gc += rep.GuardCheckTime
+			if d := rep.Differential; d != nil {
+				load += d.Timing.Load
+				runsT += d.Timing.Runs
+				maps += d.Timing.Maps
+			}
 			runs++
 		}
 	}
@@ -102,4 +108,9 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 	b.ReportMetric(ms(opt), "opt-ms")
 	b.ReportMetric(ms(ver), "verifier-ms")
 	b.ReportMetric(ms(diff), "diff-ms")
+	// The differential test's phases (the guard check apart).
+	b.ReportMetric(ms(load), "diff-load-ms")
+	b.ReportMetric(ms(runsT), "diff-runs-ms")
+	b.ReportMetric(ms(maps), "diff-maps-ms")
+	b.ReportMetric(ms(gc), "guard-ms")
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"slices"
 	"sort"
@@ -89,15 +90,22 @@ func spread(packets [][]byte, n int) [][]byte {
 	return out
 }
 
-// writableMaps names the maps that some program of coll (the original
-// programs and the passes' added maps) or the candidate for program name
-// may write, by the analysis: the maps the differential test compares
-// periodically (verify.DiffOptions.PeriodicMaps). Every map is still
-// compared at the end, so the analysis is never the only check. It
-// returns nil, which compares every map periodically, when a program
-// cannot be analysed.
-func writableMaps(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) []string {
-	written := map[string]bool{}
+// mapAccess classifies the maps of coll by the analysis of every program
+// of coll (the original programs and the passes' added maps) and of the
+// candidate for program name. written names the maps some program may
+// write (a write site, or a pointer the analysis lost): the maps the
+// differential test compares periodically (verify.DiffOptions.
+// PeriodicMaps); every map is still compared at the end, so the analysis
+// is never the only check. readOnly names the maps without a write site
+// in any program, which the test creates BPF_F_RDONLY_PROG
+// (verify.DiffOptions.ReadOnlyMaps): the kernel verifier, not the
+// analysis, then proves them unwritten, and refuses the load (which is
+// then repeated without the flag) where the analysis lost track of a
+// write. Both are nil, which compares every map periodically, when a
+// program cannot be analysed.
+func mapAccess(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) (written, readOnly []string) {
+	w := map[string]bool{}
+	sites := map[string]bool{}
 	add := func(ps *ebpf.ProgramSpec) bool {
 		p, err := program.Lift(ps)
 		if err != nil {
@@ -109,27 +117,32 @@ func writableMaps(coll *ebpf.CollectionSpec, name string, insns asm.Instructions
 		}
 		for m, mi := range res.Maps {
 			if !mi.ReadOnly || mi.Untracked || mi.Missing {
-				written[m] = true
+				w[m] = true
+			}
+			if len(mi.WriteSites) > 0 || mi.Missing {
+				sites[m] = true
 			}
 		}
 		return true
 	}
 	for _, ps := range coll.Programs {
 		if !add(ps) {
-			return nil
+			return nil, nil
 		}
 	}
 	cp := coll.Programs[name].Copy()
 	cp.Instructions = insns
 	if !add(cp) {
-		return nil
+		return nil, nil
 	}
-	out := make([]string, 0, len(written))
-	for m := range written {
-		out = append(out, m)
+	written = slices.Sorted(maps.Keys(w))
+	for m := range coll.Maps {
+		if !sites[m] && m != guard.MapName {
+			readOnly = append(readOnly, m)
+		}
 	}
-	sort.Strings(out)
-	return out
+	sort.Strings(readOnly)
+	return written, readOnly
 }
 
 // RunLive optimizes one program (opts.Program, required) like [Run], but
@@ -213,8 +226,19 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		pr.SteadyTest = true
 	}
 	dstart := time.Now()
-	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: writableMaps(coll, name, insns), NoPrealloc: true}
-	dr, err := verify.Differential(ctx, coll, state, cand, packets, dopts)
+	written, readOnly := mapAccess(coll, name, insns)
+	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: written, ReadOnlyMaps: readOnly, NoPrealloc: true}
+	if err := checkPackets(packets); err != nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+	}
+	// One load of the three collections serves the differential test
+	// and every guard check (Session.Reset between them).
+	sess, err := verify.NewSession(coll, state, cand, dopts)
+	if err != nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+	}
+	defer sess.Close()
+	dr, err := sess.Run(ctx, packets)
 	pr.DifferentialNS = time.Since(dstart)
 	if err != nil && dr == nil {
 		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
@@ -225,8 +249,10 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		return pr, nil
 	}
 	if lopts.GuardCheck {
-		ok, err := guardCheck(ctx, coll, state, cand, spread(packets, GuardCheckPackets), tbl, dopts)
+		gstart := time.Now()
+		ok, err := guardCheck(ctx, sess, coll, state, cand, spread(packets, GuardCheckPackets), tbl)
 		pr.DifferentialNS = time.Since(dstart) // the differential and guard tests
+		pr.GuardCheckTime = time.Since(gstart)
 		if err != nil {
 			return nil, fmt.Errorf("program %s: guard check: %w", name, err)
 		}
@@ -249,11 +275,11 @@ type guardFailure struct {
 }
 
 // guardCheck runs the differential test once per guarded map the
-// candidate reads, with that map emptied and every guard tripped; it
+// candidate reads, with that map emptied and every guard tripped, on the
+// collections of sess (reset to that state before each test); it
 // returns the first failure, or nil.
-func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.State, cand verify.Candidate, packets [][]byte, tbl *guard.Table, dopts verify.DiffOptions) (*guardFailure, error) {
-	gs, ok := coll.Maps[guard.MapName]
-	if !ok {
+func guardCheck(ctx context.Context, sess *verify.Session, coll *ebpf.CollectionSpec, state *mapstate.State, cand verify.Candidate, packets [][]byte, tbl *guard.Table) (*guardFailure, error) {
+	if _, ok := coll.Maps[guard.MapName]; !ok {
 		return nil, nil
 	}
 	used := GuardedMaps(cand[firstName(cand)], tbl)
@@ -264,20 +290,21 @@ func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.
 	for i := 0; i < len(tripped); i += 8 {
 		binary.LittleEndian.PutUint64(tripped[i:], binary.LittleEndian.Uint64(tripped[i:])+1)
 	}
+	guards := &mapstate.Map{Entries: []mapstate.Entry{{Key: make([]byte, 4), Value: tripped}}}
 	for _, m := range used {
 		if _, inState := state.Maps[m]; !inState {
 			continue
 		}
-		changed := &mapstate.State{Variables: state.Variables, Maps: map[string]*mapstate.Map{}}
+		changed := &mapstate.State{Variables: state.Variables, Maps: map[string]*mapstate.Map{guard.MapName: guards}}
 		for k, v := range state.Maps {
 			if k != m {
 				changed.Maps[k] = v
 			}
 		}
-		spec := coll.Copy()
-		spec.Maps[guard.MapName] = gs.Copy()
-		spec.Maps[guard.MapName].Contents = []ebpf.MapKV{{Key: uint32(0), Value: tripped}}
-		dr, err := verify.Differential(ctx, spec, changed, cand, packets, dopts)
+		if err := sess.Reset(changed); err != nil {
+			return nil, err
+		}
+		dr, err := sess.Run(ctx, packets)
 		if err != nil && dr == nil {
 			return nil, err
 		}
@@ -286,6 +313,19 @@ func guardCheck(ctx context.Context, coll *ebpf.CollectionSpec, state *mapstate.
 		}
 	}
 	return nil, nil
+}
+
+// checkPackets is verify.Differential's check of the packets.
+func checkPackets(packets [][]byte) error {
+	if len(packets) == 0 {
+		return errors.New("verify: differential test needs at least one packet")
+	}
+	for i, p := range packets {
+		if len(p) < verify.MinFrameSize {
+			return fmt.Errorf("verify: packet %d has %d bytes, the kernel needs at least %d", i, len(p), verify.MinFrameSize)
+		}
+	}
+	return nil
 }
 
 func firstName(c verify.Candidate) string {

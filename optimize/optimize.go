@@ -74,8 +74,12 @@ type ProgramReport struct {
 	OptimizeTime time.Duration `json:"optimize_time_ns"`
 	// VerifyTime is the kernel verifier's load of the candidate.
 	VerifyTime time.Duration `json:"verify_time_ns"`
-	// DifferentialNS is the differential test.
+	// DifferentialNS is the differential test (with the guard check of
+	// RunLive).
 	DifferentialNS time.Duration `json:"differential_time_ns"`
+	// GuardCheckTime is the part of DifferentialNS spent in RunLive's
+	// guard check.
+	GuardCheckTime time.Duration `json:"guard_check_time_ns,omitempty"`
 	// Attempts lists the pipeline runs when there was more than one: a
 	// candidate the verifier refused for its size or verification work
 	// (see ComplexityRejection) is rebuilt without constprop, whose

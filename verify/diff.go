@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"reflect"
 	"runtime"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -95,6 +98,19 @@ type DiffOptions struct {
 	// found all the same; only a difference that a later packet undoes
 	// would be missed, in a map the analysis says no program writes.
 	PeriodicMaps []string
+	// ReadOnlyMaps are maps to create with BPF_F_RDONLY_PROG in all
+	// three collections: maps no program is expected to write. The
+	// kernel verifier then refuses any program that could write them
+	// (helper updates and deletes, stores and atomics through a value
+	// pointer), so in collections that load they provably keep the
+	// contents they were filled with and are not read back for the
+	// comparison (Report.ReadOnlyMaps). The flag changes nothing else:
+	// without a freeze the verifier does not treat the values as
+	// constants. If a program does write one of them, the collections
+	// are loaded again without the flag and those maps are compared as
+	// usual. Maps of types other than arrays, hashes and LPM tries are
+	// left as they are.
+	ReadOnlyMaps []string
 	// NoPrealloc creates the hash and per-CPU hash maps of all three
 	// collections with BPF_F_NO_PREALLOC. Programs see the same map
 	// semantics (an insert into a full map fails the same way; only an
@@ -138,15 +154,59 @@ type DiffOptions struct {
 // returned with a nil error whenever the comparison ran (check
 // Report.Passed); on cancellation the partial report is returned with
 // ctx.Err().
+//
+// Differential is [NewSession], [Session.Run] and [Session.Close].
 func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, packets [][]byte, opts DiffOptions) (*Report, error) {
+	if err := checkPackets(packets); err != nil {
+		return nil, err
+	}
+	s, err := NewSession(spec, state, cand, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.Run(ctx, packets)
+}
+
+func checkPackets(packets [][]byte) error {
 	if len(packets) == 0 {
-		return nil, errors.New("verify: differential test needs at least one packet")
+		return errors.New("verify: differential test needs at least one packet")
 	}
 	for i, p := range packets {
 		if len(p) < MinFrameSize {
-			return nil, fmt.Errorf("verify: packet %d has %d bytes, the kernel needs at least %d", i, len(p), MinFrameSize)
+			return fmt.Errorf("verify: packet %d has %d bytes, the kernel needs at least %d", i, len(p), MinFrameSize)
 		}
 	}
+	return nil
+}
+
+// Session is the three collections of a differential test (see
+// [Differential]) kept loaded, so that one load serves several tests:
+// [Session.Reset] puts every map back to a given state (rewriting only
+// the maps a program may have written or whose wanted contents changed)
+// and [Session.Run] runs the next test. A Session is not safe for
+// concurrent use.
+type Session struct {
+	spec  *ebpf.CollectionSpec
+	cand  Candidate
+	progs []string
+	opts  DiffOptions
+	insts [3]*instance
+	// loadTime is what NewSession spent loading, reported by the first
+	// Run.
+	loadTime time.Duration
+	// want is the contents each map was last set to (the state's *Map,
+	// or nil for its spec contents alone); fresh says that no program
+	// ran since, so every map holds what want says.
+	want  map[string]*mapstate.Map
+	fresh bool
+}
+
+// NewSession loads the three collections of a differential test of cand
+// against spec and fills their maps from state. See [Differential] for
+// the arguments; a verifier rejection is returned as a *VerifierError.
+func NewSession(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*Session, error) {
+	start := time.Now()
 	if state == nil {
 		state = mapstate.New()
 	}
@@ -162,37 +222,84 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 		return nil, err
 	}
 
+	s := &Session{spec: spec, cand: cand, progs: progs, opts: opts, want: map[string]*mapstate.Map{}, fresh: true}
 	lo := LoadOptions{LogTail: opts.LogTail, Cache: btf.NewCache()}
-	var insts [3]*instance
-	defer func() {
-		for _, in := range insts {
-			if in != nil {
-				in.coll.Close()
-			}
-		}
-	}()
-	err = loadInstances(&insts, spec, candSpec, cand, state, lo, opts.NoPrealloc)
+	ro := opts.ReadOnlyMaps
+	err = loadInstances(&s.insts, spec, candSpec, cand, state, lo, opts.NoPrealloc, ro)
+	if err != nil && len(ro) > 0 && writeForbidden(err) {
+		// A program writes a map the caller expected to be read-only:
+		// load the maps as they are; the test compares them.
+		ro = nil
+		err = loadInstances(&s.insts, spec, candSpec, cand, state, lo, opts.NoPrealloc, ro)
+	}
 	if err != nil && opts.NoPrealloc {
 		// Some program type refuses maps without preallocation
 		// (tracing programs): load the collections as they are.
-		err = loadInstances(&insts, spec, candSpec, cand, state, lo, false)
+		err = loadInstances(&s.insts, spec, candSpec, cand, state, lo, false, ro)
 	}
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
+	for name := range s.insts[0].coll.Maps {
+		s.want[name] = state.Maps[name]
+	}
+	s.loadTime = time.Since(start)
+	return s, nil
+}
 
+// writeForbidden reports whether a load failed because a program writes
+// a map created with BPF_F_RDONLY_PROG.
+func writeForbidden(err error) bool {
+	if err == nil {
+		return false
+	}
+	if strings.Contains(err.Error(), "write into map forbidden") {
+		return true
+	}
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		for _, l := range ve.Log {
+			if strings.Contains(l, "write into map forbidden") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Close releases the three collections.
+func (s *Session) Close() {
+	for i, in := range s.insts {
+		if in != nil {
+			in.coll.Close()
+			s.insts[i] = nil
+		}
+	}
+}
+
+// Run runs a differential test on packets from the maps' current
+// contents: the state the session was loaded with, or the one of the last
+// Reset. Run again without a Reset and the maps hold what the last run
+// left in them.
+func (s *Session) Run(ctx context.Context, packets [][]byte) (*Report, error) {
+	if err := checkPackets(packets); err != nil {
+		return nil, err
+	}
+	s.fresh = false
 	d := &differ{
-		progs:         progs,
-		a:             insts[0],
-		c:             insts[1],
-		b:             insts[2],
-		ctxIn:         opts.Context,
-		maxMismatches: opts.MaxMismatches,
+		progs:         s.progs,
+		a:             s.insts[0],
+		c:             s.insts[1],
+		b:             s.insts[2],
+		ctxIn:         s.opts.Context,
+		maxMismatches: s.opts.MaxMismatches,
 		ndLoc:         map[string]struct{}{},
 		raws:          map[string]*[3]*mapstate.Raw{},
 		reported:      map[string]struct{}{},
-		report:        &Report{Programs: progs, Total: len(packets), Mismatches: []Mismatch{}},
+		report:        &Report{Programs: s.progs, Total: len(packets), Mismatches: []Mismatch{}},
 	}
+	d.report.Timing.Load, s.loadTime = s.loadTime, 0
 	if d.maxMismatches <= 0 {
 		d.maxMismatches = DefaultMaxMismatches
 	}
@@ -200,16 +307,18 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 	for _, p := range packets {
 		maxLen = max(maxLen, len(p))
 	}
-	for _, in := range insts {
-		in.out = make([]byte, maxLen+outputRoom)
+	for _, in := range s.insts {
+		if len(in.out) < maxLen+outputRoom {
+			in.out = make([]byte, maxLen+outputRoom)
+		}
 	}
-	if opts.PeriodicMaps != nil {
+	if s.opts.PeriodicMaps != nil {
 		d.periodic = map[string]bool{}
-		for _, m := range opts.PeriodicMaps {
+		for _, m := range s.opts.PeriodicMaps {
 			d.periodic[m] = true
 		}
 	}
-	if err := d.planMapChecks(opts.MapCheckInterval); err != nil {
+	if err := d.planMapChecks(s.opts.MapCheckInterval); err != nil {
 		return nil, err
 	}
 
@@ -227,7 +336,9 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 			return
 		}
 		d.report.CPU = cpu
+		runStart := time.Now()
 		err = d.run(ctx, packets)
+		d.report.Timing.Runs = time.Since(runStart) - d.report.Timing.Maps
 		if restore() == nil {
 			runtime.UnlockOSThread()
 		}
@@ -240,14 +351,116 @@ func Differential(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstat
 	return d.report, res.err
 }
 
+// Reset sets the maps of all three collections to what a fresh load
+// with state would hold: each map's contents in the spec (global data,
+// the passes' cache maps) with state's entries written over them. Maps
+// that no program can have written since (created BPF_F_RDONLY_PROG, see
+// DiffOptions.ReadOnlyMaps) and whose wanted contents are the same
+// *mapstate.Map as before are left alone; every other map is emptied and
+// written again. state's variables must be those the session was loaded
+// with (they are part of the loaded programs).
+func (s *Session) Reset(state *mapstate.State) error {
+	if state == nil {
+		state = mapstate.New()
+	}
+	if err := state.Check(s.spec); err != nil {
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.want)) {
+		want := state.Maps[name]
+		same := want == s.want[name]
+		for _, in := range s.insts {
+			m := in.coll.Maps[name]
+			if same && (s.fresh || in.ro[name]) {
+				continue
+			}
+			if err := resetMap(name, m, s.spec.Maps[name], want); err != nil {
+				return fmt.Errorf("verify: reset map %q: %w", name, err)
+			}
+		}
+		s.want[name] = want
+	}
+	s.fresh = true
+	return nil
+}
+
+// resetMap empties m and writes the spec's contents and then want's
+// entries into it. Maps whose contents user space cannot set (program
+// arrays and the like, frozen global data) are left alone: programs
+// cannot change them either (program arrays hold the collection's own
+// programs; frozen data is also read-only to programs).
+func resetMap(name string, m *ebpf.Map, ms *ebpf.MapSpec, want *mapstate.Map) error {
+	switch m.Type() {
+	case ebpf.Array, ebpf.PerCPUArray, ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.LRUCPUHash, ebpf.LPMTrie:
+	default:
+		return nil
+	}
+	if strings.HasPrefix(name, ".rodata") || strings.HasPrefix(name, ".kconfig") {
+		return nil // frozen by the loader
+	}
+	var raw mapstate.Raw
+	if err := raw.Read(m); err != nil {
+		return err
+	}
+	isArray := m.Type() == ebpf.Array || m.Type() == ebpf.PerCPUArray
+	zero := make([]byte, m.ValueSize())
+	for i := range raw.N {
+		key := raw.Key(i)
+		if isArray {
+			// Array elements cannot be deleted: zero the ones set.
+			if allZero(raw.Value(i)) {
+				continue
+			}
+			if err := mapstate.PutEntry(m, mapstate.Entry{Key: key, Value: zero}); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	if ms != nil {
+		for _, kv := range ms.Contents {
+			if err := m.Put(kv.Key, kv.Value); err != nil {
+				return err
+			}
+		}
+	}
+	if want == nil {
+		return nil
+	}
+	return applyState(&mapstate.State{Maps: map[string]*mapstate.Map{"": want}}, map[string]*ebpf.Map{"": m})
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // bpfFNoPrealloc is BPF_F_NO_PREALLOC.
 const bpfFNoPrealloc = 1
+
+// bpfFRdonlyProg is BPF_F_RDONLY_PROG.
+const bpfFRdonlyProg = 1 << 7
+
+// readOnlyTypes are the map types created BPF_F_RDONLY_PROG when
+// DiffOptions.ReadOnlyMaps names them.
+var readOnlyTypes = map[ebpf.MapType]bool{
+	ebpf.Array: true, ebpf.PerCPUArray: true, ebpf.Hash: true, ebpf.PerCPUHash: true,
+	ebpf.LRUHash: true, ebpf.LRUCPUHash: true, ebpf.LPMTrie: true,
+}
 
 // loadInstances loads the original (twice) and the candidate into insts,
 // closing and clearing what an earlier call left there. With noPrealloc,
 // hash and per-CPU hash maps of all three are created without
-// preallocated elements.
-func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool) error {
+// preallocated elements; the maps named in readOnly are created
+// BPF_F_RDONLY_PROG.
+func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool, readOnly []string) error {
 	for i, in := range insts {
 		if in != nil {
 			in.coll.Close()
@@ -265,11 +478,12 @@ func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, can
 		if i == 1 {
 			c = cand
 		}
-		if noPrealloc {
-			for _, ms := range s.Maps {
-				if ms.Type == ebpf.Hash || ms.Type == ebpf.PerCPUHash {
-					ms.Flags |= bpfFNoPrealloc
-				}
+		for name, ms := range s.Maps {
+			if noPrealloc && (ms.Type == ebpf.Hash || ms.Type == ebpf.PerCPUHash) {
+				ms.Flags |= bpfFNoPrealloc
+			}
+			if slices.Contains(readOnly, name) && readOnlyTypes[ms.Type] {
+				ms.Flags |= bpfFRdonlyProg
 			}
 		}
 		wg.Add(1)
@@ -279,9 +493,15 @@ func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, can
 		}()
 	}
 	wg.Wait()
-	for _, err := range errs {
+	for i, err := range errs {
 		if err != nil {
-			return err
+			for j, in := range insts {
+				if in != nil {
+					in.coll.Close()
+					insts[j] = nil
+				}
+			}
+			return errs[i]
 		}
 	}
 	return nil
@@ -291,6 +511,9 @@ func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, can
 type instance struct {
 	coll *ebpf.Collection
 	out  []byte
+	// ro names the maps created BPF_F_RDONLY_PROG: the verifier has
+	// proven that no program of the collection writes them.
+	ro map[string]bool
 }
 
 func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {
@@ -308,7 +531,13 @@ func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, 
 		coll.Close()
 		return nil, err
 	}
-	return &instance{coll: coll}, nil
+	ro := map[string]bool{}
+	for name, ms := range s.Maps {
+		if ms.Flags&bpfFRdonlyProg != 0 {
+			ro[name] = true
+		}
+	}
+	return &instance{coll: coll, ro: ro}, nil
 }
 
 // batchMin is the smallest number of entries written with one batch

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/mapstate"
 )
 
 func TestDifferential(t *testing.T) {
@@ -255,6 +256,49 @@ func TestDifferential(t *testing.T) {
 			},
 		},
 		{
+			name: "read-only maps are not read back", packets: mixed, wantPass: true,
+			opts: DiffOptions{PeriodicMaps: []string{"counters"}, ReadOnlyMaps: []string{"verdicts", "seen"}},
+			check: func(t *testing.T, r *Report) {
+				if fmt.Sprint(r.ReadOnlyMaps) != "[seen verdicts]" {
+					t.Errorf("read-only maps %v, want [seen verdicts]", r.ReadOnlyMaps)
+				}
+			},
+		},
+		{
+			// Only the last packet goes to ip5: the periodic checks
+			// (which read the second original only when the candidate
+			// differs) and the final check must see the counter.
+			name: "map written differently on the last packet only", cand: nf{extraIncDst: ip5},
+			packets: append(traffic(40), frame(ip5)), wantCount: 1,
+			opts:    DiffOptions{PeriodicMaps: []string{"counters"}, ReadOnlyMaps: []string{"verdicts", "seen"}, MapCheckInterval: 8},
+			check: func(t *testing.T, r *Report) {
+				m := r.Mismatches[0]
+				if m.Packet != 40 || m.Kind != KindMap || m.Map != "counters" {
+					t.Errorf("mismatch %+v, want counters after packet 40", m)
+				}
+			},
+		},
+		{
+			// The kernel refuses the candidate's write into a map
+			// created read-only: loaded again without the flag, the
+			// write is compared and found.
+			name: "write into a map expected read-only", cand: nf{storeVerdict: true},
+			packets: traffic(8), wantCount: -1,
+			opts: DiffOptions{ReadOnlyMaps: []string{"verdicts"}},
+			check: func(t *testing.T, r *Report) {
+				if len(r.ReadOnlyMaps) != 0 {
+					t.Errorf("read-only maps %v after a write, want none", r.ReadOnlyMaps)
+				}
+				found := false
+				for _, m := range r.Mismatches {
+					found = found || (m.Kind == KindMap && m.Map == "verdicts")
+				}
+				if !found {
+					t.Errorf("no mismatch in verdicts:\n%v", r)
+				}
+			},
+		},
+		{
 			name: "tc verdict", orig: nf{typ: tc}, cand: nf{typ: tc, overrideDst: ip4, overrideVerdict: tcShot},
 			packets: traffic(4), wantCount: 1,
 			check: func(t *testing.T, r *Report) {
@@ -296,6 +340,77 @@ func TestDifferential(t *testing.T) {
 				tt.check(t, r)
 			}
 			t.Log(r)
+		})
+	}
+}
+
+// TestSessionReset runs several tests on one loaded session: Reset puts
+// every map of the three collections back to a state (also one that
+// differs from the loaded one), so each run behaves as on fresh
+// collections, and a wrong candidate is found after every reset.
+func TestSessionReset(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	packets := append(traffic(20), frame(ip5))
+	noRoutes := mapstate.New()
+	tests := []struct {
+		name      string
+		cand      nf
+		opts      DiffOptions
+		wantCount int
+	}{
+		{"identical", nf{}, DiffOptions{}, 0},
+		{"identical, read-only maps", nf{}, DiffOptions{ReadOnlyMaps: []string{"verdicts", "seen"}, PeriodicMaps: []string{"counters"}}, 0},
+		{"late counter", nf{extraIncDst: ip5}, DiffOptions{ReadOnlyMaps: []string{"verdicts", "seen"}, PeriodicMaps: []string{"counters"}}, 1},
+		{"verdict write", nf{storeVerdict: true}, DiffOptions{ReadOnlyMaps: []string{"verdicts"}}, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := NewSession(nf{}.spec(), routes(), tt.cand.candidate(), tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			for i, st := range []*mapstate.State{routes(), noRoutes, routes()} {
+				if i > 0 {
+					if err := s.Reset(st); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Every map holds exactly st (counters zero).
+				for j, in := range s.insts {
+					got, err := mapstate.SnapshotMap(in.coll.Maps["verdicts"])
+					if err != nil {
+						t.Fatal(err)
+					}
+					if want := st.Maps["verdicts"]; len(got.Entries) != len(want.GetEntries()) {
+						t.Fatalf("reset %d: instance %d verdicts has %d entries, want %d", i, j, len(got.Entries), len(want.GetEntries()))
+					}
+					var c uint64
+					if err := in.coll.Maps["counters"].Lookup(uint32(0), &c); err != nil || c != 0 {
+						t.Fatalf("reset %d: instance %d counter %d (%v), want 0", i, j, c, err)
+					}
+				}
+				r, err := s.Run(ctx, packets)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The same as on freshly loaded collections.
+				fresh, err := Differential(ctx, nf{}.spec(), st, tt.cand.candidate(), packets, tt.opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.MismatchCount != fresh.MismatchCount || r.MapChecks != fresh.MapChecks {
+					t.Fatalf("run %d after reset: %v\nfresh collections: %v", i, r, fresh)
+				}
+				if st == noRoutes {
+					continue // no verdict is ever stored
+				}
+				switch {
+				case tt.wantCount == -1 && r.MismatchCount == 0, tt.wantCount >= 0 && r.MismatchCount != tt.wantCount:
+					t.Fatalf("run %d: %d mismatches, want %d:\n%v", i, r.MismatchCount, tt.wantCount, r)
+				}
+			}
 		})
 	}
 }

@@ -41,6 +41,12 @@ type nf struct {
 	noBoundsCheck bool
 	// big adds an unused array map of bigEntries entries.
 	big bool
+	// extraIncDst, if set, makes packets to this destination count
+	// twice.
+	extraIncDst [4]byte
+	// storeVerdict stores the verdict found plus 0x100 back into the
+	// "verdicts" entry: a write into a map the original only reads.
+	storeVerdict bool
 }
 
 // bigEntries is above AutoMapCheckEntries.
@@ -86,6 +92,7 @@ func (n nf) logic() asm.Instructions {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.Mov.Imm(asm.R7, n.pass()),
+		asm.Mov.Imm(asm.R8, 0),
 	}
 	if n.mark != 0 {
 		insns = append(insns, asm.StoreImm(asm.R6, 8, int64(n.mark), asm.Word))
@@ -115,6 +122,15 @@ func (n nf) logic() asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "after_lookup"),
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
+	)
+	if n.storeVerdict {
+		insns = append(insns,
+			asm.Mov.Reg(asm.R1, asm.R7),
+			asm.Add.Imm(asm.R1, 0x100),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.Word),
+		)
+	}
+	insns = append(insns,
 		asm.Mov.Reg(asm.R0, asm.R0).WithSymbol("after_lookup"),
 	)
 	if n.overrideDst != [4]byte{} {
@@ -154,7 +170,16 @@ func (n nf) logic() asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "out"),
 		asm.Mov.Imm(asm.R1, inc),
-		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+	)
+	if n.extraIncDst != [4]byte{} {
+		// R8 (the destination) survives the calls: callee-saved.
+		insns = append(insns,
+			asm.JNE.Imm(asm.R8, dstImm(n.extraIncDst), "add"),
+			asm.Add.Imm(asm.R1, inc),
+		)
+	}
+	insns = append(insns,
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord).WithSymbol("add"),
 		asm.Mov.Reg(asm.R0, asm.R7).WithSymbol("out"),
 		asm.Return(),
 	)
@@ -216,6 +241,7 @@ var (
 	ip2 = [4]byte{10, 0, 0, 2}
 	ip3 = [4]byte{10, 0, 0, 3}
 	ip4 = [4]byte{10, 0, 0, 4}
+	ip5 = [4]byte{10, 0, 0, 5}
 )
 
 // routes maps ip1 to pass, ip2 to drop and ip3 to tx (XDP verdicts).

@@ -3,6 +3,7 @@ package verify
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/morpheus-go/morpheus/mapstate"
 )
@@ -136,6 +137,12 @@ type Report struct {
 	// SkippedMaps are maps whose contents cannot be read from user space
 	// (program arrays, ring buffers, queues, ...) and were not compared.
 	SkippedMaps []string `json:"skipped_maps,omitempty"`
+	// ReadOnlyMaps are maps created BPF_F_RDONLY_PROG in all three
+	// collections (DiffOptions.ReadOnlyMaps, or so declared by the
+	// object): the kernel verifier proved that no program writes them,
+	// so they hold the contents they were filled with and were not read
+	// back.
+	ReadOnlyMaps []string `json:"read_only_maps,omitempty"`
 	// MismatchCount is the number of mismatches found; Mismatches keeps
 	// the first DiffOptions.MaxMismatches of them.
 	MismatchCount int        `json:"mismatch_count"`
@@ -143,6 +150,19 @@ type Report struct {
 	// Nondeterministic is what was excluded because the original itself
 	// does not repeat it.
 	Nondeterministic Nondeterminism `json:"nondeterministic"`
+	// Timing splits the test's wall time into its phases.
+	Timing Timing `json:"timing"`
+}
+
+// Timing is where a differential test spent its time.
+type Timing struct {
+	// Load is creating and filling the three collections.
+	Load time.Duration `json:"load_ns"`
+	// Runs is the test runs of the programs and the comparison of
+	// their verdicts, outputs and contexts.
+	Runs time.Duration `json:"runs_ns"`
+	// Maps is reading and comparing maps (periodic and final checks).
+	Maps time.Duration `json:"maps_ns"`
 }
 
 // Passed reports whether every packet was tried, at least one run was
