@@ -270,7 +270,7 @@ func TestDifferential(t *testing.T) {
 			// differs) and the final check must see the counter.
 			name: "map written differently on the last packet only", cand: nf{extraIncDst: ip5},
 			packets: append(traffic(40), frame(ip5)), wantCount: 1,
-			opts:    DiffOptions{PeriodicMaps: []string{"counters"}, ReadOnlyMaps: []string{"verdicts", "seen"}, MapCheckInterval: 8},
+			opts: DiffOptions{PeriodicMaps: []string{"counters"}, ReadOnlyMaps: []string{"verdicts", "seen"}, MapCheckInterval: 8},
 			check: func(t *testing.T, r *Report) {
 				m := r.Mismatches[0]
 				if m.Packet != 40 || m.Kind != KindMap || m.Map != "counters" {
