@@ -112,6 +112,10 @@ func probeCost(nch, ways int, flag bool) float64 {
 	return c
 }
 
+// probeForceWays, set only by tests, restricts the search to tables of
+// that many slots per bucket.
+var probeForceWays int
+
 // probeTable is a collision-free placement of keys into 2^bits buckets of
 // ways slots each.
 type probeTable struct {
@@ -229,7 +233,10 @@ func placeProbe(keys [][]byte, chs []keyChunk, fits func(buckets, ways int) bool
 	seed := uint64(probeSeed)
 	tries := 0
 	for _, sh := range shapes {
-		if 64-sh.bits < 1 || !fits(1<<sh.bits, sh.ways) || len(keys) > sh.ways<<sh.bits {
+		if probeForceWays != 0 && sh.ways != probeForceWays {
+			continue
+		}
+		if !fits(1<<sh.bits, sh.ways) || len(keys) > sh.ways<<sh.bits {
 			continue
 		}
 		fill := make([]int, 1<<sh.bits)
