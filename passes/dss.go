@@ -2,6 +2,7 @@ package passes
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
@@ -34,7 +35,7 @@ import (
 //     maximum: both are decided at compile time when the site passes a
 //     constant prefixlen, tested at run time otherwise. Entries of other
 //     lengths are answered in longest-prefix order around the hash, in one
-//     of three plans (lpmPlans):
+//     of three plans (lpmView.plans, costed without building them):
 //     complete: a compare chain over the longer entries (longest first,
 //     one group per length behind its prefixlen test), the hash, a chain
 //     over the shorter ones, then a miss; at most MaxInline chained
@@ -240,67 +241,89 @@ type lpmNode struct {
 	value []byte
 }
 
-// covers reports whether the node's prefix matches key's data bits. The
-// key's own prefix length is the caller's business.
-func (n *lpmNode) covers(key []byte) bool {
-	mask := lpmMask(len(key), n.plen)
-	for j := 4; j < len(key); j++ {
-		if key[j]&mask[j] != n.key[j] {
-			return false
-		}
-	}
-	return true
-}
-
 // lpmNodes turns snapshot entries into trie nodes, longest prefix first
 // (ties by key bytes, for deterministic output). Keys equal under their
 // mask are one node in the kernel (an update replaces it), so the last
 // write wins. It reports an entry longer than the trie's maximum, which
 // the kernel never stores.
 func lpmNodes(entries []mapstate.Entry, maxPlen uint32) ([]lpmNode, string) {
-	at := map[string]int{}
-	var out []lpmNode
+	size := 0
+	for _, e := range entries {
+		size += len(e.Key)
+	}
+	buf := make([]byte, 0, size)
+	all := make([]lpmNode, len(entries))
+	same := true // every key has the first one's size
 	for i, e := range entries {
 		plen := binary.LittleEndian.Uint32(e.Key)
 		if plen > maxPlen {
 			return nil, fmt.Sprintf("snapshot entry %d has prefix length /%d, beyond the trie's /%d", i, plen, maxPlen)
 		}
-		mask := lpmMask(len(e.Key), plen)
-		k := slices.Clone(e.Key)
-		for j := 4; j < len(k); j++ {
-			k[j] &= mask[j]
+		buf = append(buf, e.Key...)
+		k := buf[len(buf)-len(e.Key) : len(buf) : len(buf)]
+		maskData(k[4:], plen)
+		all[i] = lpmNode{plen: plen, key: k, value: e.Value}
+		same = same && len(e.Key) == len(entries[0].Key)
+	}
+	// Sort by length (longest first), key and position, then keep one
+	// node per key with the last position's value.
+	type ranked struct {
+		rank uint64 // length and data, when they fit
+		i    int32
+	}
+	order := make([]ranked, len(all))
+	packed := same && len(entries) > 0 && len(entries[0].Key) <= 4+7
+	for i, n := range all {
+		order[i].i = int32(i)
+		if packed {
+			// 255-plen in the top byte, then the data bytes.
+			r := uint64(255 - n.plen)
+			for _, b := range n.key[4:] {
+				r = r<<8 | uint64(b)
+			}
+			order[i].rank = r << (8 * (7 - (len(n.key) - 4)))
 		}
-		if i, ok := at[string(k)]; ok {
-			out[i].value = e.Value
+	}
+	slices.SortFunc(order, func(a, b ranked) int {
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
+		}
+		x, y := &all[a.i], &all[b.i]
+		if !packed {
+			if x.plen != y.plen {
+				return cmp.Compare(y.plen, x.plen)
+			}
+			if c := bytes.Compare(x.key, y.key); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a.i, b.i)
+	})
+	out := make([]lpmNode, 0, len(all))
+	for k, o := range order {
+		n := all[o.i]
+		if k > 0 && n.plen == out[len(out)-1].plen && bytes.Equal(n.key, out[len(out)-1].key) {
+			out[len(out)-1].value = n.value
 			continue
 		}
-		at[string(k)] = len(out)
-		out = append(out, lpmNode{plen: plen, key: k, value: e.Value})
+		out = append(out, n)
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if out[i].plen != out[j].plen {
-			return out[i].plen > out[j].plen
-		}
-		return bytes.Compare(out[i].key, out[j].key) < 0
-	})
 	return out, ""
 }
 
-// lpmResult is the node the kernel's trie returns for key, or nil: the
-// longest node no longer than the key's prefix length whose bits agree,
-// and nothing at all for a prefix length above the trie's maximum
-// (trie_lookup_elem checks that first). nodes are longest first.
-func lpmResult(nodes []lpmNode, key []byte, maxPlen uint32) *lpmNode {
-	kplen := binary.LittleEndian.Uint32(key)
-	if kplen > maxPlen {
-		return nil
-	}
-	for i := range nodes {
-		if nodes[i].plen <= kplen && nodes[i].covers(key) {
-			return &nodes[i]
+// maskData clears the bits of LPM key data after its first plen.
+func maskData(data []byte, plen uint32) {
+	for j := range data {
+		switch {
+		case plen >= 8:
+			plen -= 8
+		case plen > 0:
+			data[j] &= byte(0xff << (8 - plen))
+			plen = 0
+		default:
+			data[j] = 0
 		}
 	}
-	return nil
 }
 
 // lpmPlan is one way to answer a trie lookup: a hash on the key masked to
@@ -322,11 +345,12 @@ type lpmPlan struct {
 	// expanded into their /P blocks, the shorter nodes of at least lo
 	// bits (expanded counts those). With longer nodes not chained, a
 	// block with a longer node inside it is left out, so that keys under
-	// it reach the trie (excluded counts the /P nodes left out). inHash
-	// holds the blocks' keys; it is built on first use (see holds), as
-	// most costed plans are never used again.
+	// it reach the trie (excluded counts the /P nodes left out). Costing
+	// needs only their number, nHashed: hashed is built by build for
+	// the plan that is made (see blocks).
 	hashed         []lpmNode
-	inHash         map[string]bool
+	nHashed        int
+	build          func() []lpmNode
 	lo             uint32
 	expanded       int
 	expandedBlocks int
@@ -338,8 +362,8 @@ type lpmPlan struct {
 	// checks, longer chain, hash); rest is added for the share restShare
 	// of the traffic the hash does not answer.
 	base, rest, restShare float64
-	// block maps a key to the key of its /P block.
-	block func([]byte) string
+	// holds says whether the hash holds the /P block of a traffic key.
+	holds func(*trafficKey) bool
 	// hot are the hot keys compiled in front, with their results, and
 	// hotGain the estimated saving per lookup they bring.
 	hot     []trafficKey
@@ -349,7 +373,15 @@ type lpmPlan struct {
 // cost is the plan's estimated cost per lookup, with costKiBlocks for
 // every 1,024 blocks in the hash.
 func (pl *lpmPlan) cost() float64 {
-	return pl.base + pl.restShare*pl.rest - pl.hotGain + costKiBlocks*float64(len(pl.hashed))/1024
+	return pl.base + pl.restShare*pl.rest - pl.hotGain + costKiBlocks*float64(pl.nHashed)/1024
+}
+
+// blocks returns the hash's blocks, building them on first use.
+func (pl *lpmPlan) blocks() []lpmNode {
+	if pl.hashed == nil && pl.build != nil {
+		pl.hashed, pl.build = pl.build(), nil
+	}
+	return pl.hashed
 }
 
 // costKiBlocks charges a hash's size: more blocks, more cache and TLB
@@ -366,6 +398,8 @@ type trafficKey struct {
 	key    []byte
 	result *lpmNode
 	weight float64
+	// idx is the key's position in the site's traffic.
+	idx int
 }
 
 // lpmTraffic is the traffic the cost model weighs the plans with: the
@@ -374,34 +408,43 @@ type trafficKey struct {
 // assumption that every prefix is as likely to be the route of a
 // destination as any other. Those addresses carry the site's constant
 // prefix length, or the full length (a host) when it is not constant.
-func lpmTraffic(c *Context, s lookupSite, ms *ebpf.MapSpec, nodes []lpmNode, maxPlen uint32) (keys []trafficKey, measured bool) {
+// The trie's answers come from v (the nodes in address order), which
+// also records every key's covering nodes for the plan costing.
+func lpmTraffic(c *Context, s lookupSite, ms *ebpf.MapSpec, v *lpmView) (tr *lpmKeys, measured bool) {
+	nodes := v.nodes
+	var keys []trafficKey
 	if c.Heat != nil {
 		for _, h := range c.Heat.Maps[s.mapName] {
 			if uint32(len(h.Key)) != ms.KeySize || !s.keyCompatible(h.Key) || h.Count == 0 {
 				continue
 			}
-			keys = append(keys, trafficKey{key: h.Key, result: lpmResult(nodes, h.Key, maxPlen), weight: float64(h.Count)})
+			keys = append(keys, trafficKey{key: h.Key, weight: float64(h.Count), idx: len(keys)})
 		}
 	}
-	if len(keys) > 0 {
-		return keys, true
-	}
-	plen, ok := s.lpmPrefixLen()
-	if !ok {
-		plen = maxPlen
-	}
-	for i := range nodes {
-		// An address inside the node: host bits from a fixed pattern,
-		// so that it is not always the first address of the prefix.
-		k := slices.Clone(nodes[i].key)
-		binary.LittleEndian.PutUint32(k, plen)
-		mask := lpmMask(len(k), nodes[i].plen)
-		for j := 4; j < len(k); j++ {
-			k[j] |= 0xa5 &^ mask[j]
+	measured = len(keys) > 0
+	if !measured {
+		plen, ok := s.lpmPrefixLen()
+		if !ok {
+			plen = v.bits
 		}
-		keys = append(keys, trafficKey{key: k, result: lpmResult(nodes, k, maxPlen), weight: 1})
+		keys = make([]trafficKey, len(nodes))
+		buf := make([]byte, len(nodes)*len(nodes[0].key))
+		for i := range nodes {
+			// An address inside the node: host bits from a fixed
+			// pattern, so that it is not always the first address of
+			// the prefix.
+			k := buf[:len(nodes[i].key):len(nodes[i].key)]
+			buf = buf[len(k):]
+			copy(k, nodes[i].key)
+			binary.LittleEndian.PutUint32(k, plen)
+			mask := lpmMask(len(k), nodes[i].plen)
+			for j := 4; j < len(k); j++ {
+				k[j] |= 0xa5 &^ mask[j]
+			}
+			keys[i] = trafficKey{key: k, weight: 1, idx: i}
+		}
 	}
-	return keys, false
+	return v.answer(keys), measured
 }
 
 // chainCost estimates a key running through a compare chain over nodes
@@ -462,187 +505,6 @@ const (
 	maxLPMExpansion   = 32
 )
 
-// lpmPlans lists the plans for hash length p over nodes (longest first):
-// complete (both other-length groups chained, at most MaxInline nodes
-// together), longer nodes chained with the trie behind the hash, and no
-// chain at all with the trie behind the hash; each of them also with the
-// shorter nodes down to each shorter length expanded into the hash, while
-// it stays within maxLPMHashEntries blocks. Each is costed with traffic;
-// trieCost is the original lookup's estimate.
-func lpmPlans(c *Context, s lookupSite, nodes []lpmNode, p uint32, plenConst bool, traffic []trafficKey, trieCost float64) []*lpmPlan {
-	keySize := len(nodes[0].key)
-	dataBytes := keySize - 4
-	keyBytes := int(p+7) / 8
-	var longer, same, shorter []lpmNode
-	for _, n := range nodes {
-		switch {
-		case n.plen > p:
-			longer = append(longer, n)
-		case n.plen == p:
-			same = append(same, n)
-		default:
-			shorter = append(shorter, n)
-		}
-	}
-	// The hash path as the single-length specialization costs it: guard,
-	// copy and mask of the key, the hash lookup, prefix length checks.
-	copies := copyChunks(int(*s.keyOff)+4, 0, keyBytes, dataBytes, 8*((keyBytes+7)/8))
-	hashPath := costGuard + hashCost(keyBytes) + costInsn*float64(4+2*len(copies))
-	if !plenConst {
-		hashPath += 3 * costInsn
-	}
-	// block is the key of the /p block holding key: p in the prefix
-	// length field, the data masked to p bits.
-	block := func(key []byte) string {
-		k := slices.Clone(key)
-		binary.LittleEndian.PutUint32(k, p)
-		return string(maskKey(k, p))
-	}
-	var out []*lpmPlan
-	// plan costs one plan; hashed and inHash are shared with the plans
-	// of other expansion depths of the same variant, so it takes them
-	// as they are at the call.
-	plan := func(chainLonger, complete bool, hashed []lpmNode, inHash map[string]bool, lo uint32, expanded, excluded int) *lpmPlan {
-		pl := &lpmPlan{plen: p, keyBytes: keyBytes, chainLonger: chainLonger, complete: complete, base: hashPath,
-			hashed: slices.Clip(hashed), lo: lo, expanded: expanded, excluded: excluded,
-			expandedBlocks: len(hashed) - (len(same) - excluded)}
-		// The variant's set holds exactly hashed right now; costing
-		// borrows it instead of copying up to 64Ki keys per plan.
-		pl.inHash = inHash
-		defer func() { pl.inHash = nil }()
-		if chainLonger {
-			pl.longer = longer
-			pl.base += chainCost(longer, keySize, plenConst)
-		}
-		if complete {
-			// An expanded node answers every key of at least p bits
-			// under it from the hash; shorter keys need the chain,
-			// unless the prefix length is a constant (>= p).
-			for _, n := range shorter {
-				if !plenConst || n.plen < lo {
-					pl.shorter = append(pl.shorter, n)
-				}
-			}
-			pl.rest = chainCost(pl.shorter, keySize, plenConst)
-		} else {
-			pl.rest = 3*costInsn + trieCost // restore the arguments, call
-		}
-		if complete && len(pl.shorter) == 0 {
-			pl.rest = 0 // a hash miss is the answer: no test after it
-		} else {
-			pl.base += costInsn // the hit test after the hash lookup
-		}
-		var total, rest float64
-		for _, t := range traffic {
-			total += t.weight
-			if pl.stage(t, block) == stageRest {
-				rest += t.weight
-			}
-		}
-		if total > 0 {
-			pl.restShare = rest / total
-		}
-		pl.block = block
-		return pl
-	}
-	// variant expands once for every plan shape in completes: the
-	// blocks hashed depend only on chainLonger.
-	variant := func(chainLonger bool, completes ...bool) {
-		completes = slices.DeleteFunc(completes, func(complete bool) bool {
-			return complete && len(longer) > c.Opts.MaxInline
-		})
-		if len(completes) == 0 {
-			return
-		}
-		blocked := map[string]bool{}
-		if !chainLonger {
-			for _, n := range longer {
-				blocked[block(n.key)] = true
-			}
-		}
-		var hashed []lpmNode
-		inHash := map[string]bool{}
-		excluded := 0
-		for _, n := range same {
-			if blocked[string(n.key)] {
-				excluded++
-				continue
-			}
-			hashed = append(hashed, n)
-			inHash[string(n.key)] = true
-		}
-		chained := func(lo uint32) int {
-			n := 0
-			for _, sh := range shorter {
-				if !plenConst || sh.plen < lo {
-					n++
-				}
-			}
-			return n
-		}
-		// Plans are kept per shape, in the order of completes, so that
-		// ties resolve as if each shape had been expanded on its own.
-		bufs := make([][]*lpmPlan, len(completes))
-		planEach := func(lo uint32, expanded, shorterChained int) {
-			for i, complete := range completes {
-				if !complete || len(longer)+shorterChained <= c.Opts.MaxInline {
-					bufs[i] = append(bufs[i], plan(chainLonger, complete, hashed, inHash, lo, expanded, excluded))
-				}
-			}
-		}
-		defer func() {
-			for _, b := range bufs {
-				out = append(out, b...)
-			}
-		}()
-		planEach(p, 0, chained(p))
-		// Expand the shorter nodes, longest first, one length at a
-		// time: a block already held has a longer (or equal) answer.
-		expanded := 0
-		for i := 0; i < len(shorter); {
-			l := shorter[i].plen
-			limit := min(maxLPMHashEntries, maxLPMExpansion*len(nodes))
-			if l == 0 || p-l > 16 || len(hashed)+(1<<(p-l)) > limit {
-				break
-			}
-			j := i
-			over := false
-			for ; j < len(shorter) && shorter[j].plen == l; j++ {
-				n := shorter[j]
-				for v := range uint64(1) << (p - l) {
-					k := slices.Clone(n.key)
-					binary.LittleEndian.PutUint32(k, p)
-					setBits(k[4:], l, p-l, v)
-					if blocked[string(k)] || inHash[string(k)] {
-						continue
-					}
-					hashed = append(hashed, lpmNode{plen: p, key: k, value: n.value})
-					inHash[string(k)] = true
-				}
-				expanded++
-				if len(hashed) > limit {
-					over = true
-					break
-				}
-			}
-			if over {
-				break
-			}
-			i = j
-			planEach(l, expanded, chained(l))
-		}
-	}
-	if len(longer) <= c.Opts.MaxInline {
-		variant(true, true, false)
-	} else {
-		variant(true, true)
-	}
-	if len(longer) > 0 {
-		variant(false, false)
-	}
-	return out
-}
-
 // setBits sets the n bits of data after its first from bits (most
 // significant first, as prefixes count them) to v's low n bits.
 func setBits(data []byte, from, n uint32, v uint64) {
@@ -665,35 +527,15 @@ const (
 )
 
 // stage says which stage of pl answers the traffic key t.
-func (pl *lpmPlan) stage(t trafficKey, block func([]byte) string) int {
+func (pl *lpmPlan) stage(t trafficKey) int {
 	r := t.result
 	switch {
 	case r != nil && r.plen > pl.plen && pl.chainLonger:
 		return stageChain
-	case binary.LittleEndian.Uint32(t.key) >= pl.plen && r != nil && pl.holds(block(t.key)):
+	case binary.LittleEndian.Uint32(t.key) >= pl.plen && r != nil && pl.holds(&t):
 		return stageHash
 	}
 	return stageRest
-}
-
-// holds says whether the hash holds the /P block key.
-func (pl *lpmPlan) holds(key string) bool {
-	if pl.inHash == nil {
-		pl.inHash = make(map[string]bool, len(pl.hashed))
-		for _, n := range pl.hashed {
-			pl.inHash[string(n.key)] = true
-		}
-	}
-	return pl.inHash[key]
-}
-
-// maskKey masks an LPM key's data in place to plen bits and returns it.
-func maskKey(k []byte, plen uint32) []byte {
-	mask := lpmMask(len(k), plen)
-	for j := 4; j < len(k); j++ {
-		k[j] &= mask[j]
-	}
-	return k
 }
 
 // pathCost estimates the lookup of a key under pl without a hot chain.
@@ -701,7 +543,7 @@ func (pl *lpmPlan) pathCost(t trafficKey, maxPlen uint32) float64 {
 	if binary.LittleEndian.Uint32(t.key) > maxPlen {
 		return costGuard + 2*costInsn // the range check misses it
 	}
-	if pl.stage(t, pl.block) == stageRest {
+	if pl.stage(t) == stageRest {
 		return pl.base + pl.rest
 	}
 	return pl.base
@@ -757,8 +599,43 @@ func (pl *lpmPlan) chooseHot(traffic []trafficKey, topK, keySize int, maxPlen ui
 // model prefers for their tables.
 var planFilter func(*lpmPlan) bool
 
+// lpmChoose is the plan costing of lpmToHash, chooseLPMPlan; a variable
+// so that tests can run the reference costing in its place.
+var lpmChoose = chooseLPMPlan
+
+// chooseLPMPlan costs, for every prefix length P present, the plans of
+// lpmView.plans and returns the cheapest (nil if there is none), with a chain
+// of hot keys in front when the heatmap has the site's traffic, and the
+// traffic it weighed them with.
+func chooseLPMPlan(c *Context, s lookupSite, ms *ebpf.MapSpec, nodes []lpmNode, lengths map[uint32]int, keyPlen uint32, plenConst bool, oldCost float64) (*lpmPlan, []trafficKey) {
+	v := newLPMView(nodes)
+	tr, measured := lpmTraffic(c, s, ms, v)
+	var best *lpmPlan
+	for p := range lengths {
+		if p == 0 || (plenConst && p > keyPlen) {
+			continue // a /0 hash would have no key bytes
+		}
+		for _, pl := range v.plans(c, s, tr, p, plenConst, oldCost) {
+			if planFilter != nil && !planFilter(pl) {
+				continue
+			}
+			if best == nil || pl.cost() < best.cost() || (pl.cost() == best.cost() && pl.plen > best.plen) {
+				best = pl
+			}
+		}
+	}
+	// Hot keys go on top of the structure chosen without them: a chain
+	// covering the measured traffic must not make a useless structure
+	// look cheap (keys the heatmap missed would pay for it), and caching
+	// alone is hotcache's job.
+	if measured && best != nil {
+		best.chooseHot(tr.keys, c.Opts.TopK, int(ms.KeySize), v.bits)
+	}
+	return best, tr.keys
+}
+
 // lpmToHash specializes a lookup in an LPM trie. It costs, for every
-// prefix length P present, the plans of lpmPlans (hash on the P-masked
+// prefix length P present, the plans of lpmView.plans (hash on the P-masked
 // key, compare chains for the other lengths in longest-prefix order, the
 // trie behind them where they are not complete) and, with a heatmap, a
 // chain of the hottest exact keys in front; the cheapest plan is made if it
@@ -790,11 +667,10 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 	if plenConst {
 		// A node longer than the lookup's constant prefix length never
 		// matches, and above the trie's maximum nothing does.
+		// Nodes are longest first: the usable ones are a suffix.
 		var usable []lpmNode
-		for _, n := range nodes {
-			if n.plen <= keyPlen && keyPlen <= maxPlen {
-				usable = append(usable, n)
-			}
+		if keyPlen <= maxPlen {
+			usable = nodes[sort.Search(len(nodes), func(i int) bool { return nodes[i].plen <= keyPlen }):]
 		}
 		if len(usable) == 0 {
 			miss := c.Prog.NewBlock()
@@ -807,28 +683,7 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 		nodes = usable
 	}
 
-	traffic, measured := lpmTraffic(c, s, ms, nodes, maxPlen)
-	var best *lpmPlan
-	for p := range lengths {
-		if p == 0 || (plenConst && p > keyPlen) {
-			continue // a /0 hash would have no key bytes
-		}
-		for _, pl := range lpmPlans(c, s, nodes, p, plenConst, traffic, oldCost) {
-			if planFilter != nil && !planFilter(pl) {
-				continue
-			}
-			if best == nil || pl.cost() < best.cost() || (pl.cost() == best.cost() && pl.plen > best.plen) {
-				best = pl
-			}
-		}
-	}
-	// Hot keys go on top of the structure chosen without them: a chain
-	// covering the measured traffic must not make a useless structure
-	// look cheap (keys the heatmap missed would pay for it), and caching
-	// alone is hotcache's job.
-	if measured && best != nil {
-		best.chooseHot(traffic, c.Opts.TopK, int(ms.KeySize), maxPlen)
-	}
+	best, traffic := lpmChoose(c, s, ms, nodes, lengths, keyPlen, plenConst, oldCost)
 	// An IPv4 trie may do better still as DIR tables (dir.go), unless a
 	// test asked for a particular hash plan.
 	if planFilter == nil {
@@ -865,7 +720,7 @@ func (d *dss) lpmToHash(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Entry
 	}
 	if len(best.longer)+len(best.shorter)+len(best.hot)+best.expanded == 0 && best.complete {
 		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d /%d prefixes as hash %s on the %d-byte masked key behind guard (est. %.0f -> %.0f ns per lookup)",
-			len(best.hashed), best.plen, hashName, best.keyBytes, oldCost, newCost)
+			best.nHashed, best.plen, hashName, best.keyBytes, oldCost, newCost)
 		return nil
 	}
 	c.changed(s.fn.Name, s.block.ID, s.mapName, "%d prefix lengths (%s) as %s, hash %s, behind guard (est. %.0f -> %.0f ns per lookup)",
@@ -882,10 +737,10 @@ func (pl *lpmPlan) describe() string {
 	if len(pl.longer) > 0 {
 		parts = append(parts, fmt.Sprintf("%d longer prefixes chained", len(pl.longer)))
 	}
-	h := fmt.Sprintf("%d /%d prefixes hashed on the %d-byte masked key", len(pl.hashed), pl.plen, pl.keyBytes)
+	h := fmt.Sprintf("%d /%d prefixes hashed on the %d-byte masked key", pl.nHashed, pl.plen, pl.keyBytes)
 	if pl.expanded > 0 {
 		h = fmt.Sprintf("%d /%d prefixes and %d of /%d../%d expanded into %d /%d blocks hashed on the %d-byte masked key",
-			len(pl.hashed)-pl.expandedBlocks, pl.plen, pl.expanded, pl.lo, pl.plen-1, pl.expandedBlocks, pl.plen, pl.keyBytes)
+			pl.nHashed-pl.expandedBlocks, pl.plen, pl.expanded, pl.lo, pl.plen-1, pl.expandedBlocks, pl.plen, pl.keyBytes)
 	}
 	if pl.excluded > 0 {
 		h += fmt.Sprintf(" (%d with longer prefixes inside left to the trie)", pl.excluded)
@@ -907,8 +762,9 @@ func (pl *lpmPlan) describe() string {
 func (d *dss) lpmHash(of string, ms *ebpf.MapSpec, pl *lpmPlan) string {
 	// Sites of one table share the hash when their plans hash the same
 	// nodes.
+	hashed := pl.blocks()
 	f := fnv.New64a()
-	for _, n := range pl.hashed {
+	for _, n := range hashed {
 		f.Write(n.key)
 		f.Write(n.value)
 	}
@@ -916,8 +772,8 @@ func (d *dss) lpmHash(of string, ms *ebpf.MapSpec, pl *lpmPlan) string {
 	if name, ok := d.made[id]; ok {
 		return name
 	}
-	contents := make([]ebpf.MapKV, 0, len(pl.hashed))
-	for _, n := range pl.hashed {
+	contents := make([]ebpf.MapKV, 0, len(hashed))
+	for _, n := range hashed {
 		contents = append(contents, ebpf.MapKV{Key: slices.Clone(n.key[4 : 4+pl.keyBytes]), Value: n.value})
 	}
 	name := d.mapName("dh", of)
