@@ -63,6 +63,9 @@ func constProp(c *Context) error {
 		if err != nil {
 			return err
 		}
+		// Only the last round's reasons hold for the final code: a load
+		// an early round could not fold may fold once its index does.
+		clear(cp.skips)
 		if cp.round(res) == 0 {
 			break
 		}

@@ -90,7 +90,7 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 	lookups := c.deadLookups(res, args)
 	stores := map[*program.Block][]int{}
 	for _, f := range c.Prog.Funcs {
-		deadStores(res, f, stores)
+		deadStores(res, f, args, stores)
 	}
 	marks := map[*program.Block][]int{}
 	for _, m := range []map[*program.Block][]int{lookups, stores} {
@@ -658,7 +658,7 @@ type stackEffect struct {
 // stackEffects classifies the frame accesses of every instruction of f with
 // the analysis' pointer values. ok is false when a pointer into the frame
 // escapes where the classification cannot follow it (stored to memory).
-func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]stackEffect, bool) {
+func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet) (map[*program.Block][]stackEffect, bool) {
 	out := map[*program.Block][]stackEffect{}
 	for _, b := range f.Blocks {
 		effs := make([]stackEffect, len(b.Insns))
@@ -728,7 +728,14 @@ func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]s
 				for r := asm.R1; r <= asm.R5; r++ {
 					callback = callback || st.Reg(r).Kind == analysis.PtrFunc
 				}
+				// A static function sees only the arguments it reads
+				// (callArgs); whatever else the registers hold does
+				// not reach it.
+				read, static := args[ins.Reference()]
 				for r := asm.R1; r <= asm.R5; r++ {
+					if static && ins.IsFunctionCall() && read&regBit(r) == 0 {
+						continue
+					}
 					v := st.Reg(r)
 					switch {
 					case v.Kind == analysis.PtrStack && v.OffKnown && ins.IsBuiltinCall() && !callback:
@@ -747,8 +754,8 @@ func stackEffects(res *analysis.Result, f *program.Func) (map[*program.Block][]s
 // instruction reads before the bytes are overwritten or the function
 // returns, with a backward byte-level liveness over the frame, and adds
 // them to marks.
-func deadStores(res *analysis.Result, f *program.Func, marks map[*program.Block][]int) {
-	effs, ok := stackEffects(res, f)
+func deadStores(res *analysis.Result, f *program.Func, args map[string]regSet, marks map[*program.Block][]int) {
+	effs, ok := stackEffects(res, f, args)
 	if !ok {
 		return
 	}

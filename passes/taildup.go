@@ -25,6 +25,12 @@ const (
 	tailDupMaxRegion = 1024
 	// tailDupMaxCopies is the most copies of one merge point.
 	tailDupMaxCopies = 16
+	// tailDupMaxConstRegion is the largest tail copied for constant
+	// gains alone: a known number (a parsed header offset, a flag, a
+	// missed lookup's NULL) usually decides a branch or two, which does
+	// not pay for copying much code, where a pointer into a value cache
+	// turns every field load of the tail into an immediate.
+	tailDupMaxConstRegion = 64
 	// tailDupRounds bounds the duplicate/re-analyse iterations.
 	tailDupRounds = 8
 )
@@ -46,8 +52,9 @@ const (
 // edge from a predecessor than at the merge (a constant, or a pointer at a
 // known offset into an array value) and the tail reads it before
 // redefining it: as a load's base, a branch operand or a call argument.
-// Merges with pointer gains go first. Budgets: tailDupMaxAdded,
-// tailDupMaxRegion, tailDupMaxCopies. The pass runs only when constprop
+// Merges with pointer gains go first; constant gains alone only pay for
+// short tails. Budgets: tailDupMaxAdded, tailDupMaxRegion,
+// tailDupMaxConstRegion, tailDupMaxCopies. The pass runs only when constprop
 // is selected: nothing else folds what it exposes.
 func tailDup(c *Context) error {
 	if c.Opts.Passes != nil && !slices.Contains(c.Opts.Passes, "constprop") {
@@ -137,14 +144,20 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 		return tdMerge{}, false
 	}
 	live := res.BlockLiveIn(m)
-	cand := tdMerge{f: f, m: m}
+	type gain struct {
+		pred *program.Block
+		what string
+		ptr  bool
+	}
+	var gains []gain
 	var region []*program.Block
 	for _, p := range preds {
 		out := res.StateBefore(p, len(p.Insns))
 		if out == nil {
 			continue
 		}
-		var gains []string
+		g := gain{pred: p}
+		var what []string
 		for r := asm.R0; r < asm.R10; r++ {
 			if live&(1<<r) == 0 {
 				continue
@@ -164,22 +177,18 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 			if !usedBeforeRedef(region[0], r, isPtr) {
 				continue
 			}
-			gains = append(gains, fmt.Sprintf("r%d=%v", r, v))
-			cand.ptr = cand.ptr || isPtr
+			what = append(what, fmt.Sprintf("r%d=%v", r, v))
+			g.ptr = g.ptr || isPtr
 		}
-		if len(gains) > 0 {
-			cand.preds = append(cand.preds, p)
-			cand.gains = append(cand.gains, strings.Join(gains, ","))
+		if len(what) > 0 {
+			g.what = strings.Join(what, ",")
+			gains = append(gains, g)
 		}
 	}
-	if len(cand.preds) == 0 {
+	if len(gains) == 0 {
 		return tdMerge{}, false
 	}
-	if len(cand.preds) == len(preds) {
-		// The last predecessor keeps the original tail.
-		cand.preds, cand.gains = cand.preds[:len(preds)-1], cand.gains[:len(preds)-1]
-	}
-	cand.region = region
+	cand := tdMerge{f: f, m: m, region: region}
 	for _, b := range region {
 		cand.size += len(b.Insns)
 	}
@@ -188,6 +197,33 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 		for _, b := range g.Blocks {
 			cand.size += len(b.Insns)
 		}
+	}
+	// Constants alone pay only for a short tail.
+	kept := gains[:0:0]
+	for _, g := range gains {
+		if g.ptr || cand.size <= tailDupMaxConstRegion {
+			kept = append(kept, g)
+		}
+	}
+	if len(kept) == 0 {
+		td.leave(f, m, fmt.Sprintf("only constants are known and the tail has %d instructions, over the %d-instruction limit for them", cand.size, tailDupMaxConstRegion))
+		return tdMerge{}, false
+	}
+	if len(kept) == len(preds) {
+		// One predecessor keeps the original tail: one that knows
+		// only constants if there is one, else the last.
+		drop := len(kept) - 1
+		for i, g := range kept {
+			if !g.ptr {
+				drop = i
+			}
+		}
+		kept = slices.Delete(kept, drop, drop+1)
+	}
+	for _, g := range kept {
+		cand.preds = append(cand.preds, g.pred)
+		cand.gains = append(cand.gains, g.what)
+		cand.ptr = cand.ptr || g.ptr
 	}
 	switch {
 	case cand.size > tailDupMaxRegion:
