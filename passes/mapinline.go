@@ -191,7 +191,13 @@ func (c *Context) siteHeat(s lookupSite) map[string]uint64 {
 // the chain tests entry i after i others, each test costing one compare
 // per 4-byte chunk of the key on a match, and a key the map does not hold
 // runs through all of them; the probe costs probeCost whatever the
-// number of keys. The traffic is the heatmap's counts of the keys the
+// number of keys. Both add costMispredict per expected mispredicted
+// branch, counting a branch as predicted its more frequent way: test i
+// of the chain, reached by a share r_i of the lookups and matching p_i,
+// mispredicts min(p_i, r_i - p_i); the probe's found-or-not branch
+// min(hits, misses). Which entry a lookup finds is data, not history, so
+// a chain over many equally likely entries mispredicts almost every
+// lookup, while one hot entry first costs nearly nothing. The traffic is the heatmap's counts of the keys the
 // site can look up when it has some (misses included), otherwise every
 // entry equally likely and no misses. Entries whose key contradicts the
 // bytes the site passes as constants can never be found there and are
@@ -205,12 +211,17 @@ func (c *Context) inlineProbe(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 		}
 	}
 	constByte := func(i int) bool { return i < len(s.keyBytes) && s.keyBytes[i].Kind == "const" }
+	if forceLayout != "" && forceLayout != "probe" {
+		return false, nil // a test wants the chain
+	}
 	if len(keys) == 0 || s.constKey != nil {
 		return false, nil // nothing to find, or a constant key: the chain folds
 	}
 	chs := probeChunks(*s.keyOff, keySize, constByte)
-	chain := inlineChainCost(keys, c.siteHeat(s), len(chunks(0, keySize)))
-	if probeCost(len(chs), 1, false) >= chain && forceLayout != "probe" {
+	chain, hits := inlineChainCost(keys, c.siteHeat(s), len(chunks(0, keySize)))
+	// The probe's one data-dependent branch: found or not.
+	probeMiss := costMispredict * min(hits, 1-hits)
+	if probeCost(len(chs), 1, false)+probeMiss >= chain && forceLayout != "probe" {
 		return false, nil
 	}
 	pp := planProbe(keys, results, chs, keySize, int(ms.ValueSize))
@@ -218,7 +229,7 @@ func (c *Context) inlineProbe(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 		c.skipped(s.fn.Name, s.block.ID, s.mapName, "no hashed probe placement for %d keys within the search budget", len(keys))
 		return false, nil
 	}
-	cost := probeCost(len(chs), pp.t.ways, false)
+	cost := probeCost(len(chs), pp.t.ways, false) + probeMiss
 	if cost >= chain && forceLayout != "probe" {
 		return false, nil
 	}
@@ -230,26 +241,28 @@ func (c *Context) inlineProbe(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 	return true, nil
 }
 
-// inlineChainCost is the expected cost of a compare chain over keys, in chain
-// order, with nch chunks per key (see inlineProbe). counts, if any, are
-// the heatmap's counts per key.
-func inlineChainCost(keys [][]byte, counts map[string]uint64, nch int) float64 {
+// inlineChainCost is the expected cost of a compare chain over keys, in
+// chain order, with nch chunks per key (see inlineProbe), and the share
+// of lookups that find a key. counts, if any, are the heatmap's counts
+// per key.
+func inlineChainCost(keys [][]byte, counts map[string]uint64, nch int) (cost, hits float64) {
 	n := float64(len(keys))
-	var total, hits float64
+	var total float64
 	for _, cnt := range counts {
 		total += float64(cnt)
 	}
-	if total == 0 {
-		// No traffic seen: every entry equally likely, no misses.
-		return (n-1)/2 + float64(nch)
+	p := func(k []byte) float64 { return 1 / n } // no traffic seen: uniform, no misses
+	if total > 0 {
+		p = func(k []byte) float64 { return float64(counts[string(k)]) / total }
 	}
-	var cost float64
+	rest := 1.0 // share of lookups reaching the test
 	for i, k := range keys {
-		p := float64(counts[string(k)]) / total
-		hits += p
-		cost += p * (float64(i) + float64(nch))
+		pi := p(k)
+		cost += pi*(float64(i)+float64(nch)) + costMispredict*min(pi, rest-pi)
+		hits += pi
+		rest -= pi
 	}
-	return cost + (1-hits)*n
+	return cost + max(rest, 0)*n, hits
 }
 
 // emitChain isolates the lookup call and puts a guard and a compare chain

@@ -97,6 +97,11 @@ func probeChunks(keyOff int16, keySize int, constByte func(int) bool) []keyChunk
 // which is why they cost less than a unit each.
 const probeHashCost = 4
 
+// costMispredict is a mispredicted branch in compare-and-branch units
+// (see hotCache): about 15 cycles of a flushed pipeline, set low so that
+// chains keep small tables, whose constant hits later passes fold.
+const costMispredict = 6
+
 // probeCost is the expected cost of a probe per lookup over nch chunks:
 // load and combine each chunk, hash and address, compare each chunk; a
 // second way compares again for about half of the lookups, and a result
