@@ -68,8 +68,8 @@ func Example() {
 	fmt.Println("cycle 2:", cs.Programs[0].Outcome)
 	// Output:
 	// cycle 1: swapped
-	// optimized: true guards: [routes]
-	// tripped: [routes]
+	// optimized: true guards: [ifconfig nexthops routes]
+	// tripped: [ifconfig nexthops routes]
 	// cycle 2: swapped
 }
 

@@ -26,7 +26,9 @@ func cycleCases() []nfCase {
 // BenchmarkCycle measures the optimizer's part of one agent cycle per
 // program: what optimize.RunLive does for the agent (passes, the kernel
 // verifier, the differential test with the agent's default budget and
-// the guard check). The snapshot and the swap are the agent's and come on
+// the guard check; the verifier's load of the candidate is the
+// differential test's, and the test's copies of the original load while
+// the passes run). The snapshot and the swap are the agent's and come on
 // top; ms/cycle is per program, the phases are reported apart. "full" is
 // a cycle whose candidate has a new shape, "steady" one whose candidate
 // has the running candidate's shape (LiveOptions.SameShape), the common
@@ -76,7 +78,7 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 			}
 		}
 	}
-	var opt, ver, diff, load, runsT, maps, gc time.Duration
+	var opt, ver, diff, load, runsT, maps, gc, base time.Duration
 	runs := 0
 	for b.Loop() {
 		for _, name := range names {
@@ -95,6 +97,7 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 			ver += rep.VerifyTime
 			diff += rep.DifferentialNS
 			gc += rep.GuardCheckTime
+			base += rep.BaselineLoadTime
 			if d := rep.Differential; d != nil {
 				load += d.Timing.Load
 				runsT += d.Timing.Runs
@@ -113,4 +116,6 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 	b.ReportMetric(ms(runsT), "diff-runs-ms")
 	b.ReportMetric(ms(maps), "diff-maps-ms")
 	b.ReportMetric(ms(gc), "guard-ms")
+	// The originals' load, beside the passes.
+	b.ReportMetric(ms(base), "orig-load-ms")
 }

@@ -192,6 +192,43 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	opts := lopts.Options
 	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
 	start := time.Now()
+	if err := checkPackets(packets); err != nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
+	}
+
+	// The two copies of the original for the differential test do not
+	// depend on the candidate: they load while the passes run.
+	type loaded struct {
+		o   *verify.Originals
+		err error
+	}
+	origc := make(chan loaded, 1)
+	go func() {
+		o, err := verify.LoadOriginals(spec, state, verify.DiffOptions{NoPrealloc: true, ReadOnlyMaps: unwrittenMaps(spec)})
+		origc <- loaded{o, err}
+	}()
+	var orig *verify.Originals // until a session owns it
+	var origErr error
+	waited := false
+	waitOrig := func() {
+		if !waited {
+			l := <-origc
+			orig, origErr, waited = l.o, l.err, true
+			if orig != nil {
+				pr.BaselineLoadTime = orig.LoadTime()
+			}
+		}
+	}
+	var sess *verify.Session
+	defer func() {
+		waitOrig()
+		if orig != nil {
+			orig.Close()
+		}
+		if sess != nil {
+			sess.Close()
+		}
+	}()
 
 	cm, err := compile(spec, name, state, heat, tbl, opts.Passes, pr, true)
 	if cm == nil {
@@ -207,6 +244,10 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 			return pr, nil
 		}
 	}
+	waitOrig()
+	if origErr != nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, origErr)
+	}
 
 	// The verifier and the differential test must see the guard versions
 	// the candidate compares with, or they would only test the fallback.
@@ -215,9 +256,32 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 			gs.Contents = []ebpf.MapKV{{Key: uint32(0), Value: GuardValue(tbl)}}
 		}
 	}
-	cm = loadChecked(spec, name, state, heat, tbl, opts.Passes, cm, pr, true, setGuards)
+	// The kernel verifier's check of the candidate is the load of the
+	// differential test's copy of the candidate collection, next to the
+	// originals: one load serves both, and the differential test and
+	// every guard check (Session.Reset between them) run on the three.
+	var dopts verify.DiffOptions
+	load := func(cm *compiled) (time.Duration, error) {
+		if orig == nil {
+			return 0, errors.New("optimize: the originals are in use") // a session holds them
+		}
+		written, readOnly := mapAccess(cm.coll, name, cm.insns)
+		dopts = verify.DiffOptions{Context: opts.Context, PeriodicMaps: written, ReadOnlyMaps: readOnly, NoPrealloc: true, CandidateLogLevel: ebpf.LogLevelStats}
+		vstart := time.Now()
+		s, err := verify.NewCandidateSession(orig, cm.coll, state, verify.Candidate{name: cm.insns}, dopts)
+		d := time.Since(vstart)
+		if err != nil {
+			return d, err
+		}
+		sess, orig = s, nil
+		return s.CandidateLoadTime(), nil
+	}
+	cm = loadChecked(spec, name, state, heat, tbl, opts.Passes, cm, pr, true, setGuards, load)
 	if cm == nil {
 		return pr, nil
+	}
+	if sess == nil {
+		return nil, fmt.Errorf("program %s: candidate accepted without a test session", name)
 	}
 	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
 
@@ -226,18 +290,6 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		pr.SteadyTest = true
 	}
 	dstart := time.Now()
-	written, readOnly := mapAccess(coll, name, insns)
-	dopts := verify.DiffOptions{Context: opts.Context, PeriodicMaps: written, ReadOnlyMaps: readOnly, NoPrealloc: true}
-	if err := checkPackets(packets); err != nil {
-		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
-	}
-	// One load of the three collections serves the differential test
-	// and every guard check (Session.Reset between them).
-	sess, err := verify.NewSession(coll, state, cand, dopts)
-	if err != nil {
-		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
-	}
-	defer sess.Close()
 	dr, err := sess.Run(ctx, packets)
 	pr.DifferentialNS = time.Since(dstart)
 	if err != nil && dr == nil {
@@ -267,6 +319,37 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	final.Programs[name].Instructions = insns
 	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: tbl}
 	return pr, nil
+}
+
+// unwrittenMaps names the maps of spec without a write site in any of
+// its programs, by the analysis (nil if a program cannot be analysed):
+// the maps the differential test's copies of the original create
+// BPF_F_RDONLY_PROG, for the verifier to prove them unwritten.
+func unwrittenMaps(spec *ebpf.CollectionSpec) []string {
+	sites := map[string]bool{}
+	for _, ps := range spec.Programs {
+		p, err := program.Lift(ps)
+		if err != nil {
+			return nil
+		}
+		res, err := analysis.Analyze(spec, p, analysis.Options{})
+		if err != nil {
+			return nil
+		}
+		for m, mi := range res.Maps {
+			if len(mi.WriteSites) > 0 || mi.Missing {
+				sites[m] = true
+			}
+		}
+	}
+	var out []string
+	for m := range spec.Maps {
+		if !sites[m] {
+			out = append(out, m)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 type guardFailure struct {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -111,6 +112,11 @@ type DiffOptions struct {
 	// usual. Maps of types other than arrays, hashes and LPM tries are
 	// left as they are.
 	ReadOnlyMaps []string
+	// CandidateLogLevel is the verifier log level of the candidate's
+	// load. ebpf.LogLevelStats keeps a rejected load from being repeated
+	// with the full log (gigabytes for a program over the complexity
+	// limit); the rejection then carries only the statistics.
+	CandidateLogLevel ebpf.LogLevel
 	// NoPrealloc creates the hash and per-CPU hash maps of all three
 	// collections with BPF_F_NO_PREALLOC. Programs see the same map
 	// semantics (an insert into a full map fails the same way; only an
@@ -187,85 +193,253 @@ func checkPackets(packets [][]byte) error {
 // and [Session.Run] runs the next test. A Session is not safe for
 // concurrent use.
 type Session struct {
-	spec  *ebpf.CollectionSpec
-	cand  Candidate
+	spec  *ebpf.CollectionSpec // the candidate's collection
 	progs []string
 	opts  DiffOptions
+	// insts in run order: original, candidate, second original.
 	insts [3]*instance
-	// loadTime is what NewSession spent loading, reported by the first
-	// Run.
+	// loadTime is what loading took, reported by the first Run;
+	// candTime the candidate's part of it.
+	loadTime, candTime time.Duration
+}
+
+// Originals is the original collection of a differential test loaded
+// twice with its maps filled: the first and second original of
+// [Differential]. [LoadOriginals] can load them while the candidate is
+// still being built; [NewCandidateSession] adds the candidate.
+type Originals struct {
+	spec     *ebpf.CollectionSpec
+	insts    [2]*instance
 	loadTime time.Duration
-	// want is the contents each map was last set to (the state's *Map,
-	// or nil for its spec contents alone); fresh says that no program
-	// ran since, so every map holds what want says.
-	want  map[string]*mapstate.Map
-	fresh bool
+}
+
+// LoadOriginals loads spec twice and fills the maps of both copies from
+// state, with opts.NoPrealloc and opts.ReadOnlyMaps applied as
+// [Differential] does (ReadOnlyMaps should name maps the original
+// programs do not write; if one does, both copies are loaded again
+// without the flag).
+func LoadOriginals(spec *ebpf.CollectionSpec, state *mapstate.State, opts DiffOptions) (*Originals, error) {
+	start := time.Now()
+	if spec == nil {
+		return nil, errors.New("verify: nil collection spec")
+	}
+	if state == nil {
+		state = mapstate.New()
+	}
+	if err := state.Check(spec); err != nil {
+		return nil, err
+	}
+	lo := LoadOptions{LogTail: opts.LogTail, Cache: btf.NewCache()}
+	o := &Originals{spec: spec}
+	load := func(noPrealloc bool, ro []string) error {
+		o.Close()
+		var errs [2]error
+		var wg sync.WaitGroup
+		for i := range o.insts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				o.insts[i], errs[i] = loadInstance(spec, nil, state, lo, noPrealloc, ro)
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs[:]...)
+	}
+	err := loadFallback(load, opts)
+	if err != nil {
+		o.Close()
+		return nil, firstError(err)
+	}
+	o.loadTime = time.Since(start)
+	return o, nil
+}
+
+// loadFallback calls load with the options' preallocation and read-only
+// maps, then without the read-only flags if a program writes one of the
+// maps, then with preallocated maps if the kernel asks for them (some
+// program types refuse maps without preallocation).
+func loadFallback(load func(noPrealloc bool, ro []string) error, opts DiffOptions) error {
+	ro := opts.ReadOnlyMaps
+	err := load(opts.NoPrealloc, ro)
+	if err != nil && len(ro) > 0 && writeForbidden(err) {
+		ro = nil
+		err = load(opts.NoPrealloc, ro)
+	}
+	if err != nil && opts.NoPrealloc && mentions(err, "prealloc") {
+		err = load(false, ro)
+	}
+	return err
+}
+
+// mentions reports whether err or its verifier log contains s.
+func mentions(err error, s string) bool {
+	if strings.Contains(err.Error(), s) {
+		return true
+	}
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		for _, l := range ve.Log {
+			if strings.Contains(l, s) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// firstError unwraps what errors.Join built from the parallel loads: the
+// first error, so that a *VerifierError reaches the caller as itself.
+func firstError(err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		if errs := j.Unwrap(); len(errs) > 0 {
+			return errs[0]
+		}
+	}
+	return err
+}
+
+// Close releases both copies.
+func (o *Originals) Close() {
+	for i, in := range o.insts {
+		if in != nil {
+			in.coll.Close()
+			o.insts[i] = nil
+		}
+	}
 }
 
 // NewSession loads the three collections of a differential test of cand
 // against spec and fills their maps from state. See [Differential] for
 // the arguments; a verifier rejection is returned as a *VerifierError.
 func NewSession(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*Session, error) {
-	start := time.Now()
 	if state == nil {
 		state = mapstate.New()
 	}
-	candSpec, err := WithCandidate(spec, cand)
-	if err != nil {
+	if _, err := WithCandidate(spec, cand); err != nil {
 		return nil, err
 	}
 	if err := state.Check(spec); err != nil {
 		return nil, err
 	}
-	progs, err := entryPrograms(spec, cand, opts.Programs)
-	if err != nil {
+	if _, err := entryPrograms(spec, cand, opts.Programs); err != nil {
 		return nil, err
 	}
+	// The originals and the candidate load side by side.
+	type loaded struct {
+		o   *Originals
+		err error
+	}
+	ch := make(chan loaded, 1)
+	go func() {
+		o, err := LoadOriginals(spec, state, opts)
+		ch <- loaded{o, err}
+	}()
+	c, ctime, cerr := loadCandidate(spec, state, cand, opts)
+	l := <-ch
+	if l.err != nil || cerr != nil {
+		if l.o != nil {
+			l.o.Close()
+		}
+		if c != nil {
+			c.coll.Close()
+		}
+		if cerr != nil {
+			return nil, cerr
+		}
+		return nil, l.err
+	}
+	return newSession(l.o, spec, c, ctime, max(l.o.loadTime, ctime), opts)
+}
 
-	s := &Session{spec: spec, cand: cand, progs: progs, opts: opts, want: map[string]*mapstate.Map{}, fresh: true}
-	lo := LoadOptions{LogTail: opts.LogTail, Cache: btf.NewCache()}
-	ro := opts.ReadOnlyMaps
-	err = loadInstances(&s.insts, spec, candSpec, cand, state, lo, opts.NoPrealloc, ro)
-	if err != nil && len(ro) > 0 && writeForbidden(err) {
-		// A program writes a map the caller expected to be read-only:
-		// load the maps as they are; the test compares them.
-		ro = nil
-		err = loadInstances(&s.insts, spec, candSpec, cand, state, lo, opts.NoPrealloc, ro)
+// NewCandidateSession loads the candidate collection spec (the original
+// collection with cand's instructions, plus any maps the candidate adds)
+// next to orig, loaded from the same state, and returns the session of
+// the three (its Report.Timing.Load is the candidate's load). The load
+// is the kernel verifier's check of the candidate: a
+// rejection is returned as a *VerifierError, and orig is then still the
+// caller's (to try another candidate or to close); on success the
+// session owns it. Maps only the candidate's collection has (the
+// optimizer's cache and guard maps) are not compared: they are not the
+// network function's state, and what the candidate reads from them shows
+// in everything compared.
+func NewCandidateSession(orig *Originals, spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*Session, error) {
+	if state == nil {
+		state = mapstate.New()
 	}
-	if err != nil && opts.NoPrealloc {
-		// Some program type refuses maps without preallocation
-		// (tracing programs): load the collections as they are.
-		err = loadInstances(&s.insts, spec, candSpec, cand, state, lo, false, ro)
-	}
-	if err != nil {
-		s.Close()
+	if _, err := WithCandidate(spec, cand); err != nil {
 		return nil, err
 	}
-	for name := range s.insts[0].coll.Maps {
-		s.want[name] = state.Maps[name]
+	if err := state.Check(spec); err != nil {
+		return nil, err
 	}
-	s.loadTime = time.Since(start)
+	for name := range orig.spec.Maps {
+		if _, ok := spec.Maps[name]; !ok {
+			return nil, fmt.Errorf("verify: candidate collection lacks map %q of the original", name)
+		}
+	}
+	c, ctime, err := loadCandidate(spec, state, cand, opts)
+	if err != nil {
+		return nil, err
+	}
+	return newSession(orig, spec, c, ctime, ctime, opts)
+}
+
+// LoadTime is how long LoadOriginals took.
+func (o *Originals) LoadTime() time.Duration { return o.loadTime }
+
+// CandidateLoadTime is how long the candidate's collection took to load
+// (the kernel verifier's work with the creation of its maps).
+func (s *Session) CandidateLoadTime() time.Duration { return s.candTime }
+
+func newSession(orig *Originals, spec *ebpf.CollectionSpec, c *instance, ctime, total time.Duration, opts DiffOptions) (*Session, error) {
+	progs, err := entryPrograms(spec, candidateNames(c), opts.Programs)
+	if err != nil {
+		orig.Close()
+		c.coll.Close()
+		return nil, err
+	}
+	s := &Session{spec: spec, progs: progs, opts: opts, loadTime: total, candTime: ctime}
+	s.insts = [3]*instance{orig.insts[0], c, orig.insts[1]}
+	orig.insts = [2]*instance{}
 	return s, nil
+}
+
+// candidateNames is a Candidate naming the programs c was loaded with
+// candidate instructions (for the choice of entry programs).
+func candidateNames(c *instance) Candidate {
+	out := Candidate{}
+	for _, n := range c.cand {
+		out[n] = nil
+	}
+	return out
+}
+
+// loadCandidate loads the candidate's collection with the options'
+// fallbacks (see loadFallback) and fills its maps from state.
+func loadCandidate(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*instance, time.Duration, error) {
+	start := time.Now()
+	candSpec, err := WithCandidate(spec, cand)
+	if err != nil {
+		return nil, 0, err
+	}
+	lo := LoadOptions{LogTail: opts.LogTail, LogLevel: opts.CandidateLogLevel, Cache: btf.NewCache()}
+	var c *instance
+	err = loadFallback(func(noPrealloc bool, ro []string) error {
+		var err error
+		c, err = loadInstance(candSpec, cand, state, lo, noPrealloc, ro)
+		return err
+	}, opts)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.cand = cand.Names()
+	return c, time.Since(start), nil
 }
 
 // writeForbidden reports whether a load failed because a program writes
 // a map created with BPF_F_RDONLY_PROG.
 func writeForbidden(err error) bool {
-	if err == nil {
-		return false
-	}
-	if strings.Contains(err.Error(), "write into map forbidden") {
-		return true
-	}
-	var ve *ebpf.VerifierError
-	if errors.As(err, &ve) {
-		for _, l := range ve.Log {
-			if strings.Contains(l, "write into map forbidden") {
-				return true
-			}
-		}
-	}
-	return false
+	return err != nil && mentions(err, "write into map forbidden")
 }
 
 // Close releases the three collections.
@@ -286,7 +460,9 @@ func (s *Session) Run(ctx context.Context, packets [][]byte) (*Report, error) {
 	if err := checkPackets(packets); err != nil {
 		return nil, err
 	}
-	s.fresh = false
+	for _, in := range s.insts {
+		in.fresh = false
+	}
 	d := &differ{
 		progs:         s.progs,
 		a:             s.insts[0],
@@ -366,21 +542,19 @@ func (s *Session) Reset(state *mapstate.State) error {
 	if err := state.Check(s.spec); err != nil {
 		return err
 	}
-	for _, name := range slices.Sorted(maps.Keys(s.want)) {
-		want := state.Maps[name]
-		same := want == s.want[name]
-		for _, in := range s.insts {
-			m := in.coll.Maps[name]
-			if same && (s.fresh || in.ro[name]) {
+	for _, in := range s.insts {
+		for _, name := range slices.Sorted(maps.Keys(in.coll.Maps)) {
+			want := state.Maps[name]
+			if want == in.want[name] && (in.fresh || in.ro[name]) {
 				continue
 			}
-			if err := resetMap(name, m, s.spec.Maps[name], want); err != nil {
+			if err := resetMap(name, in.coll.Maps[name], in.spec.Maps[name], want); err != nil {
 				return fmt.Errorf("verify: reset map %q: %w", name, err)
 			}
+			in.want[name] = want
 		}
-		s.want[name] = want
+		in.fresh = true
 	}
-	s.fresh = true
 	return nil
 }
 
@@ -404,13 +578,31 @@ func resetMap(name string, m *ebpf.Map, ms *ebpf.MapSpec, want *mapstate.Map) er
 	}
 	isArray := m.Type() == ebpf.Array || m.Type() == ebpf.PerCPUArray
 	zero := make([]byte, m.ValueSize())
+	var keys []byte
 	for i := range raw.N {
-		key := raw.Key(i)
+		if isArray && allZero(raw.Value(i)) {
+			continue // array elements cannot be deleted: zero the ones set
+		}
+		keys = append(keys, raw.Key(i)...)
+	}
+	n := len(keys) / max(raw.KeySize, 1)
+	batched := false
+	if n >= batchMin && m.Type() != ebpf.LPMTrie && m.Type() != ebpf.PerCPUArray {
+		// One system call instead of one per key (deleting and
+		// restoring the 5,000-entry blocklist of the DDoS filter per
+		// guard check otherwise cost 15,000 of them).
 		if isArray {
-			// Array elements cannot be deleted: zero the ones set.
-			if allZero(raw.Value(i)) {
-				continue
-			}
+			vals := make([]byte, n*int(m.ValueSize()))
+			done, err := m.BatchUpdate(packedBytes(keys, raw.KeySize), packedBytes(vals, int(m.ValueSize())), nil)
+			batched = err == nil && done == n
+		} else {
+			done, err := m.BatchDelete(packedBytes(keys, raw.KeySize), nil)
+			batched = err == nil && done == n
+		}
+	}
+	for i := 0; i < n && !batched; i++ {
+		key := keys[i*raw.KeySize : (i+1)*raw.KeySize]
+		if isArray {
 			if err := mapstate.PutEntry(m, mapstate.Entry{Key: key, Value: zero}); err != nil {
 				return err
 			}
@@ -431,6 +623,17 @@ func resetMap(name string, m *ebpf.Map, ms *ebpf.MapSpec, want *mapstate.Map) er
 		return nil
 	}
 	return applyState(&mapstate.State{Maps: map[string]*mapstate.Map{"": want}}, map[string]*ebpf.Map{"": m})
+}
+
+// packedBytes views flat, n keys or values of size bytes each, as the
+// slice of [size]byte arrays cilium/ebpf's batch calls take.
+func packedBytes(flat []byte, size int) any {
+	n := len(flat) / size
+	s := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), n, n)
+	if n > 0 {
+		copy(unsafe.Slice((*byte)(s.UnsafePointer()), n*size), flat)
+	}
+	return s.Interface()
 }
 
 func allZero(b []byte) bool {
@@ -455,56 +658,31 @@ var readOnlyTypes = map[ebpf.MapType]bool{
 	ebpf.LRUHash: true, ebpf.LRUCPUHash: true, ebpf.LPMTrie: true,
 }
 
-// loadInstances loads the original (twice) and the candidate into insts,
-// closing and clearing what an earlier call left there. With noPrealloc,
-// hash and per-CPU hash maps of all three are created without
-// preallocated elements; the maps named in readOnly are created
-// BPF_F_RDONLY_PROG.
-func loadInstances(insts *[3]*instance, spec, candSpec *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool, readOnly []string) error {
-	for i, in := range insts {
-		if in != nil {
-			in.coll.Close()
-			insts[i] = nil
+// loadInstance loads a copy of s (with cand's instructions already in
+// it) and fills its maps from state. With noPrealloc, hash and per-CPU
+// hash maps are created without preallocated elements; the maps named in
+// readOnly are created BPF_F_RDONLY_PROG.
+func loadInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool, readOnly []string) (*instance, error) {
+	cs := s.Copy()
+	for name, ms := range cs.Maps {
+		if noPrealloc && (ms.Type == ebpf.Hash || ms.Type == ebpf.PerCPUHash) {
+			ms.Flags |= bpfFNoPrealloc
+		}
+		if slices.Contains(readOnly, name) && readOnlyTypes[ms.Type] {
+			ms.Flags |= bpfFRdonlyProg
 		}
 	}
-	// Order of the array is the run order: original, candidate, original.
-	// The three loads are independent (own spec copies and maps; the BTF
-	// cache is safe for concurrent use) and mostly kernel work (map
-	// creation, the verifier), so they run side by side.
-	var errs [3]error
-	var wg sync.WaitGroup
-	for i, s := range []*ebpf.CollectionSpec{spec.Copy(), candSpec.Copy(), spec.Copy()} {
-		var c Candidate
-		if i == 1 {
-			c = cand
-		}
-		for name, ms := range s.Maps {
-			if noPrealloc && (ms.Type == ebpf.Hash || ms.Type == ebpf.PerCPUHash) {
-				ms.Flags |= bpfFNoPrealloc
-			}
-			if slices.Contains(readOnly, name) && readOnlyTypes[ms.Type] {
-				ms.Flags |= bpfFRdonlyProg
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			insts[i], errs[i] = newInstance(s, c, state, lo)
-		}()
+	in, err := newInstance(cs, cand, state, lo)
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			for j, in := range insts {
-				if in != nil {
-					in.coll.Close()
-					insts[j] = nil
-				}
-			}
-			return errs[i]
-		}
+	in.spec = s
+	in.want = map[string]*mapstate.Map{}
+	for name := range in.coll.Maps {
+		in.want[name] = state.Maps[name]
 	}
-	return nil
+	in.fresh = true
+	return in, nil
 }
 
 // instance is one loaded collection under test.
@@ -514,6 +692,15 @@ type instance struct {
 	// ro names the maps created BPF_F_RDONLY_PROG: the verifier has
 	// proven that no program of the collection writes them.
 	ro map[string]bool
+	// spec is what the collection was loaded from (map contents for
+	// Session.Reset); cand names the programs with candidate code.
+	spec *ebpf.CollectionSpec
+	cand []string
+	// want is the state's contents each map was last set to (nil: the
+	// spec's contents alone); fresh says that no program ran since, so
+	// every map holds what want says.
+	want  map[string]*mapstate.Map
+	fresh bool
 }
 
 func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {
