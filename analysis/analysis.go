@@ -127,7 +127,7 @@ func Analyze(coll *ebpf.CollectionSpec, prog *program.Program, opts Options) (*R
 		if fs.entry == nil {
 			continue
 		}
-		fs.entry.frame.shared = true
+		fs.entry.frame.share()
 		for _, b := range fs.f.Blocks {
 			in := fs.in[b]
 			if in == nil {

@@ -48,38 +48,56 @@ type StackByte struct {
 
 var unknownByte = StackByte{Kind: ByteUnknown, PktOff: -1}
 
+// spillMark is each byte of a spill slot.
+var spillMark = StackByte{Kind: ByteSpill, PktOff: -1}
+
 // frame is the abstract stack of one function invocation. An aligned
 // 8-byte store of a register spills the whole register value (pointer
 // identity included) into spills; all other stores are tracked per byte.
 //
-// The spills are copy-on-write: a State copy shares them (they are most of
-// a state's size, and the fixpoint copies states at every block visit and
-// branch), and the first write after a copy gives the writer its own.
+// The bytes and the spills are copy-on-write: a State copy shares them
+// (they are most of a state's size, the fixpoint copies states at every
+// block visit and branch, and most blocks write neither), and the first
+// write of either after a copy gives the writer its own.
 type frame struct {
-	bytes  [StackSize]StackByte
+	bytes  *[StackSize]StackByte
 	spills *[numSlots]Value
-	// shared is set on both sides of a copy: spills may be referenced by
-	// another frame and must be copied before a write.
-	shared bool
+	// sharedBytes and sharedSpills are set on both sides of a copy: the
+	// array may be referenced by another frame and must be copied before
+	// a write.
+	sharedBytes, sharedSpills bool
 }
 
 // setSpill writes spill slot i, first taking a private copy of shared
 // spills.
 func (f *frame) setSpill(i int, v Value) {
-	if f.shared {
+	if f.sharedSpills {
 		own := *f.spills
-		f.spills, f.shared = &own, false
+		f.spills, f.sharedSpills = &own, false
 	}
 	f.spills[i] = v
 }
 
-// copyFrom makes s a copy of t that shares t's spills until either writes.
-// t is only written when not yet marked: the analysis marks every state
-// it keeps, so queries that copy them (which may run concurrently) only
-// read.
+// own returns the bytes for writing, first taking a private copy of
+// shared bytes.
+func (f *frame) own() *[StackSize]StackByte {
+	if f.sharedBytes {
+		own := *f.bytes
+		f.bytes, f.sharedBytes = &own, false
+	}
+	return f.bytes
+}
+
+// share marks the frame's arrays shared: written only after a copy.
+func (f *frame) share() { f.sharedBytes, f.sharedSpills = true, true }
+
+// copyFrom makes s a copy of t that shares t's bytes and spills until
+// either writes. t is only written when not yet marked: the analysis
+// marks every state it keeps, so queries that copy them (which may run
+// concurrently) only read.
 func (s *State) copyFrom(t *State) {
-	if !t.frame.shared {
-		t.frame.shared = true
+	if !t.frame.sharedBytes || !t.frame.sharedSpills {
+		t.frame.share()
 	}
 	*s = *t
 }
@@ -92,12 +110,23 @@ type State struct {
 	frame frame
 }
 
+// unknownFrame and noSpills are a fresh frame's arrays, shared by every
+// new state (and never written: states copy them first).
+var (
+	unknownFrame = func() *[StackSize]StackByte {
+		var b [StackSize]StackByte
+		for i := range b {
+			b[i] = unknownByte
+		}
+		return &b
+	}()
+	noSpills = new([numSlots]Value)
+)
+
 func newState() *State {
 	s := &State{}
-	s.frame.spills = new([numSlots]Value)
-	for i := range s.frame.bytes {
-		s.frame.bytes[i] = unknownByte
-	}
+	s.frame.bytes, s.frame.spills = unknownFrame, noSpills
+	s.frame.share()
 	for r := range s.regs {
 		s.regs[r] = Value{Kind: Uninit}
 	}
@@ -185,8 +214,11 @@ func joinInto(out, s, t *State) {
 }
 
 func (f *frame) equal(g *frame) bool {
-	if f.bytes != g.bytes {
+	if f.bytes != g.bytes && *f.bytes != *g.bytes {
 		return false
+	}
+	if f.spills == g.spills {
+		return true
 	}
 	for slot := range numSlots {
 		if f.bytes[slot*8].Kind == ByteSpill && !f.spills[slot].equal(g.spills[slot]) {
@@ -207,7 +239,32 @@ func (f *frame) byteAt(off int) StackByte {
 	if b.Kind != ByteSpill {
 		return b
 	}
-	return bytesOf(f.spills[i/8], 8)[i%8]
+	return spillByte(f.spills[i/8], i%8)
+}
+
+// markSpill marks the bytes of slot as a spill's (writing only if they
+// are not yet).
+func (f *frame) markSpill(slot int) {
+	for i := range 8 {
+		if f.bytes[slot*8+i] != spillMark {
+			f.own()[slot*8+i] = spillMark
+		}
+	}
+}
+
+// spillByte is byte i (little-endian) of v as stored to memory.
+func spillByte(v Value, i int) StackByte {
+	switch {
+	case v.Kind == Const:
+		return StackByte{Kind: ByteConst, Value: uint8(v.Const >> (8 * i)), PktOff: -1}
+	case v.Kind == Scalar && v.PktSize > 0 && i < int(v.PktSize):
+		return StackByte{Kind: BytePacket, PktOff: int16(int(v.PktOff) + i)}
+	case v.Kind == Scalar && v.PktSize > 0:
+		return StackByte{Kind: ByteConst, PktOff: -1} // zero extension of the load
+	case v.Kind == Scalar && v.Packet:
+		return StackByte{Kind: BytePacket, PktOff: -1}
+	}
+	return unknownByte
 }
 
 // bytesOf gives the little-endian bytes of the low n bytes of v as stored
@@ -215,18 +272,16 @@ func (f *frame) byteAt(off int) StackByte {
 func bytesOf(v Value, n int) []StackByte {
 	out := make([]StackByte, n)
 	for i := range out {
-		switch {
-		case v.Kind == Const:
-			out[i] = StackByte{Kind: ByteConst, Value: uint8(v.Const >> (8 * i)), PktOff: -1}
-		case v.Kind == Scalar && v.PktSize > 0 && i < int(v.PktSize):
-			out[i] = StackByte{Kind: BytePacket, PktOff: int16(int(v.PktOff) + i)}
-		case v.Kind == Scalar && v.PktSize > 0:
-			out[i] = StackByte{Kind: ByteConst, PktOff: -1} // zero extension of the load
-		case v.Kind == Scalar && v.Packet:
-			out[i] = StackByte{Kind: BytePacket, PktOff: -1}
-		default:
-			out[i] = unknownByte
-		}
+		out[i] = spillByte(v, i)
+	}
+	return out
+}
+
+// bytes8 is bytesOf(v, 8) without an allocation.
+func bytes8(v Value) [8]StackByte {
+	var out [8]StackByte
+	for i := range out {
+		out[i] = spillByte(v, i)
 	}
 	return out
 }
@@ -238,7 +293,8 @@ func (f *frame) unspill(lo, hi int64) {
 		if !f.isSpill(slot) {
 			continue
 		}
-		copy(f.bytes[slot*8:slot*8+8], bytesOf(f.spills[slot], 8))
+		b := bytes8(f.spills[slot])
+		copy(f.own()[slot*8:slot*8+8], b[:])
 		f.setSpill(slot, Value{})
 	}
 }
@@ -250,13 +306,12 @@ func (f *frame) store(off int64, n int, v Value) (lost bool) {
 	if n == 8 && idx(off)%8 == 0 {
 		slot := idx(off) / 8
 		f.setSpill(slot, v)
-		for i := range 8 {
-			f.bytes[slot*8+i] = StackByte{Kind: ByteSpill, PktOff: -1}
-		}
+		f.markSpill(slot)
 		return false
 	}
 	f.unspill(off, off+int64(n))
-	copy(f.bytes[idx(off):idx(off)+n], bytesOf(v, n))
+	b := bytes8(v)
+	copy(f.own()[idx(off):idx(off)+n], b[:n])
 	return v.taints()
 }
 
@@ -326,7 +381,9 @@ func (f *frame) clobber(lo, hi int64, lost func(Value)) {
 	}
 	f.unspill(lo, hi)
 	for i := idx(lo); i < idx(hi); i++ {
-		f.bytes[i] = unknownByte
+		if f.bytes[i] != unknownByte {
+			f.own()[i] = unknownByte
+		}
 	}
 }
 
@@ -340,11 +397,18 @@ func (f *frame) spilled(fn func(Value)) {
 }
 
 func (f *frame) join(g *frame) {
+	if f.bytes == g.bytes && f.spills == g.spills {
+		return // the same frame: the join is idempotent
+	}
 	for slot := range numSlots {
 		fs, gs := f.isSpill(slot), g.isSpill(slot)
 		switch {
 		case fs && gs:
-			f.setSpill(slot, join(f.spills[slot], g.spills[slot]))
+			// Most joins change nothing: writing only what changed
+			// keeps the spills shared (a write copies all of them).
+			if v := join(f.spills[slot], g.spills[slot]); !v.equal(f.spills[slot]) {
+				f.setSpill(slot, v)
+			}
 			continue
 		case fs && f.spills[slot].taints(), gs && g.spills[slot].taints():
 			// A map pointer spilled on one path only: the slot may still
@@ -353,21 +417,25 @@ func (f *frame) join(g *frame) {
 			if gs {
 				v = g.spills[slot]
 			}
-			f.setSpill(slot, tainted(v))
-			for i := range 8 {
-				f.bytes[slot*8+i] = StackByte{Kind: ByteSpill, PktOff: -1}
+			if tv := tainted(v); !fs || !tv.equal(f.spills[slot]) {
+				f.setSpill(slot, tv)
 			}
+			f.markSpill(slot)
 			continue
 		}
-		gb := g.bytes[slot*8 : slot*8+8]
+		var gb [8]StackByte
 		if gs {
-			gb = bytesOf(g.spills[slot], 8)
+			gb = bytes8(g.spills[slot])
+		} else {
+			copy(gb[:], g.bytes[slot*8:slot*8+8])
 		}
 		if fs {
 			f.unspill(int64(slot*8-StackSize), int64(slot*8-StackSize+8))
 		}
 		for i := range 8 {
-			f.bytes[slot*8+i] = joinByte(f.bytes[slot*8+i], gb[i])
+			if j := joinByte(f.bytes[slot*8+i], gb[i]); j != f.bytes[slot*8+i] {
+				f.own()[slot*8+i] = j
+			}
 		}
 	}
 }

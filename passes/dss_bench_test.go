@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/mapstate"
@@ -144,6 +145,38 @@ func BenchmarkRouterPasses(b *testing.B) {
 			for name, d := range per {
 				b.ReportMetric(ms(d), name+"-ms")
 			}
+		})
+	}
+}
+
+// BenchmarkAnalyzeRouter measures one analysis of the router as the
+// passes leave it (8 routes: inlined, tail-duplicated and folded; 2,592:
+// DIR tables), the unit of work the passes repeat after every change:
+//
+//	go test ./passes -run XXX -bench AnalyzeRouter -count 5
+func BenchmarkAnalyzeRouter(b *testing.B) {
+	for _, n := range []int{8, traffic.EvalRouterRoutes} {
+		b.Run(fmt.Sprintf("%d-routes", n), func(b *testing.B) {
+			spec, state, heat := benchRouter(b, n)
+			coll := spec.Copy()
+			if err := state.ApplySpec(coll); err != nil {
+				b.Fatal(err)
+			}
+			p, err := program.Lift(coll.Programs[router.Program])
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := &Context{Coll: coll, Prog: p, State: state, Heat: heat, Guards: guard.NewTable(), Opts: DefaultOptions()}
+			if err := Run(c); err != nil {
+				b.Fatal(err)
+			}
+			cpu0 := cpuTime(b)
+			for b.Loop() {
+				if _, err := analysis.Analyze(c.Coll, c.Prog, analysis.Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(b.N)/1e6, "cpu-ms/op")
 		})
 	}
 }
