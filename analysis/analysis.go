@@ -538,7 +538,7 @@ func (o *Operand) String() string {
 // value.
 func (r *Result) Origins(v Value) []*Site {
 	var out []*Site
-	for _, o := range v.origins {
+	for _, o := range v.origins() {
 		for _, s := range r.Sites {
 			if s.call == o {
 				out = append(out, s)

@@ -693,8 +693,7 @@ func (a *analyzer) lookupResult(at loc, st *State, mapVal Value, ms *ebpf.MapSpe
 	case !lookupReturnsValue(ms.Type):
 		return Value{Kind: PtrOther, OffKnown: true, MaybeNull: true, ID: id}
 	}
-	return Value{Kind: PtrMapValue, Map: mapVal.Map, Off: 0, OffKnown: true, MaybeNull: maybeNull, ID: id,
-		origins: []int{num}}
+	return Value{Kind: PtrMapValue, Map: mapVal.Map, Off: 0, OffKnown: true, MaybeNull: maybeNull, ID: id}.withLists([]int{num}, nil)
 }
 
 // callFunc handles a BPF-to-BPF call: the callee's entry state is the join

@@ -167,7 +167,7 @@ func (r *recorder) lose(at loc, v Value, reason string) {
 			r.lost[name] = addReason(r.lost[name], msg)
 		}
 	}
-	for _, o := range v.origins {
+	for _, o := range v.origins() {
 		r.escapes[o] = addReason(r.escapes[o], msg)
 	}
 }
@@ -178,7 +178,7 @@ func (r *recorder) siteEscape(at loc, v Value, reason string) {
 	if v.Kind != PtrMapValue {
 		return
 	}
-	for _, o := range v.origins {
+	for _, o := range v.origins() {
 		r.escapes[o] = addReason(r.escapes[o], where(at)+": "+reason)
 	}
 }
@@ -191,9 +191,9 @@ func (r *recorder) access(at loc, kind SiteKind, ptr Value, off int64, size int)
 	if ptr.OffKnown {
 		s.Offset, s.OffsetKnown = ptr.Off+off, true
 	}
-	s.rawOr = ptr.origins
+	s.rawOr = ptr.origins()
 	acc := Access{Func: s.Func, Block: s.Block, Index: s.Index, Offset: s.Offset, OffsetKnown: s.OffsetKnown, Size: size}
-	for _, o := range ptr.origins {
+	for _, o := range ptr.origins() {
 		if kind == SiteLoad {
 			r.reads[o] = append(r.reads[o], acc)
 		} else {
@@ -212,9 +212,9 @@ func (r *recorder) valueHelper(at loc, reg asm.Register, p Value, write bool, si
 	if p.OffKnown {
 		s.Offset, s.OffsetKnown = p.Off, true
 	}
-	s.rawOr = p.origins
+	s.rawOr = p.origins()
 	acc := Access{Func: s.Func, Block: s.Block, Index: s.Index, Offset: s.Offset, OffsetKnown: s.OffsetKnown, Size: int(size)}
-	for _, o := range p.origins {
+	for _, o := range p.origins() {
 		r.escapes[o] = addReason(r.escapes[o], where(at)+": passed to "+what)
 		if write {
 			r.writes[o] = append(r.writes[o], acc)

@@ -60,41 +60,78 @@ func (k Kind) IsPointer() bool { return k >= PtrStack && k <= PtrOther }
 // Value is the abstract value of a register or of a spilled stack slot.
 // The zero Value is Unknown. Values are immutable: every operation returns
 // a new one.
+//
+// The fields are ordered small first to keep a Value at 72 bytes: every
+// state holds eleven registers and the fixpoint copies states at every
+// block visit.
 type Value struct {
 	Kind Kind
-	// Const is the value of a Const.
-	Const uint64
-	// Off is the byte offset of a pointer from the start of the object it
-	// points into (frame pointer for stack pointers, so usually negative),
-	// meaningful when OffKnown.
-	Off      int64
+	// OffKnown says that Off is meaningful.
 	OffKnown bool
-	// Map names the map of PtrMap, PtrMapValue and PtrMapData as in
-	// CollectionSpec.Maps. It is empty for an inner map of a map-in-map.
-	Map string
-	// Func names the function of a PtrFunc.
-	Func string
 	// MaybeNull is set on pointers that may be NULL (lookup results before
 	// their null check).
 	MaybeNull bool
-	// ID is shared by copies of one maybe-null pointer so that a null check
-	// of one copy refines all of them. Zero means no identity.
-	ID uint32
 	// Packet is set on scalars derived from packet bytes on every path.
 	Packet bool
 	// PktOff and PktSize describe a scalar loaded directly (unmodified)
 	// from the packet: PktSize bytes at offset PktOff. PktSize is 0 when
 	// the value was transformed or its offset is unknown.
-	PktOff  int32
 	PktSize uint8
+	PktOff  int32
+	// ID is shared by copies of one maybe-null pointer so that a null check
+	// of one copy refines all of them. Zero means no identity.
+	ID uint32
+	// Const is the value of a Const.
+	Const uint64
+	// Off is the byte offset of a pointer from the start of the object it
+	// points into (frame pointer for stack pointers, so usually negative),
+	// meaningful when OffKnown.
+	Off int64
+	// Map names the map of PtrMap, PtrMapValue and PtrMapData as in
+	// CollectionSpec.Maps. It is empty for an inner map of a map-in-map.
+	Map string
+	// Func names the function of a PtrFunc.
+	Func string
 
+	// lists holds the origins and maybe lists, nil when both are empty.
+	lists *valueLists
+}
+
+// valueLists are the lists of a Value, out of line because few values
+// have them. Shared lists are never modified.
+type valueLists struct {
 	// origins are the call numbers of the lookups a PtrMapValue may come
-	// from, sorted. Shared slices are never modified.
+	// from, sorted.
 	origins []int
 	// maybe names the maps an Unknown may point into (or be): the value
 	// is the merge of a map pointer with something else. Using such a
 	// value loses track of those maps; merely dropping it does not.
 	maybe []string
+}
+
+// origins returns v's origins list.
+func (v Value) origins() []int {
+	if v.lists == nil {
+		return nil
+	}
+	return v.lists.origins
+}
+
+// maybe returns v's maybe list.
+func (v Value) maybe() []string {
+	if v.lists == nil {
+		return nil
+	}
+	return v.lists.maybe
+}
+
+// withLists returns v with the given lists.
+func (v Value) withLists(origins []int, maybe []string) Value {
+	v.lists = nil
+	if len(origins) > 0 || len(maybe) > 0 {
+		v.lists = &valueLists{origins: origins, maybe: maybe}
+	}
+	return v
 }
 
 // Convenience constructors.
@@ -156,30 +193,31 @@ func (v Value) equal(w Value) bool {
 	return v.Kind == w.Kind && v.Const == w.Const && v.Off == w.Off && v.OffKnown == w.OffKnown &&
 		v.Map == w.Map && v.Func == w.Func && v.MaybeNull == w.MaybeNull && v.ID == w.ID &&
 		v.Packet == w.Packet && v.PktOff == w.PktOff && v.PktSize == w.PktSize &&
-		slices.Equal(v.origins, w.origins) && slices.Equal(v.maybe, w.maybe)
+		(v.lists == w.lists || slices.Equal(v.origins(), w.origins()) && slices.Equal(v.maybe(), w.maybe()))
 }
 
 // taints reports whether v carries map identity: a map pointer, a map
 // value pointer, or an Unknown that may be one.
-func (v Value) taints() bool { return v.tracksMap() || len(v.maybe) > 0 }
+func (v Value) taints() bool { return v.tracksMap() || len(v.maybe()) > 0 }
 
 // mapsOf names the maps v may refer to.
 func (v Value) mapsOf() []string {
 	if v.tracksMap() {
 		return []string{v.Map}
 	}
-	return v.maybe
+	return v.maybe()
 }
 
 // tainted is an Unknown that remembers the map identity of the values it
 // was merged from.
 func tainted(vs ...Value) Value {
-	u := unknown()
+	var origins []int
+	var maybe []string
 	for _, v := range vs {
-		u.maybe = unionStrings(u.maybe, v.mapsOf())
-		u.origins = unionOrigins(u.origins, v.origins)
+		maybe = unionStrings(maybe, v.mapsOf())
+		origins = unionOrigins(origins, v.origins())
 	}
-	return u
+	return unknown().withLists(origins, maybe)
 }
 
 func unionStrings(a, b []string) []string {
@@ -296,6 +334,5 @@ func joinSameKind(a, b Value) Value {
 	if a.ID != b.ID {
 		v.ID = 0
 	}
-	v.origins = unionOrigins(a.origins, b.origins)
-	return v
+	return v.withLists(unionOrigins(a.origins(), b.origins()), v.maybe())
 }
