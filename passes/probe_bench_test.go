@@ -3,6 +3,8 @@ package passes_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -20,11 +22,22 @@ import (
 //
 //	go test ./passes -run '^$' -bench LookupLayouts -benchtime 1x
 //
-// It reports each variant's median ns per packet, floor removed.
+// It reports each variant's median ns per packet, floor removed. The
+// environment variables MORPHEUS_LAYOUT_NFS and MORPHEUS_LAYOUT_LOCALITY
+// (comma-separated) choose other NFs and localities than lb and
+// l2switch at high and low locality.
 func BenchmarkLookupLayouts(b *testing.B) {
 	kerneltest.Require(b)
-	for _, nf := range []string{"lb", "l2switch"} {
-		for _, loc := range []traffic.Locality{traffic.LocalityHigh, traffic.LocalityLow} {
+	nfs, locs := []string{"lb", "l2switch"}, []string{"high", "low"}
+	if v := os.Getenv("MORPHEUS_LAYOUT_NFS"); v != "" {
+		nfs = strings.Split(v, ",")
+	}
+	if v := os.Getenv("MORPHEUS_LAYOUT_LOCALITY"); v != "" {
+		locs = strings.Split(v, ",")
+	}
+	for _, nf := range nfs {
+		for _, l := range locs {
+			loc := traffic.Locality(l)
 			b.Run(fmt.Sprintf("%s/%s", nf, loc), func(b *testing.B) {
 				ctx := context.Background()
 				sc, err := bench.NewScenario(bench.ScenarioOptions{NF: nf, Trace: traffic.Options{Packets: 100000, Locality: loc, Seed: 1}})
