@@ -338,6 +338,22 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 			n.mu.Unlock()
 		}
 	}()
+	// The candidate's load against the live maps (a verifier run of its
+	// own) overlaps the differential test, which keeps one core busy.
+	type liveLoad struct {
+		c   *optimize.Candidate
+		lp  *optimize.LiveProgram
+		err error
+	}
+	var early chan liveLoad // nil once taken below
+	defer func() {
+		if early == nil {
+			return
+		}
+		if l := <-early; l.lp != nil {
+			l.lp.Close() // rejected or not needed: never swapped in
+		}
+	}()
 	rep, err := optimize.RunLive(ctx, n.spec, snap.state, heat, optimize.LiveOptions{
 		Options: optimize.Options{
 			Program:   ps.name,
@@ -356,6 +372,14 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 			n.mu.Lock()
 			defer n.mu.Unlock()
 			return ps.running != nil && ps.running.shape == s
+		},
+		Verified: func(c *optimize.Candidate) {
+			early = make(chan liveLoad, 1)
+			live := n.liveMaps()
+			go func() {
+				lp, err := optimize.LoadLive(c, n.spec, live)
+				early <- liveLoad{c, lp, err}
+			}()
 		},
 	})
 	if ctx.Err() != nil {
@@ -426,9 +450,22 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 		return pc
 	}
 
-	lp, err := optimize.LoadLive(rep.Candidate, n.spec, n.liveMaps())
-	if err != nil {
-		return fail(OutcomeError, "%v", err)
+	var lp *optimize.LiveProgram
+	var lerr error
+	if early != nil {
+		l := <-early
+		early = nil
+		if l.c == rep.Candidate {
+			lp, lerr = l.lp, l.err
+		} else if l.lp != nil {
+			l.lp.Close()
+		}
+	}
+	if lp == nil && lerr == nil {
+		lp, lerr = optimize.LoadLive(rep.Candidate, n.spec, n.liveMaps())
+	}
+	if lerr != nil {
+		return fail(OutcomeError, "%v", lerr)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -54,6 +54,13 @@ type LiveOptions struct {
 	// (spread over the trace, generated packets and edge cases alike,
 	// at least SteadyMinPackets), and the report says so.
 	SameShape func(shape [32]byte) bool
+	// Verified, if set, is called with the candidate as soon as the
+	// kernel verifier has accepted it, before the differential test
+	// runs; the same *Candidate is the report's if the candidate is
+	// accepted. The agent loads it against the live maps meanwhile
+	// (LoadLive, another verifier run), on the core the test leaves
+	// free. A candidate the tests then reject must not be used.
+	Verified func(c *Candidate)
 }
 
 // SteadyShare is the share of the packets the differential test of a
@@ -284,6 +291,12 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		return nil, fmt.Errorf("program %s: candidate accepted without a test session", name)
 	}
 	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
+	final := coll.Copy()
+	final.Programs[name].Instructions = insns
+	candidate := &Candidate{Spec: final, Program: name, Guards: tbl}
+	if lopts.Verified != nil {
+		lopts.Verified(candidate)
+	}
 
 	if lopts.SameShape != nil && lopts.SameShape(Shape(cm.insns)) {
 		packets = spread(packets, max(len(packets)/SteadyShare, SteadyMinPackets))
@@ -315,9 +328,7 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		}
 	}
 	pr.Accepted = true
-	final := coll.Copy()
-	final.Programs[name].Instructions = insns
-	pr.Candidate = &Candidate{Spec: final, Program: name, Guards: tbl}
+	pr.Candidate = candidate
 	return pr, nil
 }
 

@@ -483,7 +483,7 @@ func (d *differ) checkMaps(pkt int, all bool) error {
 		// The copies are read side by side (a large hash walks all its
 		// buckets); no program runs meanwhile.
 		same := false
-		err := readAll(raws, []*instance{d.a, d.b, d.c}, name, !all)
+		err := readAll(raws, []*instance{d.a, d.b, d.c}, name, !all, readCost(d.a.coll.Maps[name], raws[0]) >= parallelReadCost)
 		if err == nil && !all {
 			if same = sameSorted(raws[0], raws[2]); !same {
 				err = raws[1].Read(d.b.coll.Maps[name])
@@ -534,10 +534,27 @@ func (d *differ) checkMaps(pkt int, all bool) error {
 	return nil
 }
 
+// parallelReadCost is the read cost (see readCost) from which readAll
+// reads the copies of a map concurrently: waking a second thread costs
+// more than reading a small map (reading the router's per-CPU counters
+// after every packet got ten times slower on a busy machine).
+const parallelReadCost = 1024
+
 // readAll reads map name of every instance into raws (raws[i] from
-// insts[i]), concurrently; with skipSecond the second (raws[1]) is left
-// out.
-func readAll(raws *[3]*mapstate.Raw, insts []*instance, name string, skipSecond bool) error {
+// insts[i]), concurrently if parallel; with skipSecond the second
+// (raws[1]) is left out.
+func readAll(raws *[3]*mapstate.Raw, insts []*instance, name string, skipSecond, parallel bool) error {
+	if !parallel {
+		for i := range raws {
+			if i == 1 && skipSecond {
+				continue
+			}
+			if err := raws[i].Read(insts[i].coll.Maps[name]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	var errs [3]error
 	var wg sync.WaitGroup
 	for i := range raws {
