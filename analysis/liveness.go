@@ -162,49 +162,73 @@ func computeLiveness(p *program.Program) *liveness {
 }
 
 // function solves backward liveness of one function with a worklist.
+// Blocks are handled by their position in f.Blocks; the per-instruction
+// sets of a block are recomputed in place.
 func (l *liveness) function(f *program.Func) {
-	preds := map[*program.Block][]*program.Block{}
-	for _, b := range f.Blocks {
-		for _, s := range b.Succs() {
-			preds[s] = append(preds[s], b)
+	n := len(f.Blocks)
+	pos := make(map[*program.Block]int32, n)
+	for i, b := range f.Blocks {
+		pos[b] = int32(i)
+	}
+	preds := make([][]int32, n)
+	succs := make([][2]int32, n) // positions, -1: none or not in f
+	for i, b := range f.Blocks {
+		succs[i] = [2]int32{-1, -1}
+		for k, s := range b.Succs() {
+			if j, ok := pos[s]; ok {
+				preds[j] = append(preds[j], int32(i))
+				succs[i][k] = j
+			}
 		}
 		l.out[b] = 0
-		l.bin[b] = fpReg
 		l.in[b] = nil
 	}
-	work := make([]*program.Block, len(f.Blocks))
-	queued := map[*program.Block]bool{}
-	for i, b := range f.Blocks {
-		work[len(f.Blocks)-1-i] = b // reverse layout order converges faster
-		queued[b] = true
+	bin := make([]RegSet, n)
+	for i := range bin {
+		bin[i] = fpReg
+	}
+	work := make([]int32, n, 2*n)
+	queued := make([]bool, n)
+	for i := range f.Blocks {
+		work[n-1-i] = int32(i) // reverse layout order converges faster
+		queued[i] = true
 	}
 	// Every round strictly grows some set of 11 bits per block.
-	for budget := 12*len(f.Blocks)*len(f.Blocks) + 64; len(work) > 0 && budget > 0; budget-- {
-		b := work[0]
+	for budget := 12*n*n + 64; len(work) > 0 && budget > 0; budget-- {
+		i := work[0]
 		work = work[1:]
-		queued[b] = false
+		queued[i] = false
+		b := f.Blocks[i]
 		var out RegSet
-		for _, s := range b.Succs() {
-			out |= l.bin[s]
+		for _, j := range succs[i] {
+			if j >= 0 {
+				out |= bin[j]
+			}
 		}
 		l.out[b] = out
-		ins := make([]RegSet, len(b.Insns))
-		live := out | fpReg
-		for i := len(b.Insns) - 1; i >= 0; i-- {
-			use, def := l.useDef(b.Insns[i])
-			live = (live &^ def) | use | fpReg
-			ins[i] = live
+		ins := l.in[b]
+		first := ins == nil
+		if first {
+			ins = make([]RegSet, len(b.Insns))
+			l.in[b] = ins
 		}
-		first := l.in[b] == nil
-		l.in[b] = ins
-		if live != l.bin[b] || first {
-			l.bin[b] = live
-			for _, p := range preds[b] {
+		live := out | fpReg
+		for k := len(b.Insns) - 1; k >= 0; k-- {
+			use, def := l.useDef(b.Insns[k])
+			live = (live &^ def) | use | fpReg
+			ins[k] = live
+		}
+		if live != bin[i] || first {
+			bin[i] = live
+			for _, p := range preds[i] {
 				if !queued[p] {
 					queued[p] = true
 					work = append(work, p)
 				}
 			}
 		}
+	}
+	for i, b := range f.Blocks {
+		l.bin[b] = bin[i]
 	}
 }

@@ -88,7 +88,9 @@ func (b *Block) Body() []asm.Instruction {
 // Succs returns the block's successors: the jump target first, then the
 // fall-through block.
 func (b *Block) Succs() []*Block {
-	var s []*Block
+	// Room for both from the start: inlined into a caller that only
+	// ranges over the result, the slice stays on the caller's stack.
+	s := make([]*Block, 0, 2)
 	if b.Target != nil {
 		s = append(s, b.Target)
 	}
