@@ -16,8 +16,9 @@ import (
 // time and read with one table load and one or two well-predicted
 // compares, however many keys it holds.
 //
-// Hash. The key chunks the site does not pass as constants (treeChunks)
-// are loaded from the stack, zero-extended, and combined into one 64-bit
+// Hash. The key chunks (probeChunks: those of treeChunks, without the
+// bytes the site passes as constants unless including them makes fewer
+// loads) are loaded from the stack, zero-extended, and combined into one 64-bit
 // value v: packed side by side when they hold at most 8 bytes together
 // (v is then the key itself, so distinct keys give distinct v), otherwise
 // folded as v = v*M ^ c for every further chunk. The bucket is the top b
@@ -28,7 +29,8 @@ import (
 // slots per bucket compared one after the other. Each try costs N hash
 // evaluations and the tries are bounded (probeTries per size), so
 // placing 64 keys stays far below a millisecond; with no placement the
-// site keeps its other layouts.
+// site keeps its other layouts. Tables beyond probeMaxBytes are not
+// made.
 //
 // Table. The buckets live in the single element of a frozen
 // BPF_F_RDONLY_PROG array reached through a direct value pointer, as the
@@ -97,9 +99,11 @@ func probeChunks(keyOff int16, keySize int, constByte func(int) bool) []keyChunk
 // which is why they cost less than a unit each.
 const probeHashCost = 4
 
-// costMispredict is a mispredicted branch in compare-and-branch units
-// (see hotCache): about 15 cycles of a flushed pipeline, set low so that
-// chains keep small tables, whose constant hits later passes fold.
+// costMispredict is a mispredicted branch in compare-and-branch units,
+// for mapinline's choice between a chain and a probe (inlineProbe): a
+// flushed pipeline is about 15 cycles, but the figure is set lower so
+// that chains keep tables of up to four equally likely entries, whose
+// constant hits later passes (taildup, constprop) fold.
 const costMispredict = 6
 
 // probeCost is the expected cost of a probe per lookup over nch chunks:
