@@ -101,8 +101,8 @@ func refineNull(st *State, reg asm.Register, v Value, isNull bool) {
 		}
 	}
 	for slot := range numSlots {
-		if st.frame.isSpill(slot) && st.frame.spills[slot].ID == v.ID && st.frame.spills[slot].MaybeNull {
-			st.frame.setSpill(slot, apply(st.frame.spills[slot]))
+		if st.frame.isSpill(slot) && st.frame.spill(slot).ID == v.ID && st.frame.spill(slot).MaybeNull {
+			st.frame.setSpill(slot, apply(st.frame.spill(slot)))
 		}
 	}
 }

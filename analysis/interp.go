@@ -677,8 +677,8 @@ func (a *analyzer) lookupResult(at loc, st *State, mapVal Value, ms *ebpf.MapSpe
 		}
 	}
 	for slot := range numSlots {
-		if st.frame.isSpill(slot) && st.frame.spills[slot].ID == id {
-			v := st.frame.spills[slot]
+		if st.frame.isSpill(slot) && st.frame.spill(slot).ID == id {
+			v := st.frame.spill(slot)
 			v.ID = 0
 			st.frame.setSpill(slot, v)
 		}

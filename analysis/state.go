@@ -2,6 +2,7 @@ package analysis
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf/asm"
@@ -58,24 +59,72 @@ var spillMark = StackByte{Kind: ByteSpill, PktOff: -1}
 // The bytes and the spills are copy-on-write: a State copy shares them
 // (they are most of a state's size, the fixpoint copies states at every
 // block visit and branch, and most blocks write neither), and the first
-// write of either after a copy gives the writer its own.
+// write of either after a copy gives the writer its own. The spills are
+// a short list: few slots of a frame hold spilled registers.
 type frame struct {
-	bytes  *[StackSize]StackByte
-	spills *[numSlots]Value
+	bytes *[StackSize]StackByte
+	// spills are the values of the spill slots that are not the zero
+	// Value, by slot.
+	spills []spillSlot
 	// sharedBytes and sharedSpills are set on both sides of a copy: the
 	// array may be referenced by another frame and must be copied before
 	// a write.
 	sharedBytes, sharedSpills bool
 }
 
+// spillSlot is the value spilled to one slot.
+type spillSlot struct {
+	slot int
+	v    Value
+}
+
+// sameSpills reports whether f and g hold the very same spills (a copy
+// not written since).
+func sameSpills(f, g *frame) bool {
+	if len(f.spills) != len(g.spills) {
+		return false
+	}
+	return len(f.spills) == 0 || &f.spills[0] == &g.spills[0]
+}
+
+// spill returns the value of spill slot i (the zero Value if none was
+// set).
+func (f *frame) spill(i int) Value {
+	for _, s := range f.spills {
+		if s.slot >= i {
+			if s.slot == i {
+				return s.v
+			}
+			break
+		}
+	}
+	return Value{}
+}
+
 // setSpill writes spill slot i, first taking a private copy of shared
 // spills.
 func (f *frame) setSpill(i int, v Value) {
-	if f.sharedSpills {
-		own := *f.spills
-		f.spills, f.sharedSpills = &own, false
+	at := 0
+	for at < len(f.spills) && f.spills[at].slot < i {
+		at++
 	}
-	f.spills[i] = v
+	present := at < len(f.spills) && f.spills[at].slot == i
+	zero := v == Value{}
+	if zero && !present {
+		return
+	}
+	if f.sharedSpills {
+		f.spills = append(make([]spillSlot, 0, len(f.spills)+1), f.spills...)
+		f.sharedSpills = false
+	}
+	switch {
+	case present && zero:
+		f.spills = slices.Delete(f.spills, at, at+1)
+	case present:
+		f.spills[at].v = v
+	default:
+		f.spills = slices.Insert(f.spills, at, spillSlot{i, v})
+	}
 }
 
 // own returns the bytes for writing, first taking a private copy of
@@ -110,8 +159,8 @@ type State struct {
 	frame frame
 }
 
-// unknownFrame and noSpills are a fresh frame's arrays, shared by every
-// new state (and never written: states copy them first).
+// unknownFrame is a fresh frame's bytes, shared by every new state (and
+// never written: states copy it first).
 var (
 	unknownFrame = func() *[StackSize]StackByte {
 		var b [StackSize]StackByte
@@ -120,12 +169,11 @@ var (
 		}
 		return &b
 	}()
-	noSpills = new([numSlots]Value)
 )
 
 func newState() *State {
 	s := &State{}
-	s.frame.bytes, s.frame.spills = unknownFrame, noSpills
+	s.frame.bytes = unknownFrame
 	s.frame.share()
 	for r := range s.regs {
 		s.regs[r] = Value{Kind: Uninit}
@@ -183,7 +231,7 @@ func (s *State) String() string {
 	for slot := range numSlots {
 		off := slot*8 - StackSize
 		if s.frame.bytes[slot*8].Kind == ByteSpill {
-			parts = append(parts, fmt.Sprintf("fp%d=%v", off, s.frame.spills[slot]))
+			parts = append(parts, fmt.Sprintf("fp%d=%v", off, s.frame.spill(slot)))
 		}
 	}
 	return strings.Join(parts, " ")
@@ -217,11 +265,11 @@ func (f *frame) equal(g *frame) bool {
 	if f.bytes != g.bytes && *f.bytes != *g.bytes {
 		return false
 	}
-	if f.spills == g.spills {
+	if sameSpills(f, g) {
 		return true
 	}
 	for slot := range numSlots {
-		if f.bytes[slot*8].Kind == ByteSpill && !f.spills[slot].equal(g.spills[slot]) {
+		if f.bytes[slot*8].Kind == ByteSpill && !f.spill(slot).equal(g.spill(slot)) {
 			return false
 		}
 	}
@@ -239,7 +287,7 @@ func (f *frame) byteAt(off int) StackByte {
 	if b.Kind != ByteSpill {
 		return b
 	}
-	return spillByte(f.spills[i/8], i%8)
+	return spillByte(f.spill(i/8), i%8)
 }
 
 // markSpill marks the bytes of slot as a spill's (writing only if they
@@ -293,7 +341,7 @@ func (f *frame) unspill(lo, hi int64) {
 		if !f.isSpill(slot) {
 			continue
 		}
-		b := bytes8(f.spills[slot])
+		b := bytes8(f.spill(slot))
 		copy(f.own()[slot*8:slot*8+8], b[:])
 		f.setSpill(slot, Value{})
 	}
@@ -318,7 +366,7 @@ func (f *frame) store(off int64, n int, v Value) (lost bool) {
 // load reads n bytes at off.
 func (f *frame) load(off int64, n int, signExtend bool) Value {
 	if n == 8 && idx(off)%8 == 0 && f.isSpill(idx(off)/8) {
-		return f.spills[idx(off)/8]
+		return f.spill(idx(off)/8)
 	}
 	var (
 		c                uint64
@@ -376,7 +424,7 @@ func (f *frame) clobber(lo, hi int64, lost func(Value)) {
 	}
 	for slot := idx(lo) / 8; slot <= (idx(hi)-1)/8; slot++ {
 		if f.isSpill(slot) {
-			lost(f.spills[slot])
+			lost(f.spill(slot))
 		}
 	}
 	f.unspill(lo, hi)
@@ -390,14 +438,14 @@ func (f *frame) clobber(lo, hi int64, lost func(Value)) {
 // spilled calls fn for every spilled value that carries map identity.
 func (f *frame) spilled(fn func(Value)) {
 	for slot := range numSlots {
-		if f.isSpill(slot) && f.spills[slot].taints() {
-			fn(f.spills[slot])
+		if f.isSpill(slot) && f.spill(slot).taints() {
+			fn(f.spill(slot))
 		}
 	}
 }
 
 func (f *frame) join(g *frame) {
-	if f.bytes == g.bytes && f.spills == g.spills {
+	if f.bytes == g.bytes && sameSpills(f, g) {
 		return // the same frame: the join is idempotent
 	}
 	for slot := range numSlots {
@@ -406,18 +454,18 @@ func (f *frame) join(g *frame) {
 		case fs && gs:
 			// Most joins change nothing: writing only what changed
 			// keeps the spills shared (a write copies all of them).
-			if v := join(f.spills[slot], g.spills[slot]); !v.equal(f.spills[slot]) {
+			if v := join(f.spill(slot), g.spill(slot)); !v.equal(f.spill(slot)) {
 				f.setSpill(slot, v)
 			}
 			continue
-		case fs && f.spills[slot].taints(), gs && g.spills[slot].taints():
+		case fs && f.spill(slot).taints(), gs && g.spill(slot).taints():
 			// A map pointer spilled on one path only: the slot may still
 			// hold it, so keep it as a tainted spill.
-			v := f.spills[slot]
+			v := f.spill(slot)
 			if gs {
-				v = g.spills[slot]
+				v = g.spill(slot)
 			}
-			if tv := tainted(v); !fs || !tv.equal(f.spills[slot]) {
+			if tv := tainted(v); !fs || !tv.equal(f.spill(slot)) {
 				f.setSpill(slot, tv)
 			}
 			f.markSpill(slot)
@@ -425,7 +473,7 @@ func (f *frame) join(g *frame) {
 		}
 		var gb [8]StackByte
 		if gs {
-			gb = bytes8(g.spills[slot])
+			gb = bytes8(g.spill(slot))
 		} else {
 			copy(gb[:], g.bytes[slot*8:slot*8+8])
 		}
