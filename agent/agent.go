@@ -44,6 +44,9 @@ type NF struct {
 	done   chan struct{} // closed by Stop
 
 	cycleMu sync.Mutex // one cycle at a time; Stop waits for it
+	// baseline keeps the differential test's copies of the original
+	// loaded between cycles (optimize.LiveOptions.Baseline).
+	baseline *optimize.Baseline
 
 	mu       sync.Mutex // guards everything below
 	maps     map[string]*ebpf.Map
@@ -604,6 +607,10 @@ func (n *NF) Stop() error {
 	n.cancel()
 	n.cycleMu.Lock()
 	defer n.cycleMu.Unlock()
+	if n.baseline != nil {
+		// No cycle runs from now on: release the test copies.
+		n.baseline.Close()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.stopLocked()

@@ -363,6 +363,7 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 		},
 		Guards:     n.table,
 		GuardCheck: !n.opts.SkipGuardCheck,
+		Baseline:   n.baselineLocked(),
 		Unchanged: func(d [32]byte) bool {
 			n.mu.Lock()
 			defer n.mu.Unlock()
@@ -526,6 +527,15 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 	n.log.Info("swapped", "program", ps.name, "insns", fmt.Sprintf("%d->%d", pc.InstructionsBefore, pc.InstructionsAfter), "guarded", guarded)
 	n.emit(Event{Kind: EventSwap, Program: ps.name, Message: fmt.Sprintf("%d -> %d instructions, %d rewrites, guards on %v", pc.InstructionsBefore, pc.InstructionsAfter, pc.Applied, guarded)})
 	return pc
+}
+
+// baselineLocked returns the NF's Baseline, made on first use; the
+// caller holds cycleMu.
+func (n *NF) baselineLocked() *optimize.Baseline {
+	if n.baseline == nil {
+		n.baseline = optimize.NewBaseline()
+	}
+	return n.baseline
 }
 
 // heatmap asks the profiler, if any, for the program's hot keys.

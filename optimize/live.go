@@ -11,6 +11,7 @@ import (
 	"math/rand"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -61,6 +62,80 @@ type LiveOptions struct {
 	// (LoadLive, another verifier run), on the core the test leaves
 	// free. A candidate the tests then reject must not be used.
 	Verified func(c *Candidate)
+	// Baseline, if set, keeps the differential test's two copies of the
+	// original collection loaded from one RunLive to the next (of any
+	// program of the same spec): they are reset to the new state (only
+	// the maps a program may have written or whose contents changed are
+	// rewritten) instead of being loaded and filled again.
+	Baseline *Baseline
+}
+
+// Baseline holds the differential test's copies of the original
+// collection between runs of [RunLive] (LiveOptions.Baseline). It is safe
+// for concurrent use: a RunLive that finds it in use loads its own
+// copies. Close it when done.
+type Baseline struct {
+	mu     sync.Mutex
+	orig   *verify.Originals
+	closed bool
+}
+
+// NewBaseline returns an empty Baseline.
+func NewBaseline() *Baseline { return &Baseline{} }
+
+// take returns the kept copies if they were loaded from spec, reset to
+// state; nil if there are none (or they cannot be reset, in which case
+// they are closed).
+func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State) *verify.Originals {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	o := b.orig
+	b.orig = nil
+	b.mu.Unlock()
+	if o == nil {
+		return nil
+	}
+	if o.Spec() != spec {
+		o.Close()
+		return nil
+	}
+	if err := o.Reset(state); err != nil {
+		o.Close()
+		return nil
+	}
+	return o
+}
+
+// put keeps o for the next run, or closes it if another is kept or the
+// Baseline is closed.
+func (b *Baseline) put(o *verify.Originals) {
+	if o == nil {
+		return
+	}
+	if b == nil {
+		o.Close()
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.orig != nil {
+		o.Close()
+		return
+	}
+	b.orig = o
+}
+
+// Close releases the kept copies; later runs load their own.
+func (b *Baseline) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.orig != nil {
+		b.orig.Close()
+		b.orig = nil
+	}
 }
 
 // SteadyShare is the share of the packets the differential test of a
@@ -211,6 +286,10 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	}
 	origc := make(chan loaded, 1)
 	go func() {
+		if o := lopts.Baseline.take(spec, state); o != nil {
+			origc <- loaded{o, nil}
+			return
+		}
 		o, err := verify.LoadOriginals(spec, state, verify.DiffOptions{NoPrealloc: true, ReadOnlyMaps: unwrittenMaps(spec)})
 		origc <- loaded{o, err}
 	}()
@@ -229,12 +308,10 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	var sess *verify.Session
 	defer func() {
 		waitOrig()
-		if orig != nil {
-			orig.Close()
-		}
 		if sess != nil {
-			sess.Close()
+			orig = sess.Release()
 		}
+		lopts.Baseline.put(orig)
 	}()
 
 	cm, err := compile(spec, name, state, heat, tbl, opts.Passes, pr, true)

@@ -127,3 +127,44 @@ func TestGuardCheckCatchesBrokenGuard(t *testing.T) {
 }
 
 func newGuardScratch() (*ebpf.Map, error) { return ebpf.NewMap(guard.Spec()) }
+
+// TestBaselineReuse runs RunLive on the router with one Baseline across
+// configuration changes: the kept copies of the original are reset to
+// each new state, so every run reports what a run with fresh copies
+// reports, and the copies are kept for the next run.
+func TestBaselineReuse(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := NewBaseline()
+	defer base.Close()
+	for i, n := range []int{0, 3, 1, 0} {
+		cfg := router.ExampleConfig()
+		cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
+		cfg.Routes = cfg.Routes[n:]
+		state, err := cfg.State()
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := LiveOptions{Options: Options{Program: router.Program, Passes: passes.DefaultOptions(), Generated: 300, Seed: 3}, GuardCheck: true}
+		fresh, err := RunLive(ctx, spec, state, nil, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Baseline = base
+		kept, err := RunLive(ctx, spec, state, nil, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !kept.Accepted || kept.Accepted != fresh.Accepted || kept.Differential.MapChecks != fresh.Differential.MapChecks ||
+			kept.Differential.Runs != fresh.Differential.Runs {
+			t.Fatalf("run %d with a kept baseline: %s %v\nwith fresh copies: %s %v", i, kept.Reason, kept.Differential, fresh.Reason, fresh.Differential)
+		}
+		if base.orig == nil {
+			t.Fatalf("run %d: the baseline keeps no copies", i)
+		}
+	}
+}

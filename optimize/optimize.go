@@ -81,7 +81,8 @@ type ProgramReport struct {
 	// guard check.
 	GuardCheckTime time.Duration `json:"guard_check_time_ns,omitempty"`
 	// BaselineLoadTime is RunLive's load of the differential test's two
-	// copies of the original, which runs while the passes do.
+	// copies of the original, or their reset (LiveOptions.Baseline),
+	// which runs while the passes do.
 	BaselineLoadTime time.Duration `json:"baseline_load_time_ns,omitempty"`
 	// Attempts lists the pipeline runs when there was more than one: a
 	// candidate the verifier refused for its size or verification work

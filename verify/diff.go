@@ -1,7 +1,9 @@
 package verify
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -377,6 +379,11 @@ func NewCandidateSession(orig *Originals, spec *ebpf.CollectionSpec, state *maps
 			return nil, fmt.Errorf("verify: candidate collection lacks map %q of the original", name)
 		}
 	}
+	// The originals hold state whatever they ran before (a fresh or
+	// just reset pair is left alone).
+	if err := orig.Reset(state); err != nil {
+		return nil, err
+	}
 	c, ctime, err := loadCandidate(spec, state, cand, opts)
 	if err != nil {
 		return nil, err
@@ -384,7 +391,7 @@ func NewCandidateSession(orig *Originals, spec *ebpf.CollectionSpec, state *maps
 	return newSession(orig, spec, c, ctime, ctime, opts)
 }
 
-// LoadTime is how long LoadOriginals took.
+// LoadTime is how long LoadOriginals, or the last Reset, took.
 func (o *Originals) LoadTime() time.Duration { return o.loadTime }
 
 // CandidateLoadTime is how long the candidate's collection took to load
@@ -531,32 +538,98 @@ func (s *Session) Run(ctx context.Context, packets [][]byte) (*Report, error) {
 // with state would hold: each map's contents in the spec (global data,
 // the passes' cache maps) with state's entries written over them. Maps
 // that no program can have written since (created BPF_F_RDONLY_PROG, see
-// DiffOptions.ReadOnlyMaps) and whose wanted contents are the same
-// *mapstate.Map as before are left alone; every other map is emptied and
-// written again. state's variables must be those the session was loaded
-// with (they are part of the loaded programs).
+// DiffOptions.ReadOnlyMaps) and whose wanted contents are unchanged are
+// left alone; every other map is emptied and written again. state's
+// variables must be those the session was loaded with (they are part of
+// the loaded programs). After an error the session must not be used.
 func (s *Session) Reset(state *mapstate.State) error {
+	return resetInstances(s.insts[:], s.spec, state)
+}
+
+// Reset is Session.Reset for the two copies; after an error they must not
+// be used.
+func (o *Originals) Reset(state *mapstate.State) error {
+	start := time.Now()
+	err := resetInstances(o.insts[:], o.spec, state)
+	o.loadTime = time.Since(start)
+	return err
+}
+
+func resetInstances(insts []*instance, spec *ebpf.CollectionSpec, state *mapstate.State) error {
 	if state == nil {
 		state = mapstate.New()
 	}
-	if err := state.Check(s.spec); err != nil {
+	if err := state.Check(spec); err != nil {
 		return err
 	}
-	for _, in := range s.insts {
+	for _, in := range insts {
+		if !maps.EqualFunc(state.Variables, in.vars, func(a, b mapstate.Hex) bool { return bytes.Equal(a, b) }) {
+			return errors.New("verify: reset to other variables than the collections were loaded with")
+		}
+	}
+	sums := map[string][32]byte{}
+	for _, in := range insts {
+		fresh := in.fresh
+		in.fresh = false // until every map is done
 		for _, name := range slices.Sorted(maps.Keys(in.coll.Maps)) {
 			want := state.Maps[name]
-			if want == in.want[name] && (in.fresh || in.ro[name]) {
+			sum, ok := sums[name]
+			if !ok {
+				sum = mapSum(want)
+				sums[name] = sum
+			}
+			if sum == in.want[name] && (fresh || in.ro[name]) {
 				continue
 			}
 			if err := resetMap(name, in.coll.Maps[name], in.spec.Maps[name], want); err != nil {
 				return fmt.Errorf("verify: reset map %q: %w", name, err)
 			}
-			in.want[name] = want
+			in.want[name] = sum
 		}
 		in.fresh = true
 	}
 	return nil
 }
+
+// mapSum hashes a map's entries in order (nil has none): what a map was
+// last set to, kept as a hash so that a caller changing a State in
+// place cannot make a changed map look unchanged.
+func mapSum(m *mapstate.Map) [32]byte {
+	h := sha256.New()
+	var n [8]byte
+	put := func(b []byte) {
+		binary.LittleEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	for _, e := range m.GetEntries() {
+		put(e.Key)
+		put(e.Value)
+		binary.LittleEndian.PutUint64(n[:], uint64(len(e.Values)))
+		h.Write(n[:])
+		for _, v := range e.Values {
+			put(v)
+		}
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// Release closes the candidate's collection and hands the two copies of
+// the original back, with whatever the tests left in their maps (Reset
+// them before the next test). The session is then empty.
+func (s *Session) Release() *Originals {
+	o := &Originals{spec: s.insts[0].spec, insts: [2]*instance{s.insts[0], s.insts[2]}}
+	if s.insts[1] != nil {
+		s.insts[1].coll.Close()
+	}
+	s.insts = [3]*instance{}
+	return o
+}
+
+// Spec is the collection spec the copies were loaded from.
+func (o *Originals) Spec() *ebpf.CollectionSpec { return o.spec }
 
 // resetMap empties m and writes the spec's contents and then want's
 // entries into it. Maps whose contents user space cannot set (program
@@ -677,9 +750,10 @@ func loadInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State,
 		return nil, err
 	}
 	in.spec = s
-	in.want = map[string]*mapstate.Map{}
+	in.vars = state.Variables
+	in.want = map[string][32]byte{}
 	for name := range in.coll.Maps {
-		in.want[name] = state.Maps[name]
+		in.want[name] = mapSum(state.Maps[name])
 	}
 	in.fresh = true
 	return in, nil
@@ -696,11 +770,13 @@ type instance struct {
 	// Session.Reset); cand names the programs with candidate code.
 	spec *ebpf.CollectionSpec
 	cand []string
-	// want is the state's contents each map was last set to (nil: the
-	// spec's contents alone); fresh says that no program ran since, so
-	// every map holds what want says.
-	want  map[string]*mapstate.Map
+	// want hashes the state's entries each map was last set to (see
+	// mapSum; none: the spec's contents alone); fresh says that no
+	// program ran since, so every map holds what want says.
+	want  map[string][32]byte
 	fresh bool
+	// vars are the state's variables the collection was loaded with.
+	vars map[string]mapstate.Hex
 }
 
 func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {

@@ -415,6 +415,56 @@ func TestSessionReset(t *testing.T) {
 	}
 }
 
+// TestOriginalsReuse keeps one pair of originals across several
+// candidates and states (as the optimizer's Baseline does across cycles):
+// every test must report what a test on fresh collections reports, a
+// wrong candidate included.
+func TestOriginalsReuse(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	packets := append(traffic(20), frame(ip5))
+	opts := DiffOptions{ReadOnlyMaps: []string{"verdicts", "seen"}, PeriodicMaps: []string{"counters"}, NoPrealloc: true}
+	other := routes()
+	other.Put("verdicts", ip4[:], binary.NativeEndian.AppendUint32(nil, xdpDrop))
+	o, err := LoadOriginals(nf{}.spec(), routes(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { o.Close() }()
+	for i, tc := range []struct {
+		cand nf
+		st   *mapstate.State
+	}{
+		{nf{}, routes()},
+		{nf{extraIncDst: ip5}, routes()},
+		{nf{}, other},
+		{nf{storeVerdict: true}, other},
+		{nf{overrideDst: ip2, overrideVerdict: xdpTX}, mapstate.New()},
+		{nf{}, routes()},
+		{nf{inc: 2}, routes()},
+	} {
+		fresh, err := Differential(ctx, nf{}.spec(), tc.st, tc.cand.candidate(), packets, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewCandidateSession(o, nf{}.spec(), tc.st, tc.cand.candidate(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Run(ctx, packets)
+		o = s.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Passed() != fresh.Passed() || r.MismatchCount != fresh.MismatchCount || r.MapChecks != fresh.MapChecks {
+			t.Fatalf("test %d on reused originals: %v\nfresh collections: %v", i, r, fresh)
+		}
+		if wrong := tc.cand != (nf{}); wrong == r.Passed() {
+			t.Fatalf("test %d: passed %v for candidate %+v:\n%v", i, r.Passed(), tc.cand, r)
+		}
+	}
+}
+
 func slicesContain(s []string, v string) bool {
 	for _, x := range s {
 		if x == v {
