@@ -366,7 +366,7 @@ func (f *frame) store(off int64, n int, v Value) (lost bool) {
 // load reads n bytes at off.
 func (f *frame) load(off int64, n int, signExtend bool) Value {
 	if n == 8 && idx(off)%8 == 0 && f.isSpill(idx(off)/8) {
-		return f.spill(idx(off)/8)
+		return f.spill(idx(off) / 8)
 	}
 	var (
 		c                uint64
