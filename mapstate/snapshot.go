@@ -174,6 +174,9 @@ var errNoBatch = errors.New("no batch lookup")
 // batchBytes bounds the buffers of one batch lookup.
 const batchBytes = 8 << 20
 
+// batchEntries bounds the entries of one batch lookup.
+const batchEntries = 4096
+
 // readBatch reads m with batch lookups. It returns errNoBatch when the
 // kernel refuses the first batch for a reason other than its size.
 func (r *Raw) readBatch(m *ebpf.Map) error {
@@ -181,8 +184,11 @@ func (r *Raw) readBatch(m *ebpf.Map) error {
 		return errNoBatch
 	}
 	// Hash maps fail a batch smaller than their largest bucket with
-	// ENOSPC; start large and grow on that error.
-	chunk := min(max(int(m.MaxEntries()), 1), max(batchBytes/(r.KeySize+r.CPUs*r.ValueSize), 64))
+	// ENOSPC; grow on that error. The batch is sized by the entries, not
+	// by MaxEntries: a 65,536-slot hash holding a few hundred entries
+	// (the DDoS filter's rate table in the differential test) needs no
+	// 2 MiB of buffers per read.
+	chunk := min(max(int(m.MaxEntries()), 1), max(batchBytes/(r.KeySize+r.CPUs*r.ValueSize), 64), batchEntries)
 	for {
 		err := r.readBatches(m, chunk)
 		if errors.Is(err, unix.ENOSPC) && chunk < int(m.MaxEntries()) {
