@@ -1,9 +1,11 @@
 package passes
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
+	mbits "math/bits"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -86,68 +88,101 @@ func (t *dirTable) nLeaf() uint32 { return uint32(len(t.leaves)) }
 func (t *dirTable) blocks2() int { return len(t.l2) / 256 }
 func (t *dirTable) blocks3() int { return len(t.l3) / 256 }
 
+// dirShape is what the tables of a set of IPv4 trie nodes are made of,
+// known before they are built: the blocks of levels 2 and 3 in address
+// order, the leaves (distinct values) in byte order with each node's leaf
+// id, and the entry width.
+type dirShape struct {
+	s2, s3 []uint32 // a /16 or /24 (address >> 16 or >> 8) per block
+	leaves [][]byte
+	leaf   []uint32 // leaf id of nodes[i]
+	width  int
+}
+
+// dirShapeOf computes the shape for nodes (8-byte keys, any order).
+func dirShapeOf(nodes []lpmNode) *dirShape {
+	sh := &dirShape{leaf: make([]uint32, len(nodes))}
+	// A /16 with a longer prefix inside gets a level-2 block, a /24 with
+	// a longer prefix inside a level-3 block.
+	var seen2 [65536 / 64]uint64
+	for _, n := range nodes {
+		a := binary.BigEndian.Uint32(n.key[4:8])
+		if n.plen > 16 {
+			seen2[a>>22] |= 1 << (a >> 16 % 64)
+		}
+		if n.plen > 24 {
+			sh.s3 = append(sh.s3, a>>8)
+		}
+	}
+	for w, bits := range seen2 {
+		for ; bits != 0; bits &= bits - 1 {
+			sh.s2 = append(sh.s2, uint32(64*w+mbits.TrailingZeros64(bits)))
+		}
+	}
+	slices.Sort(sh.s3)
+	sh.s3 = slices.Compact(sh.s3)
+	// Leaves: number the distinct values as they come, then renumber
+	// them in byte order.
+	first := map[string]uint32{}
+	for i, n := range nodes {
+		id, ok := first[string(n.value)]
+		if !ok {
+			id = uint32(len(sh.leaves))
+			first[string(n.value)] = id
+			sh.leaves = append(sh.leaves, n.value)
+		}
+		sh.leaf[i] = id
+	}
+	order := make([]uint32, len(sh.leaves))
+	for k := range order {
+		order[k] = uint32(k)
+	}
+	slices.SortFunc(order, func(a, b uint32) int { return bytes.Compare(sh.leaves[a], sh.leaves[b]) })
+	rank := make([]uint32, len(order))
+	sorted := make([][]byte, len(order))
+	for r, k := range order {
+		rank[k] = uint32(r + 1)
+		sorted[r] = sh.leaves[k]
+	}
+	sh.leaves = sorted
+	for i, k := range sh.leaf {
+		sh.leaf[i] = rank[k]
+	}
+	sh.width = 2
+	if len(sh.leaves)+max(len(sh.s2), len(sh.s3)) > math.MaxUint16 {
+		sh.width = 4
+	}
+	return sh
+}
+
+// bytes is the memory of the tables with valueSize-byte values.
+func (sh *dirShape) bytes(valueSize int) uint64 {
+	return uint64(sh.width)*uint64(65536+256*(len(sh.s2)+len(sh.s3))) + uint64(len(sh.leaves)+1)*uint64(valueSize)
+}
+
 // dirSize computes the tables' sizes for nodes before building them: the
 // entry width, the number of level-2 and level-3 blocks and of distinct
 // values, and the bytes of all tables with valueSize-byte values.
 func dirSize(nodes []lpmNode, valueSize int) (width, b2, b3, leaves int, total uint64) {
-	need2, need3, vals := map[uint32]bool{}, map[uint32]bool{}, map[string]bool{}
-	for _, n := range nodes {
-		a := binary.BigEndian.Uint32(n.key[4:8])
-		if n.plen > 16 {
-			need2[a>>16] = true
-		}
-		if n.plen > 24 {
-			need3[a>>8] = true
-		}
-		vals[string(n.value)] = true
-	}
-	b2, b3, leaves = len(need2), len(need3), len(vals)
-	width = 2
-	if leaves+max(b2, b3) > math.MaxUint16 {
-		width = 4
-	}
-	total = uint64(width)*uint64(65536+256*(b2+b3)) + uint64(leaves+1)*uint64(valueSize)
-	return width, b2, b3, leaves, total
+	sh := dirShapeOf(nodes)
+	return sh.width, len(sh.s2), len(sh.s3), len(sh.leaves), sh.bytes(valueSize)
 }
 
 // buildDIR builds the tables for IPv4 trie nodes (8-byte keys, data
 // masked to their length, any order). It is deterministic: blocks are
 // numbered in address order, leaves in value byte order.
-func buildDIR(nodes []lpmNode) *dirTable {
-	vs := 0
-	if len(nodes) > 0 {
-		vs = len(nodes[0].value)
-	}
-	width, _, _, _, _ := dirSize(nodes, vs)
-	t := &dirTable{width: width, l1: make([]uint32, 65536)}
-	leafID := map[string]uint32{}
-	for _, n := range nodes {
-		if _, ok := leafID[string(n.value)]; !ok {
-			leafID[string(n.value)] = 0
-			t.leaves = append(t.leaves, n.value)
-		}
-	}
-	slices.SortFunc(t.leaves, func(a, b []byte) int { return slices.Compare(a, b) })
-	for i, v := range t.leaves {
-		leafID[string(v)] = uint32(i + 1)
-	}
+func buildDIR(nodes []lpmNode) *dirTable { return dirShapeOf(nodes).build(nodes) }
+
+// build builds the tables of sh for the nodes it was computed for.
+func (sh *dirShape) build(nodes []lpmNode) *dirTable {
+	t := &dirTable{width: sh.width, l1: make([]uint32, 65536), leaves: sh.leaves}
 	L := t.nLeaf()
-	// Blocks, in address order: a /16 with a longer prefix inside gets a
-	// level-2 block, a /24 with a longer prefix inside a level-3 block.
-	var s2, s3 []uint32
-	for _, n := range nodes {
-		a := binary.BigEndian.Uint32(n.key[4:8])
-		if n.plen > 16 {
-			s2 = append(s2, a>>16)
-		}
-		if n.plen > 24 {
-			s3 = append(s3, a>>8)
-		}
+	s2, s3 := sh.s2, sh.s3
+	idx2 := make([]uint32, 65536)
+	idx3 := func(x uint32) uint32 {
+		b, _ := slices.BinarySearch(s3, x)
+		return uint32(b)
 	}
-	slices.Sort(s2)
-	slices.Sort(s3)
-	s2, s3 = slices.Compact(s2), slices.Compact(s3)
-	idx2, idx3 := map[uint32]uint32{}, map[uint32]uint32{}
 	t.l2 = make([]uint32, 256*len(s2))
 	t.l3 = make([]uint32, 256*len(s3))
 	for b, x := range s2 {
@@ -155,7 +190,6 @@ func buildDIR(nodes []lpmNode) *dirTable {
 		t.l1[x] = L + 1 + uint32(b)
 	}
 	for b, x := range s3 {
-		idx3[x] = uint32(b)
 		t.l2[256*idx2[x>>8]+x&0xff] = L + 1 + uint32(b)
 	}
 	// Paint the nodes shortest first: a longer node covering an entry
@@ -181,11 +215,23 @@ func buildDIR(nodes []lpmNode) *dirTable {
 		}
 		t.l1[i] = leaf
 	}
-	order := slices.Clone(nodes)
-	slices.SortStableFunc(order, func(a, b lpmNode) int { return int(a.plen) - int(b.plen) })
-	for _, n := range order {
+	// Shortest first, stable: a counting sort on the length.
+	var start [34]int
+	for _, n := range nodes {
+		start[n.plen+1]++
+	}
+	for l := 1; l < len(start); l++ {
+		start[l] += start[l-1]
+	}
+	order := make([]int32, len(nodes))
+	for i, n := range nodes {
+		order[start[n.plen]] = int32(i)
+		start[n.plen]++
+	}
+	for _, i := range order {
+		n := &nodes[i]
 		a := binary.BigEndian.Uint32(n.key[4:8])
-		leaf := leafID[string(n.value)]
+		leaf := sh.leaf[i]
 		switch {
 		case n.plen <= 16:
 			for i := range uint32(1) << (16 - n.plen) {
@@ -197,7 +243,7 @@ func buildDIR(nodes []lpmNode) *dirTable {
 				setL2(base+j, leaf)
 			}
 		default:
-			base := 256*idx3[a>>8] + a&0xff
+			base := 256*idx3(a>>8) + a&0xff
 			for k := range uint32(1) << (32 - n.plen) {
 				t.l3[base+k] = leaf
 			}
@@ -465,10 +511,11 @@ func (d *dss) tryDIR(s lookupSite, ms *ebpf.MapSpec, nodes []lpmNode, lengths ma
 		return false, nil
 	}
 	vs := int(ms.ValueSize)
-	if _, _, _, _, total := dirSize(nodes, vs); total > dirMaxBytes {
+	sh := dirShapeOf(nodes)
+	if sh.bytes(vs) > dirMaxBytes {
 		return false, nil
 	}
-	t := buildDIR(nodes)
+	t := sh.build(nodes)
 	pl := costDIR(t, traffic, plenConst, vs, oldCost)
 	if pl.cost >= bestCost || pl.cost > dssMargin*oldCost {
 		return false, nil

@@ -23,7 +23,7 @@ import (
 // high-locality trace, as optimize's BenchmarkOptimize builds it: n routes
 // from traffic.RouterConfig, or, above the object's trie, n distinct /24s
 // and a default route in an enlarged trie.
-func benchRouter(b *testing.B, n int) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+func benchRouter(b testing.TB, n int) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 	b.Helper()
 	spec, err := router.Spec()
 	if err != nil {

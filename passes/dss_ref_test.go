@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 
@@ -316,3 +317,125 @@ func refNodes(entries []mapstate.Entry, maxPlen uint32) ([]lpmNode, string) {
 	})
 	return out, ""
 }
+
+// refDirSize is the reference dirSize (maps of blocks and values): it computes the tables' sizes for nodes before building them: the
+// entry width, the number of level-2 and level-3 blocks and of distinct
+// values, and the bytes of all tables with valueSize-byte values.
+func refDirSize(nodes []lpmNode, valueSize int) (width, b2, b3, leaves int, total uint64) {
+	need2, need3, vals := map[uint32]bool{}, map[uint32]bool{}, map[string]bool{}
+	for _, n := range nodes {
+		a := binary.BigEndian.Uint32(n.key[4:8])
+		if n.plen > 16 {
+			need2[a>>16] = true
+		}
+		if n.plen > 24 {
+			need3[a>>8] = true
+		}
+		vals[string(n.value)] = true
+	}
+	b2, b3, leaves = len(need2), len(need3), len(vals)
+	width = 2
+	if leaves+max(b2, b3) > math.MaxUint16 {
+		width = 4
+	}
+	total = uint64(width)*uint64(65536+256*(b2+b3)) + uint64(leaves+1)*uint64(valueSize)
+	return width, b2, b3, leaves, total
+}
+
+// refBuildDIR is the reference buildDIR (maps of blocks and leaves, a
+// stable sort by length): it builds the tables for IPv4 trie nodes (8-byte keys, data
+// masked to their length, any order). It is deterministic: blocks are
+// numbered in address order, leaves in value byte order.
+func refBuildDIR(nodes []lpmNode) *dirTable {
+	vs := 0
+	if len(nodes) > 0 {
+		vs = len(nodes[0].value)
+	}
+	width, _, _, _, _ := refDirSize(nodes, vs)
+	t := &dirTable{width: width, l1: make([]uint32, 65536)}
+	leafID := map[string]uint32{}
+	for _, n := range nodes {
+		if _, ok := leafID[string(n.value)]; !ok {
+			leafID[string(n.value)] = 0
+			t.leaves = append(t.leaves, n.value)
+		}
+	}
+	slices.SortFunc(t.leaves, func(a, b []byte) int { return slices.Compare(a, b) })
+	for i, v := range t.leaves {
+		leafID[string(v)] = uint32(i + 1)
+	}
+	L := t.nLeaf()
+	// Blocks, in address order: a /16 with a longer prefix inside gets a
+	// level-2 block, a /24 with a longer prefix inside a level-3 block.
+	var s2, s3 []uint32
+	for _, n := range nodes {
+		a := binary.BigEndian.Uint32(n.key[4:8])
+		if n.plen > 16 {
+			s2 = append(s2, a>>16)
+		}
+		if n.plen > 24 {
+			s3 = append(s3, a>>8)
+		}
+	}
+	slices.Sort(s2)
+	slices.Sort(s3)
+	s2, s3 = slices.Compact(s2), slices.Compact(s3)
+	idx2, idx3 := map[uint32]uint32{}, map[uint32]uint32{}
+	t.l2 = make([]uint32, 256*len(s2))
+	t.l3 = make([]uint32, 256*len(s3))
+	for b, x := range s2 {
+		idx2[x] = uint32(b)
+		t.l1[x] = L + 1 + uint32(b)
+	}
+	for b, x := range s3 {
+		idx3[x] = uint32(b)
+		t.l2[256*idx2[x>>8]+x&0xff] = L + 1 + uint32(b)
+	}
+	// Paint the nodes shortest first: a longer node covering an entry
+	// overwrites a shorter one's leaf, as longest-prefix match requires.
+	// Painting over a block reference paints the whole block instead.
+	setL2 := func(i uint32, leaf uint32) {
+		if e := t.l2[i]; e > L {
+			b := e - L - 1
+			for k := range uint32(256) {
+				t.l3[256*b+k] = leaf
+			}
+			return
+		}
+		t.l2[i] = leaf
+	}
+	setL1 := func(i uint32, leaf uint32) {
+		if e := t.l1[i]; e > L {
+			b := e - L - 1
+			for k := range uint32(256) {
+				setL2(256*b+k, leaf)
+			}
+			return
+		}
+		t.l1[i] = leaf
+	}
+	order := slices.Clone(nodes)
+	slices.SortStableFunc(order, func(a, b lpmNode) int { return int(a.plen) - int(b.plen) })
+	for _, n := range order {
+		a := binary.BigEndian.Uint32(n.key[4:8])
+		leaf := leafID[string(n.value)]
+		switch {
+		case n.plen <= 16:
+			for i := range uint32(1) << (16 - n.plen) {
+				setL1(a>>16+i, leaf)
+			}
+		case n.plen <= 24:
+			base := 256*idx2[a>>16] + (a>>8)&0xff
+			for j := range uint32(1) << (24 - n.plen) {
+				setL2(base+j, leaf)
+			}
+		default:
+			base := 256*idx3[a>>8] + a&0xff
+			for k := range uint32(1) << (32 - n.plen) {
+				t.l3[base+k] = leaf
+			}
+		}
+	}
+	return t
+}
+

@@ -303,6 +303,7 @@ func TestDssMatchesReference(t *testing.T) {
 		{"router 2592", router.Program, func() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 			return routerState(traffic.EvalRouterRoutes)
 		}},
+		{"router 30k /24", router.Program, func() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) { return benchRouter(t, 30_000) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run := func(choose func(*Context, lookupSite, *ebpf.MapSpec, []lpmNode, map[uint32]int, uint32, bool, float64) (*lpmPlan, []trafficKey)) string {
@@ -379,6 +380,45 @@ func TestLPMNodesMatchReference(t *testing.T) {
 				_, wantBad = refNodes(entries, maxPlen)
 				if gotBad != wantBad || gotBad == "" {
 					t.Fatalf("beyond the maximum: %q, reference %q", gotBad, wantBad)
+				}
+			})
+		}
+	}
+}
+
+// TestDirMatchesReference: the DIR tables and sizes are those of the
+// reference builder, entry for entry, on random tries and routing tables.
+func TestDirMatchesReference(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    int
+		lens []int
+	}{
+		{"all lengths", 3000, nil},
+		{"routes", 5000, []int{0, 8, 12, 16, 20, 22, 24, 24, 24, 24, 28, 32}},
+		{"long", 3000, []int{25, 26, 28, 30, 31, 32}},
+		{"one value", 500, []int{16, 24}},
+	} {
+		for seed := range int64(3) {
+			t.Run(fmt.Sprintf("%s/seed%d", tc.name, seed), func(t *testing.T) {
+				rnd := rand.New(rand.NewSource(seed))
+				entries := randomLPMEntries(rnd, tc.n, 4, tc.lens)
+				if tc.name == "one value" {
+					for i := range entries {
+						entries[i].Value = []byte{1, 2, 3, 4}
+					}
+				}
+				nodes, _ := lpmNodes(entries, 32)
+				got, want := buildDIR(nodes), refBuildDIR(nodes)
+				if got.width != want.width || !slices.Equal(got.l1, want.l1) || !slices.Equal(got.l2, want.l2) || !slices.Equal(got.l3, want.l3) ||
+					!slices.EqualFunc(got.leaves, want.leaves, bytes.Equal) {
+					t.Fatalf("tables differ: width %d/%d, blocks %d+%d / %d+%d, leaves %d/%d", got.width, want.width,
+						got.blocks2(), got.blocks3(), want.blocks2(), want.blocks3(), len(got.leaves), len(want.leaves))
+				}
+				w1, b21, b31, l1, t1 := dirSize(nodes, 8)
+				w2, b22, b32, l2, t2 := refDirSize(nodes, 8)
+				if w1 != w2 || b21 != b22 || b31 != b32 || l1 != l2 || t1 != t2 {
+					t.Fatalf("dirSize %d/%d/%d/%d/%d, reference %d/%d/%d/%d/%d", w1, b21, b31, l1, t1, w2, b22, b32, l2, t2)
 				}
 			})
 		}
