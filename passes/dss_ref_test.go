@@ -438,4 +438,3 @@ func refBuildDIR(nodes []lpmNode) *dirTable {
 	}
 	return t
 }
-
