@@ -247,12 +247,13 @@ type lpmNode struct {
 // write wins. It reports an entry longer than the trie's maximum, which
 // the kernel never stores.
 func lpmNodes(entries []mapstate.Entry, maxPlen uint32) ([]lpmNode, string) {
+	// The masked keys, one after the other in one buffer.
 	size := 0
 	for _, e := range entries {
 		size += len(e.Key)
 	}
 	buf := make([]byte, 0, size)
-	all := make([]lpmNode, len(entries))
+	at := make([]int, len(entries)+1)
 	same := true // every key has the first one's size
 	for i, e := range entries {
 		plen := binary.LittleEndian.Uint32(e.Key)
@@ -260,53 +261,53 @@ func lpmNodes(entries []mapstate.Entry, maxPlen uint32) ([]lpmNode, string) {
 			return nil, fmt.Sprintf("snapshot entry %d has prefix length /%d, beyond the trie's /%d", i, plen, maxPlen)
 		}
 		buf = append(buf, e.Key...)
-		k := buf[len(buf)-len(e.Key) : len(buf) : len(buf)]
-		maskData(k[4:], plen)
-		all[i] = lpmNode{plen: plen, key: k, value: e.Value}
+		at[i+1] = len(buf)
+		maskData(buf[at[i]+4:], plen)
 		same = same && len(e.Key) == len(entries[0].Key)
 	}
+	key := func(i int32) []byte { return buf[at[i]:at[i+1]:at[i+1]] }
+	plen := func(i int32) uint32 { return binary.LittleEndian.Uint32(buf[at[i]:]) }
 	// Sort by length (longest first), key and position, then keep one
 	// node per key with the last position's value.
 	type ranked struct {
 		rank uint64 // length and data, when they fit
 		i    int32
 	}
-	order := make([]ranked, len(all))
+	order := make([]ranked, len(entries))
 	packed := same && len(entries) > 0 && len(entries[0].Key) <= 4+7
-	for i, n := range all {
+	for i := range order {
 		order[i].i = int32(i)
 		if packed {
 			// 255-plen in the top byte, then the data bytes.
-			r := uint64(255 - n.plen)
-			for _, b := range n.key[4:] {
+			k := key(int32(i))
+			r := uint64(255 - plen(int32(i)))
+			for _, b := range k[4:] {
 				r = r<<8 | uint64(b)
 			}
-			order[i].rank = r << (8 * (7 - (len(n.key) - 4)))
+			order[i].rank = r << (8 * (7 - (len(k) - 4)))
 		}
 	}
 	slices.SortFunc(order, func(a, b ranked) int {
 		if a.rank != b.rank {
 			return cmp.Compare(a.rank, b.rank)
 		}
-		x, y := &all[a.i], &all[b.i]
 		if !packed {
-			if x.plen != y.plen {
-				return cmp.Compare(y.plen, x.plen)
+			if x, y := plen(a.i), plen(b.i); x != y {
+				return cmp.Compare(y, x)
 			}
-			if c := bytes.Compare(x.key, y.key); c != 0 {
+			if c := bytes.Compare(key(a.i), key(b.i)); c != 0 {
 				return c
 			}
 		}
 		return cmp.Compare(a.i, b.i)
 	})
-	out := make([]lpmNode, 0, len(all))
+	out := make([]lpmNode, 0, len(entries))
 	for k, o := range order {
-		n := all[o.i]
-		if k > 0 && n.plen == out[len(out)-1].plen && bytes.Equal(n.key, out[len(out)-1].key) {
-			out[len(out)-1].value = n.value
+		if k > 0 && (packed && o.rank == order[k-1].rank || !packed && bytes.Equal(key(o.i), key(order[k-1].i))) {
+			out[len(out)-1].value = entries[o.i].Value
 			continue
 		}
-		out = append(out, n)
+		out = append(out, lpmNode{plen: plen(o.i), key: key(o.i), value: entries[o.i].Value})
 	}
 	return out, ""
 }
