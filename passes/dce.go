@@ -472,6 +472,19 @@ func callArgs(p *program.Program) map[string]regSet {
 	return args
 }
 
+// helperArgs is the number of arguments of common helpers, as their
+// kernel prototypes declare them: a call reads R1 up to that many, and the
+// verifier checks no other argument register. Helpers not listed read all
+// five.
+var helperArgs = map[asm.BuiltinFunc]int{
+	asm.FnMapLookupElem: 2, asm.FnMapUpdateElem: 4, asm.FnMapDeleteElem: 2,
+	asm.FnMapPushElem: 3, asm.FnMapPopElem: 2, asm.FnMapPeekElem: 2,
+	asm.FnKtimeGetNs: 0, asm.FnKtimeGetBootNs: 0, asm.FnGetPrandomU32: 0, asm.FnGetSmpProcessorId: 0,
+	asm.FnTailCall: 3, asm.FnRedirect: 2, asm.FnRedirectMap: 3,
+	asm.FnXdpAdjustHead: 2, asm.FnXdpAdjustTail: 2, asm.FnXdpAdjustMeta: 2,
+	asm.FnXdpLoadBytes: 4, asm.FnXdpStoreBytes: 4, asm.FnCsumDiff: 5, asm.FnFibLookup: 4,
+}
+
 // regSet is a set of registers R0-R10.
 type regSet uint16
 
@@ -589,6 +602,8 @@ func computeLiveWith(f *program.Func, args map[string]regSet) liveSets {
 				use, def := useDef(in)
 				if a, ok := args[in.Reference()]; ok && in.IsFunctionCall() {
 					use = a
+				} else if n, ok := helperArgs[asm.BuiltinFunc(in.Constant)]; ok && in.IsBuiltinCall() {
+					use = argRegSet & (regSet(1)<<(asm.R1+asm.Register(n)) - regBit(asm.R1))
 				}
 				live = (live &^ def) | use | regBit(asm.R10)
 				ins[i] = live
@@ -729,11 +744,16 @@ func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet)
 					callback = callback || st.Reg(r).Kind == analysis.PtrFunc
 				}
 				// A static function sees only the arguments it reads
-				// (callArgs); whatever else the registers hold does
-				// not reach it.
+				// (callArgs), a known helper only its declared ones
+				// (helperArgs); whatever else the registers hold does
+				// not reach them.
 				read, static := args[ins.Reference()]
+				static = static && ins.IsFunctionCall()
+				if n, ok := helperArgs[asm.BuiltinFunc(ins.Constant)]; ok && ins.IsBuiltinCall() {
+					read, static = argRegSet&(regSet(1)<<(asm.R1+asm.Register(n))-regBit(asm.R1)), true
+				}
 				for r := asm.R1; r <= asm.R5; r++ {
-					if static && ins.IsFunctionCall() && read&regBit(r) == 0 {
+					if static && read&regBit(r) == 0 {
 						continue
 					}
 					v := st.Reg(r)

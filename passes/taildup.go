@@ -71,7 +71,7 @@ func tailDup(c *Context) error {
 		if !ok {
 			break
 		}
-		td.duplicate(m)
+		td.duplicate(m, res)
 	}
 	for _, s := range td.skips {
 		c.skipped(s.fn, s.block, "", "%s", s.msg)
@@ -366,6 +366,22 @@ func usedBeforeRedef(m *program.Block, r asm.Register, isPtr bool) bool {
 	return walk(m)
 }
 
+// callSites finds the calls of function name in blocks: the last one's
+// block and index, and how many there are.
+func callSites(blocks []*program.Block, name string) (*program.Block, int, int) {
+	var at *program.Block
+	idx, n := 0, 0
+	for _, b := range blocks {
+		for i, ins := range b.Insns {
+			if ins.IsFunctionCall() && ins.Reference() == name {
+				at, idx = b, i
+				n++
+			}
+		}
+	}
+	return at, idx, n
+}
+
 // staticCallees lists the static functions called from the blocks, which
 // get a clone per copy: the analysis joins a function's call sites. A
 // global function is verified on its own, with unknown arguments, so a
@@ -392,11 +408,31 @@ func staticCallees(p *program.Program, blocks []*program.Block) []*program.Func 
 
 // duplicate gives every chosen predecessor its own copy of the tail and
 // of the static functions it calls.
-func (td *tailDuplicator) duplicate(md tdMerge) {
+func (td *tailDuplicator) duplicate(md tdMerge, res *analysis.Result) {
 	p := td.c.Prog
 	td.tried[md.m] = true
 	if td.c.unduplicated == nil {
 		td.c.unduplicated = p.Clone()
+	}
+	depth := func(name string) (int, bool) {
+		u := res.Stack(name)
+		if u == nil || u.All {
+			return 0, false
+		}
+		return -u.Depth, true
+	}
+	callerDepth, callerOK := depth(md.f.Name)
+	// Every other function's frame, as if they all nested below the
+	// inlined one: a bound, not the verifier's exact sum along chains.
+	others := 0
+	for _, g := range p.Funcs {
+		if g != md.f {
+			d, ok := depth(g.Name)
+			if !ok {
+				callerOK = false
+			}
+			others += d
+		}
 	}
 	for k, pred := range md.preds {
 		td.seq++
@@ -409,15 +445,6 @@ func (td *tailDuplicator) duplicate(md tdMerge) {
 			}
 			rename[g.Name] = name
 		}
-		for _, g := range md.callee {
-			ng := &program.Func{Name: rename[g.Name], Blocks: cloneBlocks(p, g.Blocks, nil), Source: g.Source}
-			if g.BTF != nil {
-				fb := *g.BTF
-				fb.Name = ng.Name
-				ng.BTF = &fb
-			}
-			p.Funcs = append(p.Funcs, ng)
-		}
 		copies := cloneBlocks(p, md.region, rename)
 		if pred.Target == md.m {
 			pred.Target = copies[0]
@@ -425,19 +452,43 @@ func (td *tailDuplicator) duplicate(md tdMerge) {
 		if pred.Next == md.m {
 			pred.Next = copies[0]
 		}
-		// Lay the copy out right after its predecessor, so that the
-		// predecessor falls into it.
-		at := slices.Index(md.f.Blocks, pred) + 1
-		md.f.Blocks = slices.Insert(md.f.Blocks, at, copies...)
+		// A predecessor that falls into the merge falls into its copy,
+		// laid out right after it; one that jumps (a compare chain's
+		// hit ends in a goto) jumps to its copy at the end of the
+		// function, which keeps the chain's compares together.
+		if pred.Next == copies[0] {
+			at := slices.Index(md.f.Blocks, pred) + 1
+			md.f.Blocks = slices.Insert(md.f.Blocks, at, copies...)
+		} else {
+			md.f.Blocks = append(md.f.Blocks, copies...)
+		}
+		// A callee called once in the copy is inlined there, else it
+		// gets a clone of its own.
+		var inlined, cloned []string
+		for _, g := range md.callee {
+			b, i, n := callSites(copies, rename[g.Name])
+			gd, ok := depth(g.Name)
+			if n == 1 && ok && callerOK && inlineCall(p, md.f, b, i, g, callerDepth, gd, others) {
+				inlined = append(inlined, g.Name)
+				continue
+			}
+			ng := &program.Func{Name: rename[g.Name], Blocks: cloneBlocks(p, g.Blocks, nil), Source: g.Source}
+			if g.BTF != nil {
+				fb := *g.BTF
+				fb.Name = ng.Name
+				ng.BTF = &fb
+			}
+			p.Funcs = append(p.Funcs, ng)
+			cloned = append(cloned, ng.Name)
+		}
 		n := md.size
 		td.added += n
 		msg := fmt.Sprintf("tail of %d instructions (%d blocks", n, len(md.region))
-		if len(md.callee) > 0 {
-			var names []string
-			for _, g := range md.callee {
-				names = append(names, rename[g.Name])
-			}
-			msg += ", callee clones " + strings.Join(names, ", ")
+		if len(inlined) > 0 {
+			msg += ", callee " + strings.Join(inlined, ", ") + " inlined"
+		}
+		if len(cloned) > 0 {
+			msg += ", callee clones " + strings.Join(cloned, ", ")
 		}
 		msg += fmt.Sprintf(") duplicated for predecessor b%d, where %s", pred.ID, md.gains[k])
 		td.c.changed(md.f.Name, md.m.ID, "", "%s", msg)
