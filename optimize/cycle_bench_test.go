@@ -85,6 +85,7 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 	}
 	var opt, ver, diff, load, runsT, maps, gc, base time.Duration
 	runs := 0
+	cpu0 := cpuTime(b)
 	for b.Loop() {
 		for _, name := range names {
 			o := opts(name)
@@ -113,6 +114,9 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 	}
 	ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(runs) / 1e6 }
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(runs)/1e6, "ms/cycle")
+	// CPU time of the process (both cores, user and system): less at
+	// the mercy of other load on the machine than wall time.
+	b.ReportMetric(ms(cpuTime(b)-cpu0), "cpu-ms/cycle")
 	b.ReportMetric(ms(opt), "opt-ms")
 	b.ReportMetric(ms(ver), "verifier-ms")
 	b.ReportMetric(ms(diff), "diff-ms")
@@ -124,3 +128,4 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 	// The originals' load or reset, beside the passes.
 	b.ReportMetric(ms(base), "orig-load-ms")
 }
+

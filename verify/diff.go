@@ -350,17 +350,21 @@ func NewSession(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate
 		}
 		return nil, l.err
 	}
-	return newSession(l.o, spec, c, ctime, max(l.o.loadTime, ctime), opts)
+	sess, err := newSession(l.o, spec, c, ctime, max(l.o.loadTime, ctime), opts)
+	if err != nil {
+		l.o.Close()
+	}
+	return sess, err
 }
 
 // NewCandidateSession loads the candidate collection spec (the original
 // collection with cand's instructions, plus any maps the candidate adds)
-// next to orig, loaded from the same state, and returns the session of
-// the three (its Report.Timing.Load is the candidate's load). The load
-// is the kernel verifier's check of the candidate: a
-// rejection is returned as a *VerifierError, and orig is then still the
-// caller's (to try another candidate or to close); on success the
-// session owns it. Maps only the candidate's collection has (the
+// next to orig, which it first resets to state, and returns the session
+// of the three (its Report.Timing.Load is the candidate's load). The
+// load is the kernel verifier's check of the candidate: a rejection is
+// returned as a *VerifierError. On any error orig is still the caller's
+// (to try another candidate or to close); on success the session owns
+// it until Close or Release. Maps only the candidate's collection has (the
 // optimizer's cache and guard maps) are not compared: they are not the
 // network function's state, and what the candidate reads from them shows
 // in everything compared.
@@ -401,8 +405,7 @@ func (s *Session) CandidateLoadTime() time.Duration { return s.candTime }
 func newSession(orig *Originals, spec *ebpf.CollectionSpec, c *instance, ctime, total time.Duration, opts DiffOptions) (*Session, error) {
 	progs, err := entryPrograms(spec, candidateNames(c), opts.Programs)
 	if err != nil {
-		orig.Close()
-		c.coll.Close()
+		c.coll.Close() // orig stays the caller's
 		return nil, err
 	}
 	s := &Session{spec: spec, progs: progs, opts: opts, loadTime: total, candTime: ctime}
@@ -556,6 +559,11 @@ func (o *Originals) Reset(state *mapstate.State) error {
 }
 
 func resetInstances(insts []*instance, spec *ebpf.CollectionSpec, state *mapstate.State) error {
+	for _, in := range insts {
+		if in == nil {
+			return errors.New("verify: reset of closed or released collections")
+		}
+	}
 	if state == nil {
 		state = mapstate.New()
 	}
@@ -582,6 +590,7 @@ func resetInstances(insts []*instance, spec *ebpf.CollectionSpec, state *mapstat
 				continue
 			}
 			if err := resetMap(name, in.coll.Maps[name], in.spec.Maps[name], want); err != nil {
+				delete(in.want, name) // unknown contents: rewritten next time
 				return fmt.Errorf("verify: reset map %q: %w", name, err)
 			}
 			in.want[name] = sum
