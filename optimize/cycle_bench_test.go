@@ -128,4 +128,3 @@ func benchCycle(b *testing.B, c nfCase, steady bool) {
 	// The originals' load or reset, beside the passes.
 	b.ReportMetric(ms(base), "orig-load-ms")
 }
-
