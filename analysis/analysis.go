@@ -14,7 +14,6 @@
 package analysis
 
 import (
-	"container/heap"
 	"errors"
 	"fmt"
 	"slices"
@@ -259,43 +258,66 @@ func reversePostorder(f *program.Func) map[*program.Block]int {
 }
 
 // worklist pops blocks in reverse postorder, each at most once at a time.
+// The reverse postorder numbers of a function's blocks are 0..n-1, so the
+// worklist is a binary min-heap of those numbers.
 type worklist struct {
 	rpo    map[*program.Block]int
-	items  []*program.Block
-	queued map[*program.Block]bool
+	blocks []*program.Block // by number
+	heap   []int
+	queued []bool // by number
 }
 
 func newWorklist(rpo map[*program.Block]int) *worklist {
-	return &worklist{rpo: rpo, queued: map[*program.Block]bool{}}
+	w := &worklist{rpo: rpo, blocks: make([]*program.Block, len(rpo)), queued: make([]bool, len(rpo))}
+	for b, n := range rpo {
+		w.blocks[n] = b
+	}
+	return w
 }
 
-func (w *worklist) Len() int           { return len(w.items) }
-func (w *worklist) Less(i, j int) bool { return w.rpo[w.items[i]] < w.rpo[w.items[j]] }
-func (w *worklist) Swap(i, j int)      { w.items[i], w.items[j] = w.items[j], w.items[i] }
-
-// Push and Pop implement heap.Interface; use push and pop.
-func (w *worklist) Push(x any) { w.items = append(w.items, x.(*program.Block)) }
-
-// Pop implements heap.Interface.
-func (w *worklist) Pop() any {
-	b := w.items[len(w.items)-1]
-	w.items = w.items[:len(w.items)-1]
-	return b
-}
-
-func (w *worklist) len() int { return len(w.items) }
+func (w *worklist) len() int { return len(w.heap) }
 
 func (w *worklist) push(b *program.Block) {
-	if !w.queued[b] {
-		w.queued[b] = true
-		heap.Push(w, b)
+	n := w.rpo[b]
+	if w.queued[n] {
+		return
 	}
+	w.queued[n] = true
+	h := append(w.heap, n)
+	for i := len(h) - 1; i > 0; {
+		p := (i - 1) / 2
+		if h[p] <= h[i] {
+			break
+		}
+		h[p], h[i] = h[i], h[p]
+		i = p
+	}
+	w.heap = h
 }
 
 func (w *worklist) pop() *program.Block {
-	b := heap.Pop(w).(*program.Block)
-	w.queued[b] = false
-	return b
+	h := w.heap
+	n := h[0]
+	last := len(h) - 1
+	h[0] = h[last]
+	h = h[:last]
+	for i := 0; ; {
+		c := 2*i + 1
+		if c >= len(h) {
+			break
+		}
+		if c+1 < len(h) && h[c+1] < h[c] {
+			c++
+		}
+		if h[i] <= h[c] {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+	w.heap = h
+	w.queued[n] = false
+	return w.blocks[n]
 }
 
 // StateBefore returns the abstract state before instruction i of block b,

@@ -445,8 +445,28 @@ func (f *frame) spilled(fn func(Value)) {
 }
 
 func (f *frame) join(g *frame) {
-	if f.bytes == g.bytes && sameSpills(f, g) {
-		return // the same frame: the join is idempotent
+	if f.bytes == g.bytes || *f.bytes == *g.bytes {
+		// The same bytes, so the same spill slots, and joining equal
+		// bytes changes nothing: only spilled values can change.
+		if sameSpills(f, g) {
+			return // the same frame: the join is idempotent
+		}
+		var slots []int
+		for _, s := range f.spills {
+			slots = append(slots, s.slot)
+		}
+		for _, s := range g.spills {
+			slots = append(slots, s.slot)
+		}
+		slices.Sort(slots)
+		for _, slot := range slices.Compact(slots) {
+			if f.isSpill(slot) {
+				if v := join(f.spill(slot), g.spill(slot)); !v.equal(f.spill(slot)) {
+					f.setSpill(slot, v)
+				}
+			}
+		}
+		return
 	}
 	for slot := range numSlots {
 		fs, gs := f.isSpill(slot), g.isSpill(slot)
