@@ -64,7 +64,11 @@ func Analyze(coll *ebpf.CollectionSpec, prog *program.Program, opts Options) (*R
 		return nil, errors.New("analysis: empty program")
 	}
 	a := &analyzer{coll: coll, prog: prog, opts: opts, byFn: map[string]*funcState{}, callNum: map[insnKey]int{}}
-	res := &Result{a: a, byBlk: map[*program.Block]*funcState{}, siteAt: map[insnKey][]*Site{}}
+	blocks := 0
+	for _, f := range prog.Funcs {
+		blocks += len(f.Blocks)
+	}
+	res := &Result{a: a, byBlk: make(map[*program.Block]*funcState, blocks), siteAt: map[insnKey][]*Site{}}
 
 	called := map[string]bool{}
 	referenced := map[string]bool{}
@@ -222,8 +226,8 @@ func (a *analyzer) markUnreachableStack(fs *funcState) {
 
 // reversePostorder numbers f's blocks for the worklist.
 func reversePostorder(f *program.Func) map[*program.Block]int {
-	order := map[*program.Block]int{}
-	seen := map[*program.Block]bool{}
+	order := make(map[*program.Block]int, len(f.Blocks))
+	seen := make(map[*program.Block]bool, len(f.Blocks))
 	var post []*program.Block
 	type frameT struct {
 		b    *program.Block

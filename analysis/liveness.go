@@ -143,7 +143,11 @@ func (l *liveness) useDef(ins asm.Instruction) (use, def RegSet) {
 // computeLiveness iterates function liveness until the live-in sets of
 // all function entries are stable (callers depend on their callees').
 func computeLiveness(p *program.Program) *liveness {
-	l := &liveness{in: map[*program.Block][]RegSet{}, bin: map[*program.Block]RegSet{}, out: map[*program.Block]RegSet{}, entryIn: map[string]RegSet{}}
+	n := 0
+	for _, f := range p.Funcs {
+		n += len(f.Blocks)
+	}
+	l := &liveness{in: make(map[*program.Block][]RegSet, n), bin: make(map[*program.Block]RegSet, n), out: make(map[*program.Block]RegSet, n), entryIn: map[string]RegSet{}}
 	for round := 0; round <= len(p.Funcs)+1; round++ {
 		changed := false
 		for _, f := range p.Funcs {

@@ -451,7 +451,8 @@ func (f *frame) join(g *frame) {
 		if sameSpills(f, g) {
 			return // the same frame: the join is idempotent
 		}
-		var slots []int
+		var buf [16]int
+		slots := buf[:0]
 		for _, s := range f.spills {
 			slots = append(slots, s.slot)
 		}
@@ -490,6 +491,9 @@ func (f *frame) join(g *frame) {
 			}
 			f.markSpill(slot)
 			continue
+		}
+		if !fs && !gs && [8]StackByte(f.bytes[slot*8:slot*8+8]) == [8]StackByte(g.bytes[slot*8:slot*8+8]) {
+			continue // equal plain bytes join to themselves
 		}
 		var gb [8]StackByte
 		if gs {
