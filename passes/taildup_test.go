@@ -20,8 +20,19 @@ var tailDupKeys = []uint32{goldenIP(192, 0, 2, 1), goldenIP(192, 0, 2, 2), golde
 // into a compare chain, then the code every hit shares: a flag test, a
 // next-hop lookup in an array with the route's index, and a static
 // function that reads the next hop's verdict through the pointer it gets
-// in R2. extra, if set, adds code at the start of the tail.
+// in R2. The route's value pointer is in R7 throughout.
 func tailDupRouter(extra func(*goldenAsm)) func() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	return tailDupProgram(tailDupShape{extra: extra})
+}
+
+// tailDupShape varies tailDupRouter: extra code at the start of the tail,
+// another body for the function "verdict", code after its call (R0 holds
+// its result and must end as a verdict).
+type tailDupShape struct {
+	extra, callee, after func(*goldenAsm)
+}
+
+func tailDupProgram(sh tailDupShape) func() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 	return func() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 		g := newGoldenAsm()
 		goldenPrologue(g)
@@ -29,8 +40,8 @@ func tailDupRouter(extra func(*goldenAsm)) func() (*ebpf.CollectionSpec, *mapsta
 		goldenLookup(g, "routes", -4)
 		g.jump(asm.JEq.Imm(asm.R0, 0, ""), "miss")
 		g.add(asm.Mov.Reg(asm.R7, asm.R0))
-		if extra != nil {
-			extra(g)
+		if sh.extra != nil {
+			sh.extra(g)
 		}
 		g.add(asm.LoadMem(asm.R1, asm.R7, 4, asm.Word)) // flags
 		g.jump(asm.JSet.Imm(asm.R1, 1, ""), "drop")
@@ -44,15 +55,22 @@ func tailDupRouter(extra func(*goldenAsm)) func() (*ebpf.CollectionSpec, *mapsta
 			asm.Mov.Reg(asm.R2, asm.R0),
 			asm.Mov.Reg(asm.R1, asm.R6),
 			asm.Call.Label("verdict"),
-			asm.Return(),
 		)
+		if sh.after != nil {
+			sh.after(g)
+		}
+		g.add(asm.Return())
 		g.label("miss").add(asm.Mov.Imm(asm.R0, 2), asm.Return())
 		goldenDrop(g)
-		g.add(
-			asm.LoadMem(asm.R0, asm.R2, 0, asm.Word).WithSymbol("verdict"),
-			asm.And.Imm(asm.R0, 3),
-			asm.Return(),
-		)
+		if sh.callee != nil {
+			sh.callee(g)
+		} else {
+			g.add(
+				asm.LoadMem(asm.R0, asm.R2, 0, asm.Word).WithSymbol("verdict"),
+				asm.And.Imm(asm.R0, 3),
+				asm.Return(),
+			)
+		}
 		routes := &ebpf.MapSpec{Name: "routes", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 16}
 		nexthops := &ebpf.MapSpec{Name: "nexthops", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 4}
 		st := mapstate.New()
@@ -112,11 +130,12 @@ func TestTailDupDecisions(t *testing.T) {
 		g.jump(asm.JNE.Imm(asm.R3, 0, ""), "spin")
 	}
 	for _, tc := range []struct {
-		name   string
-		gc     goldenCase
-		copies int    // taildup remarks applied (the chain's 3 hits and its miss: r0 = NULL, a short tail)
-		skip   string // a skipped remark that must appear
-		folded string // an applied constprop remark that must appear
+		name    string
+		gc      goldenCase
+		copies  int    // taildup remarks applied (the chain's 3 hits and its miss: r0 = NULL, a short tail)
+		skip    string // a skipped remark that must appear
+		applied string // an applied taildup remark that must appear
+		folded  string // an applied constprop remark that must appear
 	}{
 		{name: "chain hits", gc: goldenCase{passes: tailDupPasses, build: tailDupRouter(nil)}, copies: 4,
 			folded: "folded to snapshot value 0x3 behind guard"},
@@ -124,6 +143,42 @@ func TestTailDupDecisions(t *testing.T) {
 			skip: "constprop is not selected"},
 		{name: "loop in the tail", gc: goldenCase{passes: tailDupPasses, build: tailDupRouter(loop)},
 			skip: "contains a loop"},
+		{name: "inlined callee clobbering live registers", gc: goldenCase{passes: tailDupPasses, build: tailDupProgram(tailDupShape{
+			// The callee uses its own frame through a copied frame
+			// pointer and writes R6 and R7; the caller reads R7 (the
+			// route) after the call, so R7 is spilled around it.
+			callee: func(g *goldenAsm) {
+				g.add(
+					asm.LoadMem(asm.R0, asm.R2, 0, asm.Word).WithSymbol("verdict"),
+					asm.StoreMem(asm.R10, -8, asm.R0, asm.DWord),
+					asm.Mov.Reg(asm.R6, asm.R10),
+					asm.Add.Imm(asm.R6, -8),
+					asm.Mov.Imm(asm.R7, 99),
+					asm.LoadMem(asm.R0, asm.R6, 0, asm.DWord),
+					asm.Add.Reg(asm.R0, asm.R7),
+					asm.Return(),
+				)
+			},
+			after: func(g *goldenAsm) {
+				g.add(
+					asm.LoadMem(asm.R1, asm.R7, 0, asm.Word),
+					asm.Add.Reg(asm.R0, asm.R1),
+					asm.And.Imm(asm.R0, 3),
+				)
+			},
+		})}, copies: 4, applied: "callee verdict inlined", folded: "reload of a constant stack slot folded to 0x3"},
+		{name: "callee with a call stays a function", gc: goldenCase{passes: tailDupPasses, build: tailDupProgram(tailDupShape{
+			callee: func(g *goldenAsm) {
+				g.add(
+					asm.Mov.Reg(asm.R1, asm.R2).WithSymbol("verdict"),
+					asm.Call.Label("leaf"),
+					asm.Return(),
+					asm.LoadMem(asm.R0, asm.R1, 0, asm.Word).WithSymbol("leaf"),
+					asm.And.Imm(asm.R0, 3),
+					asm.Return(),
+				)
+			},
+		})}, copies: 4, applied: "callee clones verdict_td"},
 		{name: "constants, short tail", gc: goldenCase{passes: tailDupPasses, build: tailDupConsts(4)}, copies: 1},
 		{name: "constants, long tail", gc: goldenCase{passes: tailDupPasses, build: tailDupConsts(80)},
 			skip: "only constants are known"},
@@ -132,11 +187,12 @@ func TestTailDupDecisions(t *testing.T) {
 			tc.gc.name, tc.gc.keys = tc.name, tailDupKeys
 			c, _ := goldenRun(t, tc.gc)
 			copies := 0
-			var skips, applied []string
+			var skips, applied, dups []string
 			for _, r := range c.Remarks {
 				switch {
 				case r.Pass == "taildup" && r.Applied:
 					copies++
+					dups = append(dups, r.Message)
 				case r.Pass == "taildup":
 					skips = append(skips, r.Message)
 				case r.Applied:
@@ -148,6 +204,9 @@ func TestTailDupDecisions(t *testing.T) {
 			}
 			if tc.skip != "" && !strings.Contains(strings.Join(skips, "\n"), tc.skip) {
 				t.Errorf("no skipped remark with %q in %q", tc.skip, skips)
+			}
+			if tc.applied != "" && !strings.Contains(strings.Join(dups, "\n"), tc.applied) {
+				t.Errorf("no applied taildup remark with %q in %q", tc.applied, dups)
 			}
 			if tc.folded != "" && !strings.Contains(strings.Join(applied, "\n"), tc.folded) {
 				t.Errorf("no applied remark with %q in %q", tc.folded, applied)
