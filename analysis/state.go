@@ -59,17 +59,63 @@ var spillMark = StackByte{Kind: ByteSpill, PktOff: -1}
 // The bytes and the spills are copy-on-write: a State copy shares them
 // (they are most of a state's size, the fixpoint copies states at every
 // block visit and branch, and most blocks write neither), and the first
-// write of either after a copy gives the writer its own. The spills are
-// a short list: few slots of a frame hold spilled registers.
+// write of either after a copy gives the writer its own. The bytes are
+// shared in chunks of 64, so that a store copies only its chunk. The
+// spills are a short list: few slots of a frame hold spilled registers.
 type frame struct {
-	bytes *[StackSize]StackByte
+	chunks [numChunks]*byteChunk
 	// spills are the values of the spill slots that are not the zero
 	// Value, by slot.
 	spills []spillSlot
-	// sharedBytes and sharedSpills are set on both sides of a copy: the
-	// array may be referenced by another frame and must be copied before
-	// a write.
-	sharedBytes, sharedSpills bool
+	// sharedBytes (a bit per chunk) and sharedSpills are set on both
+	// sides of a copy: the chunk or the list may be referenced by another
+	// frame and must be copied before a write.
+	sharedBytes  uint8
+	sharedSpills bool
+}
+
+// Stack bytes are shared in chunks of chunkSize.
+const (
+	chunkSize = 64
+	numChunks = StackSize / chunkSize
+	allShared = 1<<numChunks - 1
+)
+
+type byteChunk [chunkSize]StackByte
+
+// raw returns byte i of the frame (0 is the lowest, at R10-512) as
+// stored, spills not expanded.
+func (f *frame) raw(i int) StackByte { return f.chunks[i/chunkSize][i%chunkSize] }
+
+// set writes byte i, first taking a private copy of a shared chunk, if
+// the byte changes.
+func (f *frame) set(i int, b StackByte) {
+	c := i / chunkSize
+	if f.chunks[c][i%chunkSize] == b {
+		return
+	}
+	if f.sharedBytes&(1<<c) != 0 {
+		own := *f.chunks[c]
+		f.chunks[c] = &own
+		f.sharedBytes &^= 1 << c
+	}
+	f.chunks[c][i%chunkSize] = b
+}
+
+// slotBytes returns the 8 bytes of a slot (slots never straddle chunks).
+func (f *frame) slotBytes(slot int) [8]StackByte {
+	i := slot * 8
+	return [8]StackByte(f.chunks[i/chunkSize][i%chunkSize : i%chunkSize+8])
+}
+
+// sameBytes reports whether f and g hold equal bytes.
+func sameBytes(f, g *frame) bool {
+	for c := range numChunks {
+		if f.chunks[c] != g.chunks[c] && *f.chunks[c] != *g.chunks[c] {
+			return false
+		}
+	}
+	return true
 }
 
 // spillSlot is the value spilled to one slot.
@@ -127,25 +173,15 @@ func (f *frame) setSpill(i int, v Value) {
 	}
 }
 
-// own returns the bytes for writing, first taking a private copy of
-// shared bytes.
-func (f *frame) own() *[StackSize]StackByte {
-	if f.sharedBytes {
-		own := *f.bytes
-		f.bytes, f.sharedBytes = &own, false
-	}
-	return f.bytes
-}
-
 // share marks the frame's arrays shared: written only after a copy.
-func (f *frame) share() { f.sharedBytes, f.sharedSpills = true, true }
+func (f *frame) share() { f.sharedBytes, f.sharedSpills = allShared, true }
 
 // copyFrom makes s a copy of t that shares t's bytes and spills until
 // either writes. t is only written when not yet marked: the analysis
 // marks every state it keeps, so queries that copy them (which may run
 // concurrently) only read.
 func (s *State) copyFrom(t *State) {
-	if !t.frame.sharedBytes || !t.frame.sharedSpills {
+	if t.frame.sharedBytes != allShared || !t.frame.sharedSpills {
 		t.frame.share()
 	}
 	*s = *t
@@ -159,21 +195,21 @@ type State struct {
 	frame frame
 }
 
-// unknownFrame is a fresh frame's bytes, shared by every new state (and
-// never written: states copy it first).
-var (
-	unknownFrame = func() *[StackSize]StackByte {
-		var b [StackSize]StackByte
-		for i := range b {
-			b[i] = unknownByte
-		}
-		return &b
-	}()
-)
+// unknownChunk is every chunk of a fresh frame, shared by every new
+// state (and never written: states copy it first).
+var unknownChunk = func() *byteChunk {
+	var b byteChunk
+	for i := range b {
+		b[i] = unknownByte
+	}
+	return &b
+}()
 
 func newState() *State {
 	s := &State{}
-	s.frame.bytes = unknownFrame
+	for c := range s.frame.chunks {
+		s.frame.chunks[c] = unknownChunk
+	}
 	s.frame.share()
 	for r := range s.regs {
 		s.regs[r] = Value{Kind: Uninit}
@@ -230,7 +266,7 @@ func (s *State) String() string {
 	}
 	for slot := range numSlots {
 		off := slot*8 - StackSize
-		if s.frame.bytes[slot*8].Kind == ByteSpill {
+		if s.frame.isSpill(slot) {
 			parts = append(parts, fmt.Sprintf("fp%d=%v", off, s.frame.spill(slot)))
 		}
 	}
@@ -262,14 +298,14 @@ func joinInto(out, s, t *State) {
 }
 
 func (f *frame) equal(g *frame) bool {
-	if f.bytes != g.bytes && *f.bytes != *g.bytes {
+	if !sameBytes(f, g) {
 		return false
 	}
 	if sameSpills(f, g) {
 		return true
 	}
 	for slot := range numSlots {
-		if f.bytes[slot*8].Kind == ByteSpill && !f.spill(slot).equal(g.spill(slot)) {
+		if f.isSpill(slot) && !f.spill(slot).equal(g.spill(slot)) {
 			return false
 		}
 	}
@@ -278,12 +314,12 @@ func (f *frame) equal(g *frame) bool {
 
 func idx(off int64) int { return int(off) + StackSize }
 
-func (f *frame) isSpill(slot int) bool { return f.bytes[slot*8].Kind == ByteSpill }
+func (f *frame) isSpill(slot int) bool { return f.raw(slot*8).Kind == ByteSpill }
 
 // byteAt returns the byte at off with spills expanded.
 func (f *frame) byteAt(off int) StackByte {
 	i := off + StackSize
-	b := f.bytes[i]
+	b := f.raw(i)
 	if b.Kind != ByteSpill {
 		return b
 	}
@@ -294,9 +330,7 @@ func (f *frame) byteAt(off int) StackByte {
 // are not yet).
 func (f *frame) markSpill(slot int) {
 	for i := range 8 {
-		if f.bytes[slot*8+i] != spillMark {
-			f.own()[slot*8+i] = spillMark
-		}
+		f.set(slot*8+i, spillMark)
 	}
 }
 
@@ -341,8 +375,9 @@ func (f *frame) unspill(lo, hi int64) {
 		if !f.isSpill(slot) {
 			continue
 		}
-		b := bytes8(f.spill(slot))
-		copy(f.own()[slot*8:slot*8+8], b[:])
+		for i, b := range bytes8(f.spill(slot)) {
+			f.set(slot*8+i, b)
+		}
 		f.setSpill(slot, Value{})
 	}
 }
@@ -359,7 +394,9 @@ func (f *frame) store(off int64, n int, v Value) (lost bool) {
 	}
 	f.unspill(off, off+int64(n))
 	b := bytes8(v)
-	copy(f.own()[idx(off):idx(off)+n], b[:n])
+	for i := range n {
+		f.set(idx(off)+i, b[i])
+	}
 	return v.taints()
 }
 
@@ -429,9 +466,7 @@ func (f *frame) clobber(lo, hi int64, lost func(Value)) {
 	}
 	f.unspill(lo, hi)
 	for i := idx(lo); i < idx(hi); i++ {
-		if f.bytes[i] != unknownByte {
-			f.own()[i] = unknownByte
-		}
+		f.set(i, unknownByte)
 	}
 }
 
@@ -445,7 +480,7 @@ func (f *frame) spilled(fn func(Value)) {
 }
 
 func (f *frame) join(g *frame) {
-	if f.bytes == g.bytes || *f.bytes == *g.bytes {
+	if sameBytes(f, g) {
 		// The same bytes, so the same spill slots, and joining equal
 		// bytes changes nothing: only spilled values can change.
 		if sameSpills(f, g) {
@@ -492,22 +527,20 @@ func (f *frame) join(g *frame) {
 			f.markSpill(slot)
 			continue
 		}
-		if !fs && !gs && [8]StackByte(f.bytes[slot*8:slot*8+8]) == [8]StackByte(g.bytes[slot*8:slot*8+8]) {
+		if !fs && !gs && f.slotBytes(slot) == g.slotBytes(slot) {
 			continue // equal plain bytes join to themselves
 		}
 		var gb [8]StackByte
 		if gs {
 			gb = bytes8(g.spill(slot))
 		} else {
-			copy(gb[:], g.bytes[slot*8:slot*8+8])
+			gb = g.slotBytes(slot)
 		}
 		if fs {
 			f.unspill(int64(slot*8-StackSize), int64(slot*8-StackSize+8))
 		}
 		for i := range 8 {
-			if j := joinByte(f.bytes[slot*8+i], gb[i]); j != f.bytes[slot*8+i] {
-				f.own()[slot*8+i] = j
-			}
+			f.set(slot*8+i, joinByte(f.raw(slot*8+i), gb[i]))
 		}
 	}
 }
