@@ -44,7 +44,12 @@ func BenchmarkLookupLayouts(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				heat, err := sc.TraceHeatmap()
+				// The heatmap as the CLI's bench builds it: the
+				// instrumented NF over the warmed-up state.
+				if err := sc.Warm(ctx); err != nil {
+					b.Fatal(err)
+				}
+				heat, _, err := sc.ProfileHeatmap(ctx, bench.ProfileOptions{})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -55,7 +60,7 @@ func BenchmarkLookupLayouts(b *testing.B) {
 						force = ""
 					}
 					restore := passes.SetForceLayout(force)
-					pair, err := bench.Optimize(ctx, sc, bench.CompareOptions{Heat: heat, HeatSource: "trace"})
+					pair, err := bench.Optimize(ctx, sc, bench.CompareOptions{Heat: heat, HeatSource: "instrument"})
 					restore()
 					if err != nil {
 						b.Fatal(err)
@@ -78,7 +83,7 @@ func BenchmarkLookupLayouts(b *testing.B) {
 				}
 				defer h.Close()
 				for b.Loop() {
-					res, err := h.Measure(ctx, progs, bench.Options{Rounds: 9})
+					res, err := h.Measure(ctx, progs, bench.Options{Rounds: 15})
 					if err != nil {
 						b.Fatal(err)
 					}
