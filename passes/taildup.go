@@ -431,7 +431,7 @@ func (td *tailDuplicator) duplicate(md tdMerge, res *analysis.Result) {
 			if !ok {
 				callerOK = false
 			}
-			others += d
+			others += roundFrame(d)
 		}
 	}
 	for k, pred := range md.preds {

@@ -38,15 +38,26 @@ func inlineCall(p *program.Program, f *program.Func, b *program.Block, i int, g 
 		}
 	}
 	live := computeLive(f).after(b, i)
+	init := definitelyWritten(f)[b]
+	for k := 0; k < i; k++ {
+		init = writtenAfter(init, b.Insns[k])
+	}
 	var spill []asm.Register
 	for r := asm.R6; r <= asm.R9; r++ {
-		if writes&live&regBit(r) != 0 {
-			spill = append(spill, r)
+		if writes&live&regBit(r) == 0 {
+			continue
 		}
+		if init&regBit(r) == 0 {
+			// The verifier refuses to spill a register that may
+			// hold nothing yet.
+			return false
+		}
+		spill = append(spill, r)
 	}
 	callerDepth = (callerDepth + 7) &^ 7
 	base := callerDepth + 8*len(spill)
-	if base+calleeDepth+otherDepth > analysis.StackSize {
+	// The verifier rounds every frame up to 32 bytes.
+	if roundFrame(base+calleeDepth)+otherDepth > analysis.StackSize {
 		return false
 	}
 
@@ -118,4 +129,53 @@ func inlinable(ins asm.Instruction) bool {
 		return true
 	}
 	return false
+}
+
+// roundFrame rounds a frame size up as the verifier does when it adds up
+// the frames of a call chain.
+func roundFrame(n int) int { return (n + 31) &^ 31 }
+
+// writtenAfter returns the registers certainly holding a value after ins,
+// given those before it: a call leaves R1-R5 empty.
+func writtenAfter(set regSet, ins asm.Instruction) regSet {
+	_, def := useDef(ins)
+	if ins.OpCode.JumpOp() == asm.Call {
+		return set&^argRegSet | regBit(asm.R0)
+	}
+	return set | def
+}
+
+// definitelyWritten solves, per block of f, the registers written on every
+// path from the entry (R1, the context or first argument, and R10 on
+// entry; a function's other arguments may be empty). The iteration starts
+// from "all" and shrinks to the greatest fixpoint, which is the must-set.
+func definitelyWritten(f *program.Func) map[*program.Block]regSet {
+	const all = regSet(1<<11 - 1)
+	in := map[*program.Block]regSet{}
+	for _, b := range f.Blocks {
+		in[b] = all
+	}
+	in[f.Blocks[0]] = regBit(asm.R1) | regBit(asm.R10)
+	preds := f.Preds()
+	for changed := true; changed; {
+		changed = false
+		for _, b := range f.Blocks[1:] {
+			s := all
+			if len(preds[b]) == 0 {
+				s = regBit(asm.R10)
+			}
+			for _, p := range preds[b] {
+				out := in[p]
+				for _, ins := range p.Insns {
+					out = writtenAfter(out, ins)
+				}
+				s &= out
+			}
+			if s != in[b] {
+				in[b] = s
+				changed = true
+			}
+		}
+	}
+	return in
 }
