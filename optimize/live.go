@@ -262,21 +262,34 @@ func RunLive(ctx context.Context, spec *ebpf.CollectionSpec, state *mapstate.Sta
 	if gen == 0 {
 		gen = 2000
 	}
-	rnd := rand.New(rand.NewSource(opts.Seed))
-	packets := slices.Clone(opts.Packets)
-	packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
-	packets = append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
-	return optimizeLive(ctx, spec, opts.Program, state, heat, packets, tbl, opts)
+	// The packets depend on the map contents and the heatmap, not on the
+	// candidate: they are generated while the passes run (both only
+	// read spec, state and heat).
+	pc := make(chan [][]byte, 1)
+	go func() {
+		rnd := rand.New(rand.NewSource(opts.Seed))
+		packets := slices.Clone(opts.Packets)
+		packets = append(packets, Generate(spec, state, heat, gen, rnd)...)
+		pc <- append(packets, verify.EdgeCases(packets, gen/4, rnd)...)
+	}()
+	var packets [][]byte
+	wait := func() [][]byte {
+		if pc != nil {
+			packets, pc = <-pc, nil
+		}
+		return packets
+	}
+	defer wait()
+	return optimizeLive(ctx, spec, opts.Program, state, heat, wait, tbl, opts)
 }
 
-// optimizeLive is optimizeOne with a caller-supplied guard table.
-func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, packets [][]byte, tbl *guard.Table, lopts LiveOptions) (*ProgramReport, error) {
+// optimizeLive is optimizeOne with a caller-supplied guard table;
+// testPackets returns the differential test's packets (waiting for
+// their generation).
+func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, state *mapstate.State, heat *heatmap.Heatmap, testPackets func() [][]byte, tbl *guard.Table, lopts LiveOptions) (*ProgramReport, error) {
 	opts := lopts.Options
 	pr := &ProgramReport{Program: name, InstructionsBefore: len(spec.Programs[name].Instructions)}
 	start := time.Now()
-	if err := checkPackets(packets); err != nil {
-		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
-	}
 
 	// The two copies of the original for the differential test do not
 	// depend on the candidate: they load while the passes run.
@@ -366,6 +379,10 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	}
 	if sess == nil {
 		return nil, fmt.Errorf("program %s: candidate accepted without a test session", name)
+	}
+	packets := testPackets()
+	if err := checkPackets(packets); err != nil {
+		return nil, fmt.Errorf("program %s: differential test: %w", name, err)
 	}
 	coll, cand, insns := cm.coll, verify.Candidate{name: cm.insns}, cm.insns
 	final := coll.Copy()
