@@ -282,14 +282,26 @@ func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 }
 
 // answers indexes the snapshot's hash entries by key, per map, built on
-// first use: hot keys are looked up in tables of many thousand entries.
+// first use, and remembers the longest matches found in LPM tries: hot
+// keys are looked up in tables of many thousand entries, and the cost
+// model and the plan ask for the same keys.
 type answers map[string]map[string][]byte
 
 // of is the snapshot's answer to a lookup of key in ms: the value bytes,
 // or nil for a miss.
 func (a answers) of(c *Context, ms *ebpf.MapSpec, key []byte) []byte {
 	if ms.Type == ebpf.LPMTrie {
-		return longestMatch(c.entries(ms.Name), key)
+		memo := a["\x00lpm "+ms.Name]
+		if memo == nil {
+			memo = map[string][]byte{}
+			a["\x00lpm "+ms.Name] = memo
+		}
+		v, ok := memo[string(key)]
+		if !ok {
+			v = longestMatch(c.entries(ms.Name), key)
+			memo[string(key)] = v
+		}
+		return v
 	}
 	idx, ok := a[ms.Name]
 	if !ok {
