@@ -102,8 +102,9 @@ const probeHashCost = 4
 // costMispredict is a mispredicted branch in compare-and-branch units,
 // for mapinline's choice between a chain and a probe (inlineProbe): a
 // flushed pipeline is about 15 cycles, but the figure is set lower so
-// that chains keep tables of up to four equally likely entries, whose
-// constant hits later passes (taildup, constprop) fold.
+// that chains keep tables of three or four equally likely entries (as
+// the key takes one or two compares), whose constant hits later passes
+// (taildup, constprop) fold.
 const costMispredict = 6
 
 // probeCost is the expected cost of a probe per lookup over nch chunks:

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/morpheus-go/morpheus/guard"
+	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/program"
@@ -387,5 +388,80 @@ func TestProbeHotKernel(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// TestInlineLayoutCostModel: mapinline keeps a chain for a few entries or
+// a dominant hot entry (put first) and takes the probe for many equally
+// likely ones.
+func TestInlineLayoutCostModel(t *testing.T) {
+	uniform := func(i int) uint64 { return 100 }
+	tests := []struct {
+		name   string
+		n      int
+		counts func(i int) uint64 // nil: no heatmap
+		probe  bool
+	}{
+		{"3 entries, no heatmap", 3, nil, false},
+		{"4 entries, no heatmap (8-byte keys: two compares each in a chain)", 4, nil, true},
+		{"8 entries, no heatmap", 8, nil, true},
+		{"20 entries, no heatmap", 20, nil, true},
+		{"20 entries, flat heatmap", 20, uniform, true},
+		{"20 entries, the last one dominant", 20, func(i int) uint64 { return map[bool]uint64{true: 100000, false: 1}[i == 19] }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, st, keys := probeInlineCase(tt.n, 8, int64(tt.n))
+			prog, err := program.Lift(spec.Programs[goldenProg])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var heat *heatmap.Heatmap
+			if tt.counts != nil {
+				heat = &heatmap.Heatmap{Maps: map[string][]heatmap.Key{}}
+				for i, k := range keys {
+					heat.Maps["tbl"] = append(heat.Maps["tbl"], heatmap.Key{Key: k, Count: tt.counts(i)})
+				}
+			}
+			opts := DefaultOptions()
+			opts.Passes = []string{"mapinline"}
+			c := &Context{Coll: spec, Prog: prog, State: st, Heat: heat, Guards: guard.NewTable(), Opts: opts}
+			if err := Run(c); err != nil {
+				t.Fatal(err)
+			}
+			var msg string
+			for _, r := range c.Remarks {
+				if r.Applied {
+					msg = r.Message
+				}
+			}
+			if got := strings.Contains(msg, "hashed probe"); got != tt.probe {
+				t.Fatalf("remark %q: probe %v, want %v", msg, got, tt.probe)
+			}
+			if tt.probe {
+				return
+			}
+			// The chain tests the hottest entry first: its first
+			// compare (after the guard's, against version 0) is
+			// against the dominant key's first word.
+			want := keys[0]
+			if tt.counts != nil {
+				want = keys[len(keys)-1]
+			}
+			first := int32(binary.LittleEndian.Uint32(want))
+			for _, f := range c.Prog.Funcs {
+				for _, b := range f.Blocks {
+					for _, ins := range b.Insns {
+						if ins.OpCode.JumpOp() == asm.JNE && ins.Dst == asm.R3 && ins.OpCode.Source() == asm.ImmSource && ins.Constant != 0 {
+							if int32(ins.Constant) != first {
+								t.Fatalf("the chain's first compare is against %#x, want %#x (the hottest key)", uint32(ins.Constant), uint32(first))
+							}
+							return
+						}
+					}
+				}
+			}
+			t.Fatal("no compare found")
+		})
 	}
 }
