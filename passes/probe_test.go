@@ -252,37 +252,51 @@ func TestProbeInlineKernel(t *testing.T) {
 	kerneltest.Require(t)
 	defer func(l string, w int) { forceLayout, probeForceWays = l, w }(forceLayout, probeForceWays)
 	forceLayout = "probe"
+	type variant struct {
+		ways, n, size int
+		pipeline      bool // every pass, not mapinline alone
+	}
+	var variants []variant
 	for _, ways := range []int{1, 2} {
 		for _, n := range []int{1, 5, 20, 64} {
 			for _, size := range []int{4, 6, 8, 16} {
-				t.Run(fmt.Sprintf("ways%d/N%d/key%d", ways, n, size), func(t *testing.T) {
-					probeForceWays = ways
-					spec, st, keys := probeInlineCase(n, size, int64(1000*ways+10*n+size))
-					prog, err := program.Lift(spec.Programs[goldenProg])
-					if err != nil {
-						t.Fatal(err)
-					}
-					opts := DefaultOptions()
-					opts.Passes = []string{"mapinline"}
-					c := &Context{Coll: spec, Prog: prog, State: st, Guards: guard.NewTable(), Opts: opts}
-					if err := Run(c); err != nil {
-						t.Fatal(err)
-					}
-					if !slices.ContainsFunc(c.Remarks, func(r Remark) bool {
-						return r.Applied && strings.Contains(r.Message, fmt.Sprintf("%d entries inlined as a hashed probe", n))
-					}) {
-						t.Fatalf("no probe remark in %v", c.Remarks)
-					}
-					keyOff := -int16((size + 7) &^ 7)
-					pt := placeProbe(keys, probeChunks(keyOff, size, func(int) bool { return false }), func(int, int) bool { return true })
-					if pt.ways != ways {
-						t.Fatalf("replayed placement has %d ways, want %d", pt.ways, ways)
-					}
-					packets := probePackets(t, pt, keys, size, int64(n))
-					probeCheckKernel(t, c, st, packets, func(key string) bool { return true })
-				})
+				variants = append(variants, variant{ways, n, size, false})
 			}
 		}
+	}
+	// The whole pipeline: constprop must not fold loads through the
+	// probe's variable-offset pointer.
+	variants = append(variants, variant{1, 20, 8, true}, variant{2, 64, 16, true})
+	for _, v := range variants {
+		ways, n, size := v.ways, v.n, v.size
+		t.Run(fmt.Sprintf("ways%d/N%d/key%d/pipeline=%v", ways, n, size, v.pipeline), func(t *testing.T) {
+			probeForceWays = ways
+			spec, st, keys := probeInlineCase(n, size, int64(1000*ways+10*n+size))
+			prog, err := program.Lift(spec.Programs[goldenProg])
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := DefaultOptions()
+			if !v.pipeline {
+				opts.Passes = []string{"mapinline"}
+			}
+			c := &Context{Coll: spec, Prog: prog, State: st, Guards: guard.NewTable(), Opts: opts}
+			if err := Run(c); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(c.Remarks, func(r Remark) bool {
+				return r.Applied && strings.Contains(r.Message, fmt.Sprintf("%d entries inlined as a hashed probe", n))
+			}) {
+				t.Fatalf("no probe remark in %v", c.Remarks)
+			}
+			keyOff := -int16((size + 7) &^ 7)
+			pt := placeProbe(keys, probeChunks(keyOff, size, func(int) bool { return false }), func(int, int) bool { return true })
+			if pt.ways != ways {
+				t.Fatalf("replayed placement has %d ways, want %d", pt.ways, ways)
+			}
+			packets := probePackets(t, pt, keys, size, int64(n))
+			probeCheckKernel(t, c, st, packets, func(key string) bool { return true })
+		})
 	}
 }
 
