@@ -144,9 +144,9 @@ func TestLPMViewPlansMatchReference(t *testing.T) {
 		maxInline int
 	}
 	cases := []tc{
-		{"ipv4 all lengths", 4, 300, nil, -1, true, 64},
-		{"ipv4 all lengths unmeasured", 4, 300, nil, -1, false, 64},
-		{"ipv4 routing mix", 4, 2000, []int{0, 8, 12, 16, 18, 20, 22, 23, 24, 24, 24, 24, 28, 32}, -1, true, 64},
+		{"ipv4 all lengths", 4, 200, nil, -1, true, 64},
+		{"ipv4 all lengths unmeasured", 4, 200, nil, -1, false, 64},
+		{"ipv4 routing mix", 4, 1200, []int{0, 8, 12, 16, 18, 20, 22, 23, 24, 24, 24, 24, 28, 32}, -1, true, 64},
 		{"ipv4 routing mix unmeasured", 4, 800, []int{0, 16, 20, 22, 24, 24, 24, 32}, -1, false, 64},
 		{"ipv4 near lengths", 4, 1500, []int{14, 15, 16, 17, 18, 19, 20}, -1, true, 64},
 		{"ipv4 const 32", 4, 600, []int{0, 8, 16, 20, 24, 24, 32}, 32, true, 64},
@@ -154,7 +154,7 @@ func TestLPMViewPlansMatchReference(t *testing.T) {
 		{"ipv4 const 20 unmeasured", 4, 600, []int{0, 8, 16, 18, 20, 24, 32}, 20, false, 64},
 		{"ipv4 small inline limit", 4, 400, []int{16, 20, 24, 24, 28, 32}, -1, true, 4},
 		{"ipv4 large inline limit", 4, 400, []int{0, 12, 16, 24, 24, 32}, -1, true, 500},
-		{"3 data bytes", 3, 500, nil, -1, true, 64},
+		{"3 data bytes", 3, 300, nil, -1, true, 64},
 		{"6 data bytes", 6, 500, []int{8, 16, 24, 30, 32, 40, 48}, -1, true, 64},
 		{"9 data bytes", 9, 400, []int{56, 60, 63, 64, 65, 66, 70, 72}, -1, true, 64},
 		{"ipv6", 16, 600, []int{0, 32, 48, 56, 60, 64, 64, 64, 72, 128}, -1, true, 64},
@@ -162,8 +162,9 @@ func TestLPMViewPlansMatchReference(t *testing.T) {
 		{"ipv6 const 128", 16, 400, []int{120, 122, 124, 126, 127, 128}, 128, true, 64},
 	}
 	for _, c := range cases {
-		for seed := range int64(4) {
+		for seed := range int64(3) {
 			t.Run(fmt.Sprintf("%s/seed%d", c.name, seed), func(t *testing.T) {
+				t.Parallel() // no package state: pure computations
 				rnd := rand.New(rand.NewSource(seed*7919 + int64(c.n)))
 				maxPlen := uint32(8 * c.dataBytes)
 				nodes, bad := lpmNodes(randomLPMEntries(rnd, c.n, c.dataBytes, c.lens), maxPlen)
