@@ -330,7 +330,7 @@ func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 		for _, h := range hot {
 			hk, results = append(hk, h.Key), append(results, ans.of(c, ms, h.Key))
 		}
-		pl.probe = planProbe(hk, results, tchs, int(ms.KeySize), int(ms.ValueSize))
+		pl.probe = planProbe(hk, results, tchs, *s.keyOff, int(ms.KeySize), int(ms.ValueSize))
 		if pl.probe == nil {
 			return nil, fmt.Sprintf("no hashed probe placement for %d hot keys within the search budget", k)
 		}

@@ -224,7 +224,7 @@ func (c *Context) inlineProbe(s lookupSite, ms *ebpf.MapSpec, entries []mapstate
 	if probeCost(len(chs), 1, false)+probeMiss >= chain && forceLayout != "probe" {
 		return false, nil
 	}
-	pp := planProbe(keys, results, chs, keySize, int(ms.ValueSize))
+	pp := planProbe(keys, results, chs, *s.keyOff, keySize, int(ms.ValueSize))
 	if pp == nil {
 		c.skipped(s.fn.Name, s.block.ID, s.mapName, "no hashed probe placement for %d keys within the search budget", len(keys))
 		return false, nil

@@ -35,7 +35,8 @@ import (
 // Table. The buckets live in the single element of a frozen
 // BPF_F_RDONLY_PROG array reached through a direct value pointer, as the
 // DIR tables of dss. A slot holds the compared chunks at their key
-// offsets, a result byte when some key's cached result is a miss (1: the
+// offsets (shifted so that each is aligned as its stack load), a result
+// byte when some key's cached result is a miss (1: the
 // value follows, 0: the lookup answers NULL), then the value bytes at an
 // 8-aligned offset; slots are 8-aligned. An empty slot holds a sentinel
 // key that hashes to another bucket: a key that reaches the slot hashes
@@ -308,15 +309,27 @@ func (t *probeTable) sentinels() [][]uint64 {
 
 // probeLayout is where a slot's parts sit.
 type probeLayout struct {
-	keySize  int
+	// keyBase is where the key's byte 0 sits in a slot: the key's stack
+	// offset modulo the largest chunk's size, so that every chunk has
+	// the alignment in the (8-aligned) slot that its load has on the
+	// stack.
+	keyBase  int
+	flagOff  int  // the result byte, if flag
 	flag     bool // a result byte follows the key
 	valOff   int
 	slotSize int
 }
 
-func newProbeLayout(keySize, valueSize int, flag bool) probeLayout {
-	l := probeLayout{keySize: keySize, flag: flag}
-	n := keySize
+// newProbeLayout lays out slots for a key of keySize bytes at fp+keyOff,
+// compared in chunks chs, and values of valueSize bytes.
+func newProbeLayout(keyOff int16, chs []keyChunk, keySize, valueSize int, flag bool) probeLayout {
+	align := 1
+	for _, ch := range chs {
+		align = max(align, ch.size.Sizeof())
+	}
+	l := probeLayout{keyBase: (int(keyOff)%align + align) % align, flag: flag}
+	l.flagOff = l.keyBase + keySize
+	n := l.flagOff
 	if flag {
 		n++
 	}
@@ -324,6 +337,9 @@ func newProbeLayout(keySize, valueSize int, flag bool) probeLayout {
 	l.slotSize = int(roundUp(uint64(l.valOff+valueSize), 8))
 	return l
 }
+
+// keyAt is the offset of chunk ch in a slot.
+func (l probeLayout) keyAt(ch keyChunk) int { return l.keyBase + ch.off }
 
 // probeBytes is the size of a table with the given shape.
 func (l probeLayout) probeBytes(buckets, ways int) int { return buckets * ways * l.slotSize }
@@ -338,11 +354,11 @@ func (t *probeTable) encode(l probeLayout, keys [][]byte, results [][]byte) []by
 		at := t.slot[i] * l.slotSize
 		used[t.slot[i]] = true
 		for _, ch := range t.chunks {
-			copy(out[at+ch.off:], key[ch.off:ch.off+ch.size.Sizeof()])
+			copy(out[at+l.keyAt(ch):], key[ch.off:ch.off+ch.size.Sizeof()])
 		}
 		if results[i] != nil {
 			if l.flag {
-				out[at+l.keySize] = 1
+				out[at+l.flagOff] = 1
 			}
 			copy(out[at+l.valOff:], results[i])
 		}
@@ -356,7 +372,7 @@ func (t *probeTable) encode(l probeLayout, keys [][]byte, results [][]byte) []by
 		for k, ch := range t.chunks {
 			var b [8]byte
 			binary.LittleEndian.PutUint64(b[:], sent[s/t.ways][k])
-			copy(out[at+ch.off:], b[:ch.size.Sizeof()])
+			copy(out[at+l.keyAt(ch):], b[:ch.size.Sizeof()])
 		}
 	}
 	return out
@@ -431,7 +447,7 @@ func probeBlocks(p *program.Program, keyOff int16, t *probeTable, l probeLayout,
 				cur.Insns = append(cur.Insns, load(asm.R3, ch))
 			}
 			cur.Insns = append(cur.Insns,
-				asm.LoadMem(asm.R4, asm.R0, int16(base+ch.off), ch.size),
+				asm.LoadMem(asm.R4, asm.R0, int16(base+l.keyAt(ch)), ch.size),
 				clearRef(asm.JNE.Reg(asm.R3, asm.R4, "")))
 			cur.Target = next
 			nb := p.NewBlock()
@@ -442,7 +458,7 @@ func probeBlocks(p *program.Program, keyOff int16, t *probeTable, l probeLayout,
 		// cur is the hit of this slot.
 		if l.flag {
 			cur.Insns = append(cur.Insns,
-				asm.LoadMem(asm.R4, asm.R0, int16(base+l.keySize), asm.Byte),
+				asm.LoadMem(asm.R4, asm.R0, int16(base+l.flagOff), asm.Byte),
 				clearRef(asm.JEq.Imm(asm.R4, 0, "")))
 			cur.Target = null
 			nb := p.NewBlock()
@@ -471,17 +487,17 @@ type probePlan struct {
 	flag bool
 }
 
-// planProbe places keys whose lookup results are results (nil: a miss),
-// hashed and compared on chs, in a table of at most probeMaxBytes; nil if
-// no placement is found.
-func planProbe(keys, results [][]byte, chs []keyChunk, keySize, valueSize int) *probePlan {
+// planProbe places keys (at fp+keyOff) whose lookup results are results
+// (nil: a miss), hashed and compared on chs, in a table of at most
+// probeMaxBytes; nil if no placement is found.
+func planProbe(keys, results [][]byte, chs []keyChunk, keyOff int16, keySize, valueSize int) *probePlan {
 	flag := false
 	for _, r := range results {
 		if r == nil {
 			flag = true
 		}
 	}
-	l := newProbeLayout(keySize, valueSize, flag)
+	l := newProbeLayout(keyOff, chs, keySize, valueSize, flag)
 	fits := func(buckets, ways int) bool {
 		// Slot offsets must fit a load's 16-bit offset.
 		return ways*l.slotSize <= 1<<14 && l.probeBytes(buckets, ways) <= probeMaxBytes

@@ -42,7 +42,7 @@ func probeKeys(n, size int, seed int64) [][]byte {
 func probeDecode(t *probeTable, l probeLayout, data []byte, s int) []uint64 {
 	var vals []uint64
 	for _, ch := range t.chunks {
-		vals = append(vals, probeChunkValue(data[s*l.slotSize:], ch))
+		vals = append(vals, probeChunkValue(data[s*l.slotSize+l.keyBase:], ch))
 	}
 	return vals
 }
@@ -126,7 +126,7 @@ func TestProbePlacement(t *testing.T) {
 			for i := range results {
 				results[i] = []byte{byte(i), 1, 2, 3}
 			}
-			l := newProbeLayout(tt.size, 4, false)
+			l := newProbeLayout(tt.keyOff, chs, tt.size, 4, false)
 			data := pt.encode(l, keys, results)
 			for s := range len(data) / l.slotSize {
 				vals := probeDecode(pt, l, data, s)
@@ -165,7 +165,7 @@ func TestProbePlacementLimits(t *testing.T) {
 		for i := range results {
 			results[i] = make([]byte, 8<<10)
 		}
-		if pp := planProbe(keys, results, chs, 4, 8<<10); pp != nil {
+		if pp := planProbe(keys, results, chs, -8, 4, 8<<10); pp != nil {
 			t.Fatalf("planned a table of %d bytes", len(pp.data))
 		}
 	})
@@ -186,9 +186,12 @@ func TestProbePlacementLimits(t *testing.T) {
 }
 
 // probeInlineCase builds hotTreeProg's collection with a read-only table
-// of n random keys of size bytes, and returns the keys.
-func probeInlineCase(n, size int, seed int64) (*ebpf.CollectionSpec, *mapstate.State, [][]byte) {
-	keyOff := -int16((size + 7) &^ 7)
+// of n random keys of size bytes, its key at fp+keyOff (0: the 8-aligned
+// slot below the key), and returns the keys.
+func probeInlineCase(n, size int, keyOff int16, seed int64) (*ebpf.CollectionSpec, *mapstate.State, [][]byte) {
+	if keyOff == 0 {
+		keyOff = -int16((size + 7) &^ 7)
+	}
 	tbl := &ebpf.MapSpec{Name: "tbl", Type: ebpf.Hash, KeySize: uint32(size), ValueSize: 4, MaxEntries: 1024}
 	st := mapstate.New()
 	keys := probeKeys(n, size, seed)
@@ -254,24 +257,29 @@ func TestProbeInlineKernel(t *testing.T) {
 	forceLayout = "probe"
 	type variant struct {
 		ways, n, size int
-		pipeline      bool // every pass, not mapinline alone
+		keyOff        int16 // 0: 8-aligned
+		pipeline      bool  // every pass, not mapinline alone
 	}
 	var variants []variant
 	for _, ways := range []int{1, 2} {
 		for _, n := range []int{1, 5, 20, 64} {
 			for _, size := range []int{4, 6, 8, 16} {
-				variants = append(variants, variant{ways, n, size, false})
+				variants = append(variants, variant{ways, n, size, 0, false})
 			}
 		}
 	}
-	// The whole pipeline: constprop must not fold loads through the
-	// probe's variable-offset pointer.
-	variants = append(variants, variant{1, 20, 8, true}, variant{2, 64, 16, true})
+	variants = append(variants,
+		// Keys at unaligned stack offsets: slots keep each chunk's
+		// alignment.
+		variant{1, 20, 8, -12, false}, variant{1, 20, 13, -13, false}, variant{2, 30, 6, -7, false},
+		// The whole pipeline: constprop must not fold loads through
+		// the probe's variable-offset pointer.
+		variant{1, 20, 8, 0, true}, variant{2, 64, 16, 0, true})
 	for _, v := range variants {
 		ways, n, size := v.ways, v.n, v.size
-		t.Run(fmt.Sprintf("ways%d/N%d/key%d/pipeline=%v", ways, n, size, v.pipeline), func(t *testing.T) {
+		t.Run(fmt.Sprintf("ways%d/N%d/key%d@%d/pipeline=%v", ways, n, size, v.keyOff, v.pipeline), func(t *testing.T) {
 			probeForceWays = ways
-			spec, st, keys := probeInlineCase(n, size, int64(1000*ways+10*n+size))
+			spec, st, keys := probeInlineCase(n, size, v.keyOff, int64(1000*ways+10*n+size))
 			prog, err := program.Lift(spec.Programs[goldenProg])
 			if err != nil {
 				t.Fatal(err)
@@ -289,7 +297,10 @@ func TestProbeInlineKernel(t *testing.T) {
 			}) {
 				t.Fatalf("no probe remark in %v", c.Remarks)
 			}
-			keyOff := -int16((size + 7) &^ 7)
+			keyOff := v.keyOff
+			if keyOff == 0 {
+				keyOff = -int16((size + 7) &^ 7)
+			}
 			pt := placeProbe(keys, probeChunks(keyOff, size, func(int) bool { return false }), func(int, int) bool { return true })
 			if pt.ways != ways {
 				t.Fatalf("replayed placement has %d ways, want %d", pt.ways, ways)
@@ -425,7 +436,7 @@ func TestInlineLayoutCostModel(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			spec, st, keys := probeInlineCase(tt.n, 8, int64(tt.n))
+			spec, st, keys := probeInlineCase(tt.n, 8, 0, int64(tt.n))
 			prog, err := program.Lift(spec.Programs[goldenProg])
 			if err != nil {
 				t.Fatal(err)
