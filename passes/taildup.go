@@ -151,6 +151,7 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 	}
 	var gains []gain
 	var region []*program.Block
+	useless := false
 	for _, p := range preds {
 		out := res.StateBefore(p, len(p.Insns))
 		if out == nil {
@@ -158,6 +159,7 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 		}
 		g := gain{pred: p}
 		var what []string
+		var ptrs, consts regSet
 		for r := asm.R0; r < asm.R10; r++ {
 			if live&(1<<r) == 0 {
 				continue
@@ -179,6 +181,15 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 			}
 			what = append(what, fmt.Sprintf("r%d=%v", r, v))
 			g.ptr = g.ptr || isPtr
+			if isPtr {
+				ptrs |= regBit(r)
+			} else {
+				consts |= regBit(r)
+			}
+		}
+		if len(what) > 0 && foldScore(region, ptrs, consts) == 0 {
+			useless = true
+			continue
 		}
 		if len(what) > 0 {
 			g.what = strings.Join(what, ",")
@@ -186,6 +197,9 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 		}
 	}
 	if len(gains) == 0 {
+		if useless {
+			td.leave(f, m, "the known values decide no branch and feed no key, argument or store in the tail")
+		}
 		return tdMerge{}, false
 	}
 	cand := tdMerge{f: f, m: m, region: region}
@@ -321,6 +335,73 @@ func tailRegion(f *program.Func, m *program.Block) ([]*program.Block, bool) {
 		}
 	}
 	return out, true
+}
+
+// foldScore estimates what constprop gains in a copy of the tail (region,
+// acyclic, in layout order with the merge block first) when the registers
+// ptrs hold known pointers into array values and consts known numbers at
+// its start. Loads through a known pointer and ALU operations on known
+// operands give known numbers; the score counts the conditional jumps such
+// numbers decide (a known pointer's NULL check excepted: every chain hit
+// has one) and the known numbers stored to the stack (lookup keys) or
+// passed to a function. A value that only meets packet data folds one
+// load and decides nothing: not worth a copy of the tail.
+func foldScore(region []*program.Block, ptrs, consts regSet) int {
+	type known struct{ ptr, num regSet }
+	in := map[*program.Block]*known{region[0]: {ptrs, consts}}
+	score := 0
+	for _, b := range region {
+		k := in[b]
+		if k == nil {
+			continue
+		}
+		ptr, num := k.ptr, k.num
+		for _, ins := range b.Insns {
+			cls := ins.OpCode.Class()
+			srcKnown := ins.OpCode.Source() == asm.ImmSource || num&regBit(ins.Src) != 0
+			_, def := useDef(ins)
+			switch {
+			case cls == asm.LdXClass && ptr&regBit(ins.Src) != 0:
+				ptr, num = ptr&^def, num|def
+				continue
+			case cls.IsALU() && ins.OpCode.ALUOp() == asm.Mov && ins.OpCode.Source() == asm.RegSource:
+				p, n := ptr&regBit(ins.Src) != 0, num&regBit(ins.Src) != 0
+				ptr, num = ptr&^def, num&^def
+				if p {
+					ptr |= def
+				}
+				if n {
+					num |= def
+				}
+				continue
+			case cls.IsALU() && num&regBit(ins.Dst) != 0 && srcKnown:
+				continue // stays known
+			case cls == asm.StXClass && ins.Dst == asm.R10 && num&regBit(ins.Src) != 0:
+				score++
+			case cls.IsJump() && ins.OpCode.JumpOp() == asm.Call && ins.IsFunctionCall():
+				if (ptr|num)&argRegSet != 0 {
+					score++
+				}
+			case cls.IsJump() && ins.OpCode.JumpOp() != asm.Call && ins.OpCode.JumpOp() != asm.Exit && ins.OpCode.JumpOp() != asm.Ja:
+				if num&regBit(ins.Dst) != 0 && srcKnown {
+					score++
+				}
+			}
+			ptr, num = ptr&^def, num&^def
+			if ins.OpCode.JumpOp() == asm.Call {
+				ptr, num = ptr&^callerRegSet, num&^callerRegSet
+			}
+		}
+		for _, s := range b.Succs() {
+			if t := in[s]; t == nil {
+				in[s] = &known{ptr, num}
+			} else {
+				t.ptr &= ptr
+				t.num &= num
+			}
+		}
+	}
+	return score
 }
 
 // usedBeforeRedef reports whether some path from the start of m reads r

@@ -179,6 +179,10 @@ func TestTailDupDecisions(t *testing.T) {
 				)
 			},
 		})}, copies: 4, applied: "callee clones verdict_td"},
+		// The hits' values decide nothing: only the miss (a known
+		// NULL, whose check it decides) gets its short tail.
+		{name: "value meets only packet data", gc: goldenCase{passes: tailDupPasses, build: tailDupOpaque},
+			copies: 1, applied: "where r0=0x0"},
 		{name: "constants, short tail", gc: goldenCase{passes: tailDupPasses, build: tailDupConsts(4)}, copies: 1},
 		{name: "constants, long tail", gc: goldenCase{passes: tailDupPasses, build: tailDupConsts(80)},
 			skip: "only constants are known"},
@@ -235,4 +239,22 @@ func tailDupConsts(filler int) func() (*ebpf.CollectionSpec, *mapstate.State, *h
 		goldenDrop(g)
 		return goldenCollection(g.done()), mapstate.New(), nil
 	}
+}
+
+// tailDupOpaque looks the packet's address up in the routes hash and
+// tests the value's flags against the address itself: folding the load
+// decides nothing, so the tail is not worth a copy per hit.
+func tailDupOpaque() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	spec, st, _ := tailDupRouter(nil)()
+	g := newGoldenAsm()
+	goldenPrologue(g)
+	g.add(asm.StoreMem(asm.R10, -4, asm.R5, asm.Word))
+	goldenLookup(g, "routes", -4)
+	g.jump(asm.JEq.Imm(asm.R0, 0, ""), "drop")
+	g.add(asm.LoadMem(asm.R1, asm.R0, 4, asm.Word), asm.And.Reg(asm.R1, asm.R5))
+	g.jump(asm.JNE.Imm(asm.R1, 0, ""), "drop")
+	g.add(asm.Mov.Imm(asm.R0, 2), asm.Return())
+	goldenDrop(g)
+	spec.Programs[goldenProg].Instructions = g.done()
+	return spec, st, nil
 }
