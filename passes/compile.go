@@ -142,6 +142,10 @@ type Context struct {
 	// tails, for constprop's guarded fallback; nil when taildup changed
 	// nothing.
 	unduplicated *program.Program
+	// frozen is taildup's last analysis (frozen maps, .rodata constants)
+	// of the program as it left it, which constprop's first round would
+	// compute again; Run drops it after any other pass.
+	frozen *analysis.Result
 
 	pass     string
 	changes  int
@@ -186,6 +190,9 @@ func Run(c *Context) error {
 		start := time.Now()
 		if err := p.fn(c); err != nil {
 			return fmt.Errorf("pass %s: %w", p.Name, err)
+		}
+		if p.Name != "taildup" {
+			c.frozen = nil
 		}
 		c.Results = append(c.Results, PassResult{Name: p.Name, Changes: c.changes, Duration: time.Since(start)})
 	}

@@ -58,10 +58,16 @@ func constProp(c *Context) error {
 	}
 	cp.sharedBefore = c.Guards.Guarded()
 	cp.written = c.writtenByOthers()
+	frozen := c.frozen
+	c.frozen = nil
 	for round := 0; round < constPropRounds; round++ {
-		res, err := analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true})
-		if err != nil {
-			return err
+		res := frozen
+		if round > 0 || res == nil {
+			var err error
+			res, err = analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true})
+			if err != nil {
+				return err
+			}
 		}
 		// Only the last round's reasons hold for the final code: a load
 		// an early round could not fold may fold once its index does.

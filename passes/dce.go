@@ -328,16 +328,28 @@ func removeDeadDefs(f *program.Func, args map[string]regSet) int {
 	live := computeLiveWith(f, args)
 	n := 0
 	for _, b := range f.Blocks {
-		kept := b.Insns[:0:0]
+		// Most sweeps remove nothing from most blocks: copy a block's
+		// instructions only from its first removal on.
+		var kept []asm.Instruction
+		copying := false
 		for i, ins := range b.Insns {
-			_, def := useDef(ins)
-			if removableDef(ins) && def != 0 && live.after(b, i)&def == 0 {
-				n++
-				continue
+			if removableDef(ins) {
+				if _, def := useDef(ins); def != 0 && live.after(b, i)&def == 0 {
+					if !copying {
+						kept = append(make([]asm.Instruction, 0, len(b.Insns)-1), b.Insns[:i]...)
+						copying = true
+					}
+					n++
+					continue
+				}
 			}
-			kept = append(kept, ins)
+			if copying {
+				kept = append(kept, ins)
+			}
 		}
-		b.Insns = kept
+		if copying {
+			b.Insns = kept
+		}
 	}
 	return n
 }
@@ -361,31 +373,52 @@ func removableDef(ins asm.Instruction) bool {
 // mergeBlocks appends a block to its only predecessor when that
 // predecessor falls through (or jumps) to it and nowhere else.
 func mergeBlocks(f *program.Func) int {
-	n := 0
-	for changed := true; changed; {
-		changed = false
-		preds := f.Preds()
-		for _, b := range f.Blocks {
-			s := b.Next
-			t := b.Term()
-			if t != nil && t.OpCode.JumpOp() == asm.Ja && b.Next == nil {
-				s = b.Target
-			} else if t != nil {
-				continue
-			}
-			if s == nil || s == b || s == f.Blocks[0] || len(preds[s]) != 1 {
-				continue
-			}
-			if t != nil {
-				b.Insns = b.Insns[:len(b.Insns)-1]
-			}
-			b.Insns = append(b.Insns, s.Insns...)
-			b.Target, b.Next = s.Target, s.Next
-			f.Blocks = slices.DeleteFunc(f.Blocks, func(x *program.Block) bool { return x == s })
-			n++
-			changed = true
-			break
+	// Predecessor counts are kept up to date across merges instead of
+	// being rebuilt after each one (quadratic on large functions). A merge
+	// changes no block before the absorbing one, nor the count of any
+	// remaining block, so the scan resumes at the absorbing block: the
+	// same merges in the same order as a restart from the top.
+	npreds := make(map[*program.Block]int, len(f.Blocks))
+	for _, b := range f.Blocks {
+		for _, s := range b.Succs() {
+			npreds[s]++
 		}
+	}
+	n := 0
+	for k := 0; k < len(f.Blocks); {
+		b := f.Blocks[k]
+		s := b.Next
+		t := b.Term()
+		if t != nil && t.OpCode.JumpOp() == asm.Ja && b.Next == nil {
+			s = b.Target
+		} else if t != nil {
+			k++
+			continue
+		}
+		if s == nil || s == b || s == f.Blocks[0] || npreds[s] != 1 {
+			k++
+			continue
+		}
+		for _, x := range b.Succs() {
+			npreds[x]--
+		}
+		for _, x := range s.Succs() {
+			npreds[x]--
+		}
+		if t != nil {
+			b.Insns = b.Insns[:len(b.Insns)-1]
+		}
+		// A fresh array: b's instructions may share one with the
+		// blocks laid out after it.
+		b.Insns = append(b.Insns[:len(b.Insns):len(b.Insns)], s.Insns...)
+		b.Target, b.Next = s.Target, s.Next
+		for _, x := range b.Succs() {
+			npreds[x]++
+		}
+		delete(npreds, s)
+		f.Blocks = slices.DeleteFunc(f.Blocks, func(x *program.Block) bool { return x == s })
+		k = slices.Index(f.Blocks, b)
+		n++
 	}
 	return n
 }
@@ -584,36 +617,87 @@ func computeLive(f *program.Func) liveSets { return computeLiveWith(f, nil) }
 // callArgs). The lattice is finite and the transfer monotone, so the
 // round-robin iteration ends.
 func computeLiveWith(f *program.Func, args map[string]regSet) liveSets {
-	l := liveSets{in: map[*program.Block][]regSet{}, out: map[*program.Block]regSet{}}
-	blockIn := map[*program.Block]regSet{}
+	// The uses and definitions of every instruction are decoded once and
+	// each block is summarized as live-in = (live-out &^ kill) | gen, so
+	// that the round-robin iteration (the same visiting order, hence the
+	// same least solution) touches no instruction; the per-instruction
+	// sets are filled in once at the end.
+	type step struct{ use, def regSet }
+	total := 0
+	for _, b := range f.Blocks {
+		total += len(b.Insns)
+	}
+	steps := make([]step, 0, total)
+	at := make(map[*program.Block]int, len(f.Blocks))
+	kill := make([]regSet, len(f.Blocks))
+	gen := make([]regSet, len(f.Blocks))
+	for k, b := range f.Blocks {
+		at[b] = k
+		first := len(steps)
+		for _, in := range b.Insns {
+			use, def := useDef(in)
+			if in.IsFunctionCall() {
+				if a, ok := args[in.Reference()]; ok {
+					use = a
+				}
+			} else if in.IsBuiltinCall() {
+				if n, ok := helperArgs[asm.BuiltinFunc(in.Constant)]; ok {
+					use = argRegSet & (regSet(1)<<(asm.R1+asm.Register(n)) - regBit(asm.R1))
+				}
+			}
+			steps = append(steps, step{use, def})
+		}
+		// live = (live &^ def) | use | R10, composed from the last
+		// instruction back; the block starts from out | R10.
+		var K regSet
+		G := regBit(asm.R10)
+		for i := len(steps) - 1; i >= first; i-- {
+			st := steps[i]
+			K |= st.def
+			G = (G &^ st.def) | st.use | regBit(asm.R10)
+		}
+		kill[k], gen[k] = K, G
+	}
+	blockIn := make([]regSet, len(f.Blocks))
+	succIn := func(b *program.Block) regSet {
+		var out regSet
+		if b.Target != nil {
+			if j, ok := at[b.Target]; ok {
+				out |= blockIn[j]
+			}
+		}
+		if b.Next != nil && b.Next != b.Target {
+			if j, ok := at[b.Next]; ok {
+				out |= blockIn[j]
+			}
+		}
+		return out
+	}
 	for changed := true; changed; {
 		changed = false
 		for k := len(f.Blocks) - 1; k >= 0; k-- {
-			b := f.Blocks[k]
-			var out regSet
-			for _, s := range b.Succs() {
-				out |= blockIn[s]
-			}
-			l.out[b] = out
-			ins := make([]regSet, len(b.Insns))
-			live := out | regBit(asm.R10)
-			for i := len(b.Insns) - 1; i >= 0; i-- {
-				in := b.Insns[i]
-				use, def := useDef(in)
-				if a, ok := args[in.Reference()]; ok && in.IsFunctionCall() {
-					use = a
-				} else if n, ok := helperArgs[asm.BuiltinFunc(in.Constant)]; ok && in.IsBuiltinCall() {
-					use = argRegSet & (regSet(1)<<(asm.R1+asm.Register(n)) - regBit(asm.R1))
-				}
-				live = (live &^ def) | use | regBit(asm.R10)
-				ins[i] = live
-			}
-			l.in[b] = ins
-			if live != blockIn[b] {
-				blockIn[b] = live
+			live := (succIn(f.Blocks[k]) &^ kill[k]) | gen[k]
+			if live != blockIn[k] {
+				blockIn[k] = live
 				changed = true
 			}
 		}
+	}
+	l := liveSets{in: make(map[*program.Block][]regSet, len(f.Blocks)), out: make(map[*program.Block]regSet, len(f.Blocks))}
+	sets := make([]regSet, total)
+	pos := 0
+	for _, b := range f.Blocks {
+		out := succIn(b)
+		l.out[b] = out
+		ins := sets[pos : pos+len(b.Insns) : pos+len(b.Insns)]
+		live := out | regBit(asm.R10)
+		for i := len(b.Insns) - 1; i >= 0; i-- {
+			st := steps[pos+i]
+			live = (live &^ st.def) | st.use | regBit(asm.R10)
+			ins[i] = live
+		}
+		pos += len(b.Insns)
+		l.in[b] = ins
 	}
 	return l
 }

@@ -69,6 +69,9 @@ func tailDup(c *Context) error {
 		}
 		m, ok := td.pick(res)
 		if !ok {
+			// Nothing changes the program from here to constprop's
+			// first analysis, the same one.
+			c.frozen = res
 			break
 		}
 		td.duplicate(m, res)
