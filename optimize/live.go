@@ -298,12 +298,21 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		err error
 	}
 	origc := make(chan loaded, 1)
+	// The test's copies of large hash maps are sized for the test's
+	// packets (verify.DiffOptions.InsertBounds): the originals' by
+	// their programs, the candidate's by those and its own.
+	maxPackets := testPacketCount(lopts.Options)
+	var origBounds map[string]int
+	boundsDone := make(chan struct{})
 	go func() {
+		origBounds = insertBounds(spec, "", nil, state)
+		close(boundsDone)
 		if o := lopts.Baseline.take(spec, state); o != nil {
 			origc <- loaded{o, nil}
 			return
 		}
-		o, err := verify.LoadOriginals(spec, state, verify.DiffOptions{NoPrealloc: true, ReadOnlyMaps: unwrittenMaps(spec)})
+		o, err := verify.LoadOriginals(spec, state, verify.DiffOptions{NoPrealloc: true, ReadOnlyMaps: unwrittenMaps(spec),
+			InsertBounds: origBounds, MaxPackets: maxPackets})
 		origc <- loaded{o, err}
 	}()
 	var orig *verify.Originals // until a session owns it
@@ -363,7 +372,9 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 			return 0, errors.New("optimize: the originals are in use") // a session holds them
 		}
 		written, readOnly := mapAccess(cm.coll, name, cm.insns)
-		dopts = verify.DiffOptions{Context: opts.Context, PeriodicMaps: written, ReadOnlyMaps: readOnly, NoPrealloc: true, CandidateLogLevel: ebpf.LogLevelStats}
+		<-boundsDone
+		dopts = verify.DiffOptions{Context: opts.Context, PeriodicMaps: written, ReadOnlyMaps: readOnly, NoPrealloc: true, CandidateLogLevel: ebpf.LogLevelStats,
+			InsertBounds: maxBounds(origBounds, insertBounds(cm.coll, name, cm.insns, state)), MaxPackets: maxPackets}
 		vstart := time.Now()
 		s, err := verify.NewCandidateSession(orig, cm.coll, state, verify.Candidate{name: cm.insns}, dopts)
 		d := time.Since(vstart)

@@ -106,7 +106,7 @@ func (d *differ) planMapChecks(interval int) error {
 			return fmt.Errorf("verify: read map %q: %w", name, err)
 		}
 		if d.periodic == nil || d.periodic[name] {
-			entries += readCost(m, snap)
+			entries += d.planCost(name, m, snap)
 		}
 		d.mapNames = append(d.mapNames, name)
 		d.raws[name] = &[3]*mapstate.Raw{{}, {}, {}}
@@ -143,16 +143,32 @@ func (d *differ) planMapChecks(interval int) error {
 // readCost estimates the cost of reading a map in units of one entry of a
 // batch lookup (about 0.27 µs on the reference machine).
 func readCost(m *ebpf.Map, r *mapstate.Raw) int {
+	return costOf(m.Type(), m.MaxEntries(), r)
+}
+
+func costOf(typ ebpf.MapType, maxEntries uint32, r *mapstate.Raw) int {
 	n := r.N
 	if r.Iterated {
 		n *= IteratedEntryCost
 	}
-	switch m.Type() {
+	switch typ {
 	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash:
 		// A batch lookup walks every bucket, empty or not.
-		n += int(m.MaxEntries()) / HashBucketsPerEntry
+		n += int(maxEntries) / HashBucketsPerEntry
 	}
 	return n
+}
+
+// planCost is the read cost the check interval is planned with: that of
+// the map at the capacity its spec gives. A copy created smaller for the
+// test (DiffOptions.InsertBounds) is cheaper to read, and is checked as
+// often as at full size.
+func (d *differ) planCost(name string, m *ebpf.Map, r *mapstate.Raw) int {
+	size := m.MaxEntries()
+	if ms := d.a.spec.Maps[name]; ms != nil && d.a.headroom[name] != nil {
+		size = max(size, ms.MaxEntries)
+	}
+	return costOf(m.Type(), size, r)
 }
 
 func describeInterval(every int) string {
@@ -499,7 +515,7 @@ func (d *differ) checkMaps(pkt int, all bool) error {
 		}
 		if d.periodic == nil || d.periodic[name] {
 			// Only the periodic maps decide the interval.
-			entries += readCost(d.a.coll.Maps[name], raws[0])
+			entries += d.planCost(name, d.a.coll.Maps[name], raws[0])
 		}
 		if same {
 			continue // the candidate's copy equals the first original's

@@ -128,6 +128,24 @@ type DiffOptions struct {
 	// with it (tracing programs require preallocated maps), the
 	// collections are loaded as they are.
 	NoPrealloc bool
+	// InsertBounds and MaxPackets let the test create its copies of
+	// large hash maps smaller, which makes reading them back cheaper
+	// (a read walks every bucket). InsertBounds names hash maps (hash,
+	// LRU hash and their per-CPU variants) whose every use in every
+	// program of the collections is a lookup, update or delete helper
+	// call or an access through a value pointer, each with an upper bound
+	// on the elements one packet (its run of every entry program, tail
+	// calls included) may insert, in the originals and in the
+	// candidate. Each such map's copies get the smallest power of two
+	// that holds the entries they are filled with, MaxPackets packets'
+	// inserts and CapacitySlack more, if that is less than the spec's
+	// max_entries: the copies then never fill, so they behave exactly as
+	// at full size (see capacity.go for the argument). Run refuses a
+	// test that could fill a copy (more packets than planned, or a state
+	// with more entries since the load). Report.MapCapacities lists the
+	// shrunk maps.
+	InsertBounds map[string]int
+	MaxPackets   int
 	// MaxMismatches stops the test after this many mismatches (all of them
 	// are kept in the report). Zero means DefaultMaxMismatches.
 	MaxMismatches int
@@ -241,7 +259,7 @@ func LoadOriginals(spec *ebpf.CollectionSpec, state *mapstate.State, opts DiffOp
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				o.insts[i], errs[i] = loadInstance(spec, nil, state, lo, noPrealloc, ro)
+				o.insts[i], errs[i] = loadInstance(spec, nil, state, lo, noPrealloc, ro, opts)
 			}()
 		}
 		wg.Wait()
@@ -436,7 +454,7 @@ func loadCandidate(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candid
 	var c *instance
 	err = loadFallback(func(noPrealloc bool, ro []string) error {
 		var err error
-		c, err = loadInstance(candSpec, cand, state, lo, noPrealloc, ro)
+		c, err = loadInstance(candSpec, cand, state, lo, noPrealloc, ro, opts)
 		return err
 	}, opts)
 	if err != nil {
@@ -471,7 +489,13 @@ func (s *Session) Run(ctx context.Context, packets [][]byte) (*Report, error) {
 		return nil, err
 	}
 	for _, in := range s.insts {
+		if err := in.checkHeadroom(len(packets)); err != nil {
+			return nil, err
+		}
+	}
+	for _, in := range s.insts {
 		in.fresh = false
+		in.ran(len(packets))
 	}
 	d := &differ{
 		progs:         s.progs,
@@ -486,6 +510,7 @@ func (s *Session) Run(ctx context.Context, packets [][]byte) (*Report, error) {
 		report:        &Report{Programs: s.progs, Total: len(packets), Mismatches: []Mismatch{}},
 	}
 	d.report.Timing.Load, s.loadTime = s.loadTime, 0
+	d.report.MapCapacities = s.insts[0].mapCapacities()
 	if d.maxMismatches <= 0 {
 		d.maxMismatches = DefaultMaxMismatches
 	}
@@ -585,6 +610,13 @@ func resetInstances(insts []*instance, spec *ebpf.CollectionSpec, state *mapstat
 			if !ok {
 				sum = mapSum(want)
 				sums[name] = sum
+			}
+			n := len(want.GetEntries())
+			if ms := in.spec.Maps[name]; ms != nil {
+				n += len(ms.Contents)
+			}
+			if err := in.refill(name, n); err != nil {
+				return err
 			}
 			if sum == in.want[name] && (fresh || in.ro[name]) {
 				continue
@@ -744,8 +776,9 @@ var readOnlyTypes = map[ebpf.MapType]bool{
 // it) and fills its maps from state. With noPrealloc, hash and per-CPU
 // hash maps are created without preallocated elements; the maps named in
 // readOnly are created BPF_F_RDONLY_PROG.
-func loadInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool, readOnly []string) (*instance, error) {
+func loadInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions, noPrealloc bool, readOnly []string, opts DiffOptions) (*instance, error) {
 	cs := s.Copy()
+	room := shrinkMaps(cs, func(name string) int { return len(state.Maps[name].GetEntries()) }, opts)
 	for name, ms := range cs.Maps {
 		if noPrealloc && (ms.Type == ebpf.Hash || ms.Type == ebpf.PerCPUHash) {
 			ms.Flags |= bpfFNoPrealloc
@@ -759,6 +792,7 @@ func loadInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State,
 		return nil, err
 	}
 	in.spec = s
+	in.headroom = room
 	in.vars = state.Variables
 	in.want = map[string][32]byte{}
 	for name := range in.coll.Maps {
@@ -786,6 +820,9 @@ type instance struct {
 	fresh bool
 	// vars are the state's variables the collection was loaded with.
 	vars map[string]mapstate.Hex
+	// headroom holds the maps created smaller than their spec says
+	// (DiffOptions.InsertBounds) and what they may still take.
+	headroom map[string]*headroom
 }
 
 func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, lo LoadOptions) (*instance, error) {

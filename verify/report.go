@@ -143,6 +143,10 @@ type Report struct {
 	// so they hold the contents they were filled with and were not read
 	// back.
 	ReadOnlyMaps []string `json:"read_only_maps,omitempty"`
+	// MapCapacities are the max_entries of the first original's copies
+	// of the hash maps created smaller than their spec for the test
+	// (DiffOptions.InsertBounds), by name.
+	MapCapacities map[string]uint32 `json:"map_capacities,omitempty"`
 	// MismatchCount is the number of mismatches found; Mismatches keeps
 	// the first DiffOptions.MaxMismatches of them.
 	MismatchCount int        `json:"mismatch_count"`
