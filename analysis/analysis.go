@@ -38,6 +38,10 @@ type Options struct {
 	// MaxBlockVisits bounds the work of one function's fixpoint; zero
 	// picks a bound proportional to the function's size.
 	MaxBlockVisits int
+	// NoLiveness skips the register liveness (a sizeable part of the
+	// work) for callers that never ask for it: LiveIn, LiveOut,
+	// BlockLiveIn and BlockLiveOut then panic.
+	NoLiveness bool
 }
 
 // Result is the analysis of one program. Its query methods do not change
@@ -147,7 +151,9 @@ func Analyze(coll *ebpf.CollectionSpec, prog *program.Program, opts Options) (*R
 		k := insnKey{blockOf(res, s), s.Index}
 		res.siteAt[k] = append(res.siteAt[k], s)
 	}
-	res.live = computeLiveness(prog)
+	if !opts.NoLiveness {
+		res.live = computeLiveness(prog)
+	}
 	return res, nil
 }
 
@@ -410,7 +416,7 @@ func (r *Result) Site(id int) *Site {
 // LiveIn returns the registers live before instruction i of block b.
 // R10 is always live.
 func (r *Result) LiveIn(b *program.Block, i int) RegSet {
-	ins := r.live.in[b]
+	ins := r.liveness().in[b]
 	if i < 0 || i >= len(ins) {
 		return r.LiveOut(b, i)
 	}
@@ -419,18 +425,27 @@ func (r *Result) LiveIn(b *program.Block, i int) RegSet {
 
 // LiveOut returns the registers live after instruction i of block b.
 func (r *Result) LiveOut(b *program.Block, i int) RegSet {
-	ins := r.live.in[b]
+	ins := r.liveness().in[b]
 	if i+1 < len(ins) && i >= 0 {
 		return ins[i+1]
 	}
-	return r.live.out[b] | fpReg
+	return r.liveness().out[b] | fpReg
 }
 
 // BlockLiveIn returns the registers live at the entry of b.
-func (r *Result) BlockLiveIn(b *program.Block) RegSet { return r.live.bin[b] | fpReg }
+func (r *Result) BlockLiveIn(b *program.Block) RegSet { return r.liveness().bin[b] | fpReg }
 
 // BlockLiveOut returns the registers live at the exit of b.
-func (r *Result) BlockLiveOut(b *program.Block) RegSet { return r.live.out[b] | fpReg }
+func (r *Result) BlockLiveOut(b *program.Block) RegSet { return r.liveness().out[b] | fpReg }
+
+// liveness returns the register liveness, which Options.NoLiveness left
+// out: computing it later could see a program changed since.
+func (r *Result) liveness() *liveness {
+	if r.live == nil {
+		panic("analysis: liveness query on a result analysed with Options.NoLiveness")
+	}
+	return r.live
+}
 
 // StackUsage is how a function uses its 512-byte frame.
 type StackUsage struct {

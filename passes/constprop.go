@@ -64,7 +64,8 @@ func constProp(c *Context) error {
 		res := frozen
 		if round > 0 || res == nil {
 			var err error
-			res, err = analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true})
+			// Folding asks for no register liveness.
+			res, err = analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true, NoLiveness: true})
 			if err != nil {
 				return err
 			}

@@ -79,9 +79,15 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 		st.per = map[string]funcStats{}
 	}
 	total := 0
-	res, err := c.Analysis()
-	if err != nil {
-		return 0, err
+	// dce solves its own liveness (with callArgs): the analysis' is not
+	// needed. A result still valid from an earlier pass is reused.
+	res := c.analysis
+	if res == nil {
+		var err error
+		res, err = analysis.Analyze(c.Coll, c.Prog, analysis.Options{NoLiveness: true})
+		if err != nil {
+			return 0, err
+		}
 	}
 	// Both removals below read the analysis, so both are decided before
 	// either changes an instruction index.
