@@ -42,6 +42,9 @@ const maxTailCalls = 33
 // inserts. state must not set entries of program arrays (then the
 // arrays could hold other programs): nil is returned.
 func insertBounds(coll *ebpf.CollectionSpec, name string, insns asm.Instructions, state *mapstate.State) map[string]int {
+	if state == nil {
+		state = mapstate.New()
+	}
 	for m := range state.Maps {
 		if ms := coll.Maps[m]; ms != nil && ms.Type == ebpf.ProgramArray {
 			return nil
