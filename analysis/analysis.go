@@ -371,6 +371,23 @@ func (r *Result) Walk(b *program.Block) *Walker {
 	return &Walker{r: r, fs: fs, b: b, st: fs.in[b].clone()}
 }
 
+// Rewalk is Walk(b) reusing the state of w, a walker the caller is done
+// with (nil allocates a new one): a pass that walks every block in turn
+// copies the block's entry state into one state instead of allocating one
+// per block. It returns nil as Walk does, leaving w unchanged.
+func (r *Result) Rewalk(w *Walker, b *program.Block) *Walker {
+	if w == nil || w.st == nil {
+		return r.Walk(b)
+	}
+	fs := r.byBlk[b]
+	if fs == nil || fs.in[b] == nil {
+		return nil
+	}
+	w.r, w.fs, w.b, w.i = r, fs, b, 0
+	w.st.copyFrom(fs.in[b])
+	return w
+}
+
 // At returns the state before instruction i of the walker's block, the
 // state StateBefore returns. i may be len(b.Insns) as for StateBefore; it
 // must not be lower than in the previous call (nil then, and for an index

@@ -143,14 +143,17 @@ type edit struct {
 // rewrites it made.
 func (cp *propagator) round(res *analysis.Result) int {
 	var edits []edit
+	var spare *analysis.Walker
 	for _, f := range cp.c.Prog.Funcs {
 		for _, b := range f.Blocks {
-			// One walker per block: fold asks for the states of
-			// the block's instructions in increasing order.
-			w := res.Walk(b)
+			// One walk per block (fold asks for the states of the
+			// block's instructions in increasing order), all in one
+			// reused state.
+			w := res.Rewalk(spare, b)
 			if w == nil {
 				continue
 			}
+			spare = w
 			for i := range b.Insns {
 				if e, ok := cp.fold(res, w, f, b, i); ok {
 					edits = append(edits, e)

@@ -765,10 +765,14 @@ type stackEffect struct {
 // escapes where the classification cannot follow it (stored to memory).
 func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet) (map[*program.Block][]stackEffect, bool) {
 	out := map[*program.Block][]stackEffect{}
+	var spare *analysis.Walker
 	for _, b := range f.Blocks {
 		effs := make([]stackEffect, len(b.Insns))
 		out[b] = effs
-		w := res.Walk(b)
+		w := res.Rewalk(spare, b)
+		if w != nil {
+			spare = w
+		}
 		if w == nil {
 			// No states: whatever it does, assume it reads everything.
 			for i := range effs {
@@ -869,12 +873,58 @@ func deadStores(res *analysis.Result, f *program.Func, args map[string]regSet, m
 	if !ok {
 		return
 	}
-	in := map[*program.Block]stackBits{}
-	transfer := func(b *program.Block, out stackBits) (stackBits, []int) {
-		live := out
+	// Each block's transfer is live-in = (live-out &^ kill) | gen, built
+	// once from its instructions, so that the round-robin iteration (same
+	// order, same least solution) touches no instruction; the dead stores
+	// are picked in one last sweep.
+	at := make(map[*program.Block]int, len(f.Blocks))
+	kill := make([]stackBits, len(f.Blocks))
+	gen := make([]stackBits, len(f.Blocks))
+	for k, b := range f.Blocks {
+		at[b] = k
+		var K, G stackBits
+		for i := len(b.Insns) - 1; i >= 0; i-- {
+			e := &effs[b][i]
+			if e.store {
+				var st stackBits
+				st.addRange(e.lo, e.hi)
+				for w := range K {
+					K[w] |= st[w]
+					G[w] &^= st[w]
+				}
+			}
+			G.or(e.reads)
+		}
+		kill[k], gen[k] = K, G
+	}
+	in := make([]stackBits, len(f.Blocks))
+	outOf := func(b *program.Block) stackBits {
+		var out stackBits
+		for _, s := range b.Succs() {
+			if j, ok := at[s]; ok {
+				out.or(in[j])
+			}
+		}
+		return out
+	}
+	for changed := true; changed; {
+		changed = false
+		for k := len(f.Blocks) - 1; k >= 0; k-- {
+			live := outOf(f.Blocks[k])
+			for w := range live {
+				live[w] = live[w]&^kill[k][w] | gen[k][w]
+			}
+			if live != in[k] {
+				in[k] = live
+				changed = true
+			}
+		}
+	}
+	for _, b := range f.Blocks {
+		live := outOf(b)
 		var dead []int
 		for i := len(b.Insns) - 1; i >= 0; i-- {
-			e := effs[b][i]
+			e := &effs[b][i]
 			if e.store {
 				if !live.anyIn(e.lo, e.hi) {
 					dead = append(dead, i)
@@ -883,29 +933,6 @@ func deadStores(res *analysis.Result, f *program.Func, args map[string]regSet, m
 			}
 			live.or(e.reads)
 		}
-		return live, dead
-	}
-	for changed := true; changed; {
-		changed = false
-		for k := len(f.Blocks) - 1; k >= 0; k-- {
-			b := f.Blocks[k]
-			var out stackBits
-			for _, s := range b.Succs() {
-				out.or(in[s])
-			}
-			live, _ := transfer(b, out)
-			if live != in[b] {
-				in[b] = live
-				changed = true
-			}
-		}
-	}
-	for _, b := range f.Blocks {
-		var out stackBits
-		for _, s := range b.Succs() {
-			out.or(in[s])
-		}
-		_, dead := transfer(b, out)
 		marks[b] = append(marks[b], dead...)
 	}
 }
