@@ -701,10 +701,13 @@ func resetMap(name string, m *ebpf.Map, ms *ebpf.MapSpec, want *mapstate.Map) er
 	}
 	n := len(keys) / max(raw.KeySize, 1)
 	batched := false
-	if n >= batchMin && m.Type() != ebpf.LPMTrie && m.Type() != ebpf.PerCPUArray {
+	if n >= batchMin && m.Type() != ebpf.PerCPUArray {
 		// One system call instead of one per key (deleting and
 		// restoring the 5,000-entry blocklist of the DDoS filter per
-		// guard check otherwise cost 15,000 of them).
+		// guard check otherwise cost 15,000 of them; the router's
+		// 2,592 routes 20 ms per cycle). LPM tries take batch deletes
+		// on current kernels; where one fails, the keys not deleted
+		// are deleted one by one below.
 		if isArray {
 			vals := make([]byte, n*int(m.ValueSize()))
 			done, err := m.BatchUpdate(packedBytes(keys, raw.KeySize), packedBytes(vals, int(m.ValueSize())), nil)
