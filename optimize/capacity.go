@@ -42,6 +42,54 @@ const maxTailCalls = 33
 // inserts. state must not set entries of program arrays (then the
 // arrays could hold other programs): nil is returned.
 func insertBounds(coll *ebpf.CollectionSpec, name string, insns asm.Instructions, state *mapstate.State) map[string]int {
+	progs, ok := analyseAll(coll, name, insns)
+	if !ok {
+		return nil
+	}
+	return boundsOf(coll, progs, state)
+}
+
+// analysed is one program of a collection, lifted and analysed.
+type analysed struct {
+	spec *ebpf.ProgramSpec
+	p    *program.Program
+	res  *analysis.Result
+}
+
+// analyse lifts and analyses ps, a program of coll.
+func analyse(coll *ebpf.CollectionSpec, ps *ebpf.ProgramSpec) (*analysed, bool) {
+	p, err := program.Lift(ps)
+	if err != nil {
+		return nil, false
+	}
+	res, err := analysis.Analyze(coll, p, analysis.Options{})
+	if err != nil {
+		return nil, false
+	}
+	return &analysed{spec: ps, p: p, res: res}, true
+}
+
+// analyseAll analyses every program of coll, program name with insns
+// instead of its own instructions if insns is not nil; false if one
+// cannot be analysed.
+func analyseAll(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) (map[string]*analysed, bool) {
+	out := map[string]*analysed{}
+	for pname, ps := range coll.Programs {
+		if pname == name && insns != nil {
+			ps = ps.Copy()
+			ps.Instructions = insns
+		}
+		a, ok := analyse(coll, ps)
+		if !ok {
+			return nil, false
+		}
+		out[pname] = a
+	}
+	return out, true
+}
+
+// boundsOf is insertBounds for the analysed programs of coll.
+func boundsOf(coll *ebpf.CollectionSpec, progs map[string]*analysed, state *mapstate.State) map[string]int {
 	if state == nil {
 		state = mapstate.New()
 	}
@@ -67,19 +115,8 @@ func insertBounds(coll *ebpf.CollectionSpec, name string, insns asm.Instructions
 		return nil
 	}
 	infos := map[string]*progInfo{}
-	for pname, ps := range coll.Programs {
-		if pname == name && insns != nil {
-			ps = ps.Copy()
-			ps.Instructions = insns
-		}
-		p, err := program.Lift(ps)
-		if err != nil {
-			return nil
-		}
-		res, err := analysis.Analyze(coll, p, analysis.Options{})
-		if err != nil {
-			return nil
-		}
+	for pname, a := range progs {
+		ps, p, res := a.spec, a.p, a.res
 		pi := &progInfo{run: map[string]int{}}
 		switch ps.Type {
 		case ebpf.XDP, ebpf.SchedCLS, ebpf.SchedACT:

@@ -17,11 +17,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
-	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/heatmap"
 	"github.com/morpheus-go/morpheus/mapstate"
-	"github.com/morpheus-go/morpheus/program"
 	"github.com/morpheus-go/morpheus/verify"
 )
 
@@ -186,18 +184,26 @@ func spread(packets [][]byte, n int) [][]byte {
 // write. Both are nil, which compares every map periodically, when a
 // program cannot be analysed.
 func mapAccess(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) (written, readOnly []string) {
+	progs, ok := analyseAll(coll, "", nil)
+	if !ok {
+		return nil, nil
+	}
+	cp := coll.Programs[name].Copy()
+	cp.Instructions = insns
+	cand, ok := analyse(coll, cp)
+	if !ok {
+		return nil, nil
+	}
+	return accessOf(coll, progs, cand)
+}
+
+// accessOf is mapAccess for the analysed programs of coll and the
+// candidate.
+func accessOf(coll *ebpf.CollectionSpec, progs map[string]*analysed, cand *analysed) (written, readOnly []string) {
 	w := map[string]bool{}
 	sites := map[string]bool{}
-	add := func(ps *ebpf.ProgramSpec) bool {
-		p, err := program.Lift(ps)
-		if err != nil {
-			return false
-		}
-		res, err := analysis.Analyze(coll, p, analysis.Options{})
-		if err != nil {
-			return false
-		}
-		for m, mi := range res.Maps {
+	add := func(a *analysed) {
+		for m, mi := range a.res.Maps {
 			if !mi.ReadOnly || mi.Untracked || mi.Missing {
 				w[m] = true
 			}
@@ -205,18 +211,11 @@ func mapAccess(coll *ebpf.CollectionSpec, name string, insns asm.Instructions) (
 				sites[m] = true
 			}
 		}
-		return true
 	}
-	for _, ps := range coll.Programs {
-		if !add(ps) {
-			return nil, nil
-		}
+	for _, a := range progs {
+		add(a)
 	}
-	cp := coll.Programs[name].Copy()
-	cp.Instructions = insns
-	if !add(cp) {
-		return nil, nil
-	}
+	add(cand)
 	written = slices.Sorted(maps.Keys(w))
 	for m := range coll.Maps {
 		if !sites[m] && m != guard.MapName {
@@ -305,13 +304,20 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	var origBounds map[string]int
 	boundsDone := make(chan struct{})
 	go func() {
-		origBounds = insertBounds(spec, "", nil, state)
+		progs, ok := analyseAll(spec, "", nil)
+		if ok {
+			origBounds = boundsOf(spec, progs, state)
+		}
 		close(boundsDone)
 		if o := lopts.Baseline.take(spec, state); o != nil {
 			origc <- loaded{o, nil}
 			return
 		}
-		o, err := verify.LoadOriginals(spec, state, verify.DiffOptions{NoPrealloc: true, ReadOnlyMaps: unwrittenMaps(spec),
+		var unwritten []string
+		if ok {
+			unwritten = unwrittenOf(spec, progs)
+		}
+		o, err := verify.LoadOriginals(spec, state, verify.DiffOptions{NoPrealloc: true, ReadOnlyMaps: unwritten,
 			InsertBounds: origBounds, MaxPackets: maxPackets})
 		origc <- loaded{o, err}
 	}()
@@ -371,10 +377,22 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 		if orig == nil {
 			return 0, errors.New("optimize: the originals are in use") // a session holds them
 		}
-		written, readOnly := mapAccess(cm.coll, name, cm.insns)
+		// One analysis of each program serves the map classes and the
+		// insert bounds.
+		var written, readOnly []string
+		var candBounds map[string]int
+		progs, ok := analyseAll(cm.coll, "", nil)
+		cp := cm.coll.Programs[name].Copy()
+		cp.Instructions = cm.insns
+		cand, candOK := analyse(cm.coll, cp)
+		if ok && candOK {
+			written, readOnly = accessOf(cm.coll, progs, cand)
+			progs[name] = cand // the candidate collection runs the candidate
+			candBounds = boundsOf(cm.coll, progs, state)
+		}
 		<-boundsDone
 		dopts = verify.DiffOptions{Context: opts.Context, PeriodicMaps: written, ReadOnlyMaps: readOnly, NoPrealloc: true, CandidateLogLevel: ebpf.LogLevelStats,
-			InsertBounds: maxBounds(origBounds, insertBounds(cm.coll, name, cm.insns, state)), MaxPackets: maxPackets}
+			InsertBounds: maxBounds(origBounds, candBounds), MaxPackets: maxPackets}
 		vstart := time.Now()
 		s, err := verify.NewCandidateSession(orig, cm.coll, state, verify.Candidate{name: cm.insns}, dopts)
 		d := time.Since(vstart)
@@ -437,22 +455,14 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	return pr, nil
 }
 
-// unwrittenMaps names the maps of spec without a write site in any of
-// its programs, by the analysis (nil if a program cannot be analysed):
-// the maps the differential test's copies of the original create
-// BPF_F_RDONLY_PROG, for the verifier to prove them unwritten.
-func unwrittenMaps(spec *ebpf.CollectionSpec) []string {
+// unwrittenOf names the maps of spec without a write site in any of
+// its programs, by the analysis of progs: the maps the differential
+// test's copies of the original create BPF_F_RDONLY_PROG, for the
+// verifier to prove them unwritten.
+func unwrittenOf(spec *ebpf.CollectionSpec, progs map[string]*analysed) []string {
 	sites := map[string]bool{}
-	for _, ps := range spec.Programs {
-		p, err := program.Lift(ps)
-		if err != nil {
-			return nil
-		}
-		res, err := analysis.Analyze(spec, p, analysis.Options{})
-		if err != nil {
-			return nil
-		}
-		for m, mi := range res.Maps {
+	for _, a := range progs {
+		for m, mi := range a.res.Maps {
 			if len(mi.WriteSites) > 0 || mi.Missing {
 				sites[m] = true
 			}
