@@ -334,6 +334,7 @@ func (w *worklist) pop() *program.Block {
 // or nil if the block is unreachable or not part of the analysed program.
 // i may be len(b.Insns) for the state after a block without terminator.
 func (r *Result) StateBefore(b *program.Block, i int) *State {
+	r.mustLive()
 	fs := r.byBlk[b]
 	if fs == nil || fs.in[b] == nil || i < 0 || i > len(b.Insns) {
 		return nil
@@ -364,6 +365,7 @@ type Walker struct {
 // Walk returns a walker over block b, or nil if the block is unreachable
 // or not part of the analysed program.
 func (r *Result) Walk(b *program.Block) *Walker {
+	r.mustLive()
 	fs := r.byBlk[b]
 	if fs == nil || fs.in[b] == nil {
 		return nil
@@ -379,6 +381,7 @@ func (r *Result) Rewalk(w *Walker, b *program.Block) *Walker {
 	if w == nil || w.st == nil {
 		return r.Walk(b)
 	}
+	r.mustLive()
 	fs := r.byBlk[b]
 	if fs == nil || fs.in[b] == nil {
 		return nil
@@ -386,6 +389,35 @@ func (r *Result) Rewalk(w *Walker, b *program.Block) *Walker {
 	w.r, w.fs, w.b, w.i = r, fs, b, 0
 	w.st.copyFrom(fs.in[b])
 	return w
+}
+
+// Release hands the analysis' internal states to later analyses. The
+// caller must be done with r and everything it handed out that is tied to
+// it (walkers): r must not be used again. States a query returned
+// (StateBefore) are copies and stay valid.
+func (r *Result) Release() {
+	if r == nil || r.a == nil {
+		return
+	}
+	for _, fs := range r.a.funcs {
+		for _, st := range fs.in {
+			releasedStates.Put(st)
+		}
+		fs.in = nil
+	}
+	for _, st := range r.a.free {
+		releasedStates.Put(st)
+	}
+	r.a.free = nil
+	r.byBlk = nil
+}
+
+// mustLive panics on a released result: its states are another
+// analysis' now.
+func (r *Result) mustLive() {
+	if r.byBlk == nil {
+		panic("analysis: query on a released Result")
+	}
 }
 
 // At returns the state before instruction i of the walker's block, the
@@ -413,6 +445,7 @@ func (w *Walker) At(i int) *State {
 
 // Reachable reports whether the analysis found a path to block b.
 func (r *Result) Reachable(b *program.Block) bool {
+	r.mustLive()
 	fs := r.byBlk[b]
 	return fs != nil && fs.in[b] != nil
 }

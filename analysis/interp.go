@@ -3,6 +3,7 @@ package analysis
 import (
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -34,6 +35,12 @@ type funcState struct {
 	readsParent  bool // 8-byte loads through a pointer into a caller's frame
 	callback     bool // entered by a helper, not by a call instruction
 
+	// What the last fixpoint run started from: its entry state and the
+	// summaries of the callees it used. A run from the same is the same
+	// run (it is a function of these alone), so a later round skips it.
+	ranEntry *State
+	used     map[*funcState]calleeView
+
 	// Filled by the reporting pass.
 	stackUsed [StackSize]bool
 	stackAll  bool // some access at an unknown frame offset
@@ -51,6 +58,7 @@ type analyzer struct {
 	calls   []loc
 	rodata  map[string][]byte // read-only global sections with their bytes
 	dirty   bool              // a callee entry or a summary grew this round
+	running bool              // in run: fixpoint runs record the callee summaries they use
 	rec     *recorder         // non-nil only during the reporting pass
 	// free holds states the fixpoint no longer references, for reuse: a
 	// State is about 10 KiB, and allocating one per block visit, branch
@@ -59,17 +67,25 @@ type analyzer struct {
 	free []*State
 }
 
-// copyOf returns a copy of s in a recycled state if there is one.
+// copyOf returns a copy of s in a recycled state if there is one: one of
+// this analysis, else one a released Result left.
 func (a *analyzer) copyOf(s *State) *State {
 	var c *State
 	if n := len(a.free); n > 0 {
 		c, a.free = a.free[n-1], a.free[:n-1]
+	} else if p, ok := releasedStates.Get().(*State); ok {
+		c = p
 	} else {
 		c = new(State)
 	}
 	c.copyFrom(s)
 	return c
 }
+
+// releasedStates holds the states of released results (Result.Release)
+// for the analyses that follow: a pass that re-analyses after each round
+// of changes would otherwise allocate a state per block every time.
+var releasedStates sync.Pool
 
 // recycle hands states nothing references any more to copyOf.
 func (a *analyzer) recycle(s ...*State) { a.free = append(a.free, s...) }
@@ -88,6 +104,8 @@ func (a *analyzer) mapSpec(name string) *ebpf.MapSpec {
 
 // run computes the interprocedural fixpoint.
 func (a *analyzer) run() error {
+	a.running = true
+	defer func() { a.running = false }()
 	limit := 4*len(a.funcs) + 8
 	for round := 0; ; round++ {
 		if round > limit {
@@ -95,7 +113,7 @@ func (a *analyzer) run() error {
 		}
 		a.dirty = false
 		for _, fs := range a.funcs {
-			if fs.entry == nil {
+			if fs.entry == nil || a.unchanged(fs) {
 				continue
 			}
 			if err := a.fixpoint(fs); err != nil {
@@ -108,13 +126,50 @@ func (a *analyzer) run() error {
 	}
 }
 
+// calleeView is what a call makes of the callee's summary.
+type calleeView struct {
+	r0            Value
+	reads, writes bool
+}
+
+func (fs *funcState) view() calleeView {
+	v := calleeView{r0: scalar(), reads: fs.readsParent, writes: fs.writesParent}
+	if fs.retSet {
+		v.r0 = fs.ret
+	}
+	return v
+}
+
+// unchanged reports whether fs's last fixpoint run had the entry state and
+// callee summaries it would have now. Re-running it would change nothing:
+// its states are the same, and so are the entries it joins into its
+// callees and the summary it joins into its own.
+func (a *analyzer) unchanged(fs *funcState) bool {
+	if fs.in == nil || fs.ranEntry != fs.entry {
+		return false
+	}
+	for callee, v := range fs.used {
+		now := callee.view()
+		if now.reads != v.reads || now.writes != v.writes || !now.r0.equal(v.r0) {
+			return false
+		}
+	}
+	return true
+}
+
 // fixpoint runs the forward dataflow of one function from its entry state.
 // The lattice has finite height (constants widen to scalar, known offsets
 // to unknown ones, everything to Unknown), so it terminates; the visit
 // bound only guards against bugs.
 func (a *analyzer) fixpoint(fs *funcState) error {
 	blocks := fs.f.Blocks
+	// A re-run (a later interprocedural round) starts afresh: the block
+	// entry states of the previous run are referenced nowhere else.
+	for _, st := range fs.in {
+		a.recycle(st)
+	}
 	fs.in = make(map[*program.Block]*State, len(blocks))
+	fs.ranEntry, fs.used = fs.entry, map[*funcState]calleeView{}
 	fs.in[blocks[0]] = fs.entry.clone()
 	work := newWorklist(fs.rpo)
 	work.push(blocks[0])
@@ -720,6 +775,9 @@ func (a *analyzer) callFunc(at loc, st *State, name string) {
 		entry.regs[r] = v
 	}
 	a.enter(callee, entry)
+	if a.running {
+		at.fn.used[callee] = callee.view()
+	}
 	if passesFrame && callee.writesParent {
 		a.useWholeStack(at)
 		a.clobberFrame(at, st, -StackSize, 0, "frame written by function "+name)

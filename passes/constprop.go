@@ -73,7 +73,9 @@ func constProp(c *Context) error {
 		// Only the last round's reasons hold for the final code: a load
 		// an early round could not fold may fold once its index does.
 		clear(cp.skips)
-		if cp.round(res) == 0 {
+		n := cp.round(res)
+		res.Release() // this pass's own, used by no one else
+		if n == 0 {
 			break
 		}
 	}

@@ -88,6 +88,8 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		// Only this round uses it (decisions come before any change).
+		defer res.Release()
 	}
 	// Both removals below read the analysis, so both are decided before
 	// either changes an instruction index.

@@ -75,6 +75,7 @@ func tailDup(c *Context) error {
 			break
 		}
 		td.duplicate(m, res)
+		res.Release() // the next round analyses the changed program
 	}
 	for _, s := range td.skips {
 		c.skipped(s.fn, s.block, "", "%s", s.msg)
