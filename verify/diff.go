@@ -690,6 +690,9 @@ func resetMap(name string, m *ebpf.Map, ms *ebpf.MapSpec, want *mapstate.Map) er
 	if err := raw.Read(m); err != nil {
 		return err
 	}
+	if done, err := resetByDiff(m, ms, &raw, want); done || err != nil {
+		return err
+	}
 	isArray := m.Type() == ebpf.Array || m.Type() == ebpf.PerCPUArray
 	zero := make([]byte, m.ValueSize())
 	var keys []byte
@@ -740,6 +743,93 @@ func resetMap(name string, m *ebpf.Map, ms *ebpf.MapSpec, want *mapstate.Map) er
 		return nil
 	}
 	return applyState(&mapstate.State{Maps: map[string]*mapstate.Map{"": want}}, map[string]*ebpf.Map{"": m})
+}
+
+// resetByDiff sets m, whose entries raw holds, to want's entries by
+// touching only the entries that differ: unwanted keys are deleted
+// (array elements zeroed), wanted entries that are missing or hold
+// another value are written, in batches. A map a test wrote a few
+// entries of (the switch's 4,096-entry forwarding table learns a few
+// hundred MACs) costs those few instead of deleting and rewriting all.
+// It handles hash maps, arrays and LPM tries whose spec has no contents
+// and whose wanted entries are plain values of the map's sizes, and
+// reports whether it did. LRU maps are always emptied and refilled,
+// which resets their recency order with their contents; per-CPU maps
+// too.
+func resetByDiff(m *ebpf.Map, ms *ebpf.MapSpec, raw *mapstate.Raw, want *mapstate.Map) (bool, error) {
+	switch m.Type() {
+	case ebpf.Hash, ebpf.Array, ebpf.LPMTrie:
+	default:
+		return false, nil
+	}
+	if ms != nil && len(ms.Contents) > 0 {
+		return false, nil
+	}
+	ks, vs := int(m.KeySize()), int(m.ValueSize())
+	entries := want.GetEntries()
+	if raw.PerCPU || raw.KeySize != ks || raw.ValueSize != vs {
+		return false, nil
+	}
+	for _, e := range entries {
+		if e.Values != nil || len(e.Key) != ks || len(e.Value) != vs {
+			return false, nil // reported by the full path's applyState
+		}
+	}
+	// The last value of a key listed twice wins, as in applyState.
+	wanted := make(map[string][]byte, len(entries))
+	for _, e := range entries {
+		wanted[string(e.Key)] = e.Value
+	}
+	isArray := m.Type() == ebpf.Array
+	var del, putK, putV []byte
+	matched := make(map[string]bool, len(entries))
+	for i := range raw.N {
+		k, v := raw.Key(i), raw.Value(i)
+		w, ok := wanted[string(k)]
+		switch {
+		case ok && bytes.Equal(w, v):
+			matched[string(k)] = true
+		case ok:
+			// Written below with the wanted value.
+		case isArray:
+			if !allZero(v) {
+				putK = append(putK, k...)
+				putV = append(putV, make([]byte, vs)...)
+			}
+		default:
+			del = append(del, k...)
+		}
+	}
+	for _, e := range entries {
+		k := string(e.Key)
+		if matched[k] {
+			continue
+		}
+		matched[k] = true // once, with the last value
+		putK = append(putK, e.Key...)
+		putV = append(putV, wanted[k]...)
+	}
+	if n := len(del) / ks; n > 0 {
+		done, err := m.BatchDelete(packedBytes(del, ks), nil)
+		if err != nil || done != n {
+			for i := range n {
+				if err := m.Delete(del[i*ks : (i+1)*ks]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return true, err
+				}
+			}
+		}
+	}
+	if n := len(putK) / ks; n > 0 {
+		done, err := m.BatchUpdate(packedBytes(putK, ks), packedBytes(putV, vs), nil)
+		if err != nil || done != n {
+			for i := range n {
+				if err := m.Put(putK[i*ks:(i+1)*ks], putV[i*vs:(i+1)*vs]); err != nil {
+					return true, err
+				}
+			}
+		}
+	}
+	return true, nil
 }
 
 // packedBytes views flat, n keys or values of size bytes each, as the
