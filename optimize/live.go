@@ -81,10 +81,10 @@ type Baseline struct {
 // NewBaseline returns an empty Baseline.
 func NewBaseline() *Baseline { return &Baseline{} }
 
-// take returns the kept copies if they were loaded from spec, reset to
-// state; nil if there are none (or they cannot be reset, in which case
-// they are closed).
-func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State) *verify.Originals {
+// take returns the kept copies if they were loaded from spec, sized for
+// tests of maxPackets packets, reset to state; nil if there are none (or
+// they do not fit or cannot be reset, in which case they are closed).
+func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State, maxPackets int) *verify.Originals {
 	if b == nil {
 		return nil
 	}
@@ -95,7 +95,7 @@ func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State) *verif
 	if o == nil {
 		return nil
 	}
-	if o.Spec() != spec {
+	if o.Spec() != spec || !o.SizedFor(maxPackets) {
 		o.Close()
 		return nil
 	}
@@ -309,7 +309,7 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 			origBounds = boundsOf(spec, progs, state)
 		}
 		close(boundsDone)
-		if o := lopts.Baseline.take(spec, state); o != nil {
+		if o := lopts.Baseline.take(spec, state, maxPackets); o != nil {
 			origc <- loaded{o, nil}
 			return
 		}

@@ -213,3 +213,20 @@ func (in *instance) mapCapacities() map[string]uint32 {
 	}
 	return out
 }
+
+// SizedFor reports whether the copies' maps were sized for tests of
+// packets packets (DiffOptions.MaxPackets); copies without shrunk maps
+// suit any test.
+func (o *Originals) SizedFor(packets int) bool {
+	for _, in := range o.insts {
+		if in == nil {
+			continue
+		}
+		for _, h := range in.headroom {
+			if h.maxPackets < packets {
+				return false
+			}
+		}
+	}
+	return true
+}
