@@ -135,12 +135,13 @@ func Analyze(coll *ebpf.CollectionSpec, prog *program.Program, opts Options) (*R
 			continue
 		}
 		fs.entry.frame.share()
-		for _, b := range fs.f.Blocks {
+		for k, b := range fs.f.Blocks {
 			in := fs.in[b]
 			if in == nil {
 				continue
 			}
 			scratch.copyFrom(in)
+			a.rec.block, a.rec.pos = b, k
 			a.block(fs, b, scratch)
 		}
 		a.markUnreachableStack(fs)

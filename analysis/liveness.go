@@ -187,6 +187,32 @@ func (l *liveness) function(f *program.Func) {
 		l.out[b] = 0
 		l.in[b] = nil
 	}
+	// Each block's transfer, live-in = (live-out &^ kill) | gen, is built
+	// once, so that a visit touches no instruction; the per-instruction
+	// sets are filled in at the end from the live-out of each block's
+	// last visit, as that visit would have left them.
+	type step struct{ use, def RegSet }
+	total := 0
+	for _, b := range f.Blocks {
+		total += len(b.Insns)
+	}
+	steps := make([]step, total)
+	first := make([]int, n+1)
+	kill := make([]RegSet, n)
+	gen := make([]RegSet, n)
+	for i, b := range f.Blocks {
+		first[i+1] = first[i] + len(b.Insns)
+		var K RegSet
+		G := fpReg
+		for k := len(b.Insns) - 1; k >= 0; k-- {
+			use, def := l.useDef(b.Insns[k])
+			steps[first[i]+k] = step{use, def}
+			K |= def
+			G = (G &^ def) | use | fpReg
+		}
+		kill[i], gen[i] = K, G
+	}
+	visited := make([]bool, n)
 	bin := make([]RegSet, n)
 	for i := range bin {
 		bin[i] = fpReg
@@ -210,19 +236,10 @@ func (l *liveness) function(f *program.Func) {
 			}
 		}
 		l.out[b] = out
-		ins := l.in[b]
-		first := ins == nil
-		if first {
-			ins = make([]RegSet, len(b.Insns))
-			l.in[b] = ins
-		}
-		live := out | fpReg
-		for k := len(b.Insns) - 1; k >= 0; k-- {
-			use, def := l.useDef(b.Insns[k])
-			live = (live &^ def) | use | fpReg
-			ins[k] = live
-		}
-		if live != bin[i] || first {
+		once := !visited[i]
+		visited[i] = true
+		live := (out &^ kill[i]) | gen[i]
+		if live != bin[i] || once {
 			bin[i] = live
 			for _, p := range preds[i] {
 				if !queued[p] {
@@ -232,7 +249,19 @@ func (l *liveness) function(f *program.Func) {
 			}
 		}
 	}
+	sets := make([]RegSet, total)
 	for i, b := range f.Blocks {
 		l.bin[b] = bin[i]
+		if !visited[i] {
+			continue
+		}
+		ins := sets[first[i]:first[i+1]:first[i+1]]
+		live := l.out[b] | fpReg
+		for k := len(b.Insns) - 1; k >= 0; k-- {
+			st := steps[first[i]+k]
+			live = (live &^ st.def) | st.use | fpReg
+			ins[k] = live
+		}
+		l.in[b] = ins
 	}
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/morpheus-go/morpheus/program"
 )
 
 // Site is one map access: a helper call taking a map, or a load, store or
@@ -124,6 +126,10 @@ type recorder struct {
 	lost    map[string][]string // map name -> reasons it is no longer followed
 	inner   []string            // writes to inner maps of map-in-maps
 	anyMap  []string            // writes through unresolved map pointers
+	// block is the block being replayed, at position pos in its
+	// function's layout (a site's sort key).
+	block *program.Block
+	pos   int
 }
 
 func newRecorder(a *analyzer) *recorder {
@@ -150,7 +156,10 @@ func addReason(list []string, r string) []string {
 }
 
 func (r *recorder) newSite(at loc, arg int, kind SiteKind) *Site {
-	pos := slices.Index(at.fn.f.Blocks, at.block)
+	pos := r.pos
+	if at.block != r.block {
+		pos = slices.Index(at.fn.f.Blocks, at.block)
+	}
 	s := &Site{Func: at.fn.f.Name, Block: at.block.ID, Index: at.index, Kind: kind, call: -1,
 		order: [4]int{at.fn.order, pos, at.index, arg}}
 	r.sites[siteKey{insnKey{at.block, at.index}, arg}] = s

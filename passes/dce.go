@@ -594,26 +594,35 @@ func useDef(ins asm.Instruction) (use, def regSet) {
 	return 0x7ff, 0
 }
 
-// liveSets is the register liveness of one function.
+// liveSets is the register liveness of one function, by block position.
 type liveSets struct {
-	in  map[*program.Block][]regSet // before every instruction
-	out map[*program.Block]regSet
+	at  map[*program.Block]int
+	in  [][]regSet // before every instruction
+	out []regSet
 }
 
 // after returns the registers live after instruction i of b.
 func (l liveSets) after(b *program.Block, i int) regSet {
-	if ins := l.in[b]; i+1 < len(ins) {
+	k, ok := l.at[b]
+	if !ok {
+		return 0
+	}
+	if ins := l.in[k]; i+1 < len(ins) {
 		return ins[i+1]
 	}
-	return l.out[b]
+	return l.out[k]
 }
 
 // entry returns the registers live at the function's entry.
 func (l liveSets) entry(f *program.Func) regSet {
-	if ins := l.in[f.Blocks[0]]; len(ins) > 0 {
+	k, ok := l.at[f.Blocks[0]]
+	if !ok {
+		return 0
+	}
+	if ins := l.in[k]; len(ins) > 0 {
 		return ins[0]
 	}
-	return l.out[f.Blocks[0]]
+	return l.out[k]
 }
 
 // computeLive solves backward register liveness of f, every call
@@ -691,12 +700,12 @@ func computeLiveWith(f *program.Func, args map[string]regSet) liveSets {
 			}
 		}
 	}
-	l := liveSets{in: make(map[*program.Block][]regSet, len(f.Blocks)), out: make(map[*program.Block]regSet, len(f.Blocks))}
+	l := liveSets{at: at, in: make([][]regSet, len(f.Blocks)), out: make([]regSet, len(f.Blocks))}
 	sets := make([]regSet, total)
 	pos := 0
-	for _, b := range f.Blocks {
+	for k, b := range f.Blocks {
 		out := succIn(b)
-		l.out[b] = out
+		l.out[k] = out
 		ins := sets[pos : pos+len(b.Insns) : pos+len(b.Insns)]
 		live := out | regBit(asm.R10)
 		for i := len(b.Insns) - 1; i >= 0; i-- {
@@ -705,7 +714,7 @@ func computeLiveWith(f *program.Func, args map[string]regSet) liveSets {
 			ins[i] = live
 		}
 		pos += len(b.Insns)
-		l.in[b] = ins
+		l.in[k] = ins
 	}
 	return l
 }
@@ -755,11 +764,25 @@ var allStack = func() stackBits {
 
 // stackEffect is what one instruction does to the current frame.
 type stackEffect struct {
-	reads stackBits
+	// reads is nil when the instruction reads no frame byte, &allStack
+	// when it may read any (most instructions read none: a set per
+	// instruction made most of dce's garbage).
+	reads *stackBits
 	// store is set for a plain store to known bytes [lo, hi), which a
 	// later store of the same bytes makes dead.
 	store  bool
 	lo, hi int64
+}
+
+// addReads adds [lo, hi) to the bytes e reads.
+func (e *stackEffect) addReads(lo, hi int64) {
+	if e.reads == &allStack {
+		return // every byte already
+	}
+	if e.reads == nil {
+		e.reads = new(stackBits)
+	}
+	e.reads.addRange(lo, hi)
 }
 
 // stackEffects classifies the frame accesses of every instruction of f with
@@ -778,14 +801,14 @@ func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet)
 		if w == nil {
 			// No states: whatever it does, assume it reads everything.
 			for i := range effs {
-				effs[i].reads = allStack
+				effs[i].reads = &allStack
 			}
 			continue
 		}
 		for i, ins := range b.Insns {
 			st := w.At(i)
 			if st == nil {
-				effs[i].reads = allStack
+				effs[i].reads = &allStack
 				continue
 			}
 			e := &effs[i]
@@ -812,15 +835,15 @@ func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet)
 			case ins.OpCode.IsDWordLoad() || cls.IsALU() || cls == asm.LdClass:
 			case cls == asm.LdXClass:
 				if lo, hi, known, frame := base(ins.Src, int64(ins.Offset), size); known {
-					e.reads.addRange(lo, hi)
+					e.addReads(lo, hi)
 				} else if frame {
-					e.reads = allStack
+					e.reads = &allStack
 				}
 			case cls == asm.StXClass && ins.OpCode.Mode() == asm.AtomicMode:
 				if lo, hi, known, frame := base(ins.Dst, int64(ins.Offset), size); known {
-					e.reads.addRange(lo, hi)
+					e.addReads(lo, hi)
 				} else if frame {
-					e.reads = allStack
+					e.reads = &allStack
 				}
 				if st.Reg(ins.Src).Kind == analysis.PtrStack {
 					return nil, false
@@ -855,9 +878,9 @@ func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet)
 					v := st.Reg(r)
 					switch {
 					case v.Kind == analysis.PtrStack && v.OffKnown && ins.IsBuiltinCall() && !callback:
-						e.reads.addRange(v.Off, 0)
+						e.addReads(v.Off, 0)
 					case v.Kind == analysis.PtrStack || v.Kind == analysis.Unknown:
-						e.reads = allStack
+						e.reads = &allStack
 					}
 				}
 			}
@@ -895,7 +918,9 @@ func deadStores(res *analysis.Result, f *program.Func, args map[string]regSet, m
 					G[w] &^= st[w]
 				}
 			}
-			G.or(e.reads)
+			if e.reads != nil {
+				G.or(*e.reads)
+			}
 		}
 		kill[k], gen[k] = K, G
 	}
@@ -933,7 +958,9 @@ func deadStores(res *analysis.Result, f *program.Func, args map[string]regSet, m
 				}
 				live.removeRange(e.lo, e.hi)
 			}
-			live.or(e.reads)
+			if e.reads != nil {
+				live.or(*e.reads)
+			}
 		}
 		marks[b] = append(marks[b], dead...)
 	}
