@@ -158,3 +158,40 @@ func TestTestCapacity(t *testing.T) {
 		})
 	}
 }
+
+// TestShrunkMapsReset checks that a session whose hash map copies were
+// sized for one state refuses a Reset to a state with too many entries
+// for them, and that Originals.SizedFor tells the packets they suit.
+func TestShrunkMapsReset(t *testing.T) {
+	kerneltest.Require(t)
+	spec := &ebpf.CollectionSpec{
+		Maps: map[string]*ebpf.MapSpec{
+			"flows": {Name: "flows", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 65536},
+		},
+		Programs: map[string]*ebpf.ProgramSpec{
+			"ins": {Name: "ins", Type: ebpf.XDP, License: "GPL", Instructions: inserter(7, 0)},
+		},
+	}
+	fill := func(n int) *mapstate.State {
+		s := mapstate.New()
+		for i := range n {
+			s.Put("flows", binary.NativeEndian.AppendUint32(nil, uint32(1<<20+i)), binary.NativeEndian.AppendUint64(nil, 3))
+		}
+		return s
+	}
+	opts := DiffOptions{InsertBounds: map[string]int{"flows": 1}, MaxPackets: 100}
+	o, err := LoadOriginals(spec, fill(10), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if !o.SizedFor(100) || o.SizedFor(101) {
+		t.Errorf("SizedFor(100), SizedFor(101) = %v, %v; want true, false", o.SizedFor(100), o.SizedFor(101))
+	}
+	if err := o.Reset(fill(500)); err != nil {
+		t.Fatalf("reset within the capacity: %v", err)
+	}
+	if err := o.Reset(fill(5000)); err == nil || !strings.Contains(err.Error(), "too few") {
+		t.Fatalf("reset beyond the capacity: %v, want too few entries", err)
+	}
+}
