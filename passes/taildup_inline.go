@@ -157,6 +157,23 @@ func definitelyWritten(f *program.Func) map[*program.Block]regSet {
 	}
 	in[f.Blocks[0]] = regBit(asm.R1) | regBit(asm.R10)
 	preds := f.Preds()
+	// A block's writtenAfter over all its instructions is
+	// out = (in &^ kill) | gen, built once instead of per visit.
+	type summary struct{ kill, gen regSet }
+	sum := make(map[*program.Block]summary, len(f.Blocks))
+	for _, b := range f.Blocks {
+		var sm summary
+		for _, ins := range b.Insns {
+			if ins.OpCode.JumpOp() == asm.Call {
+				sm.kill |= argRegSet
+				sm.gen = sm.gen&^argRegSet | regBit(asm.R0)
+				continue
+			}
+			_, def := useDef(ins)
+			sm.gen |= def
+		}
+		sum[b] = sm
+	}
 	for changed := true; changed; {
 		changed = false
 		for _, b := range f.Blocks[1:] {
@@ -165,11 +182,17 @@ func definitelyWritten(f *program.Func) map[*program.Block]regSet {
 				s = regBit(asm.R10)
 			}
 			for _, p := range preds[b] {
-				out := in[p]
-				for _, ins := range p.Insns {
-					out = writtenAfter(out, ins)
+				sm, ok := sum[p]
+				if !ok {
+					// Not laid out in f: the original walk.
+					out := in[p]
+					for _, ins := range p.Insns {
+						out = writtenAfter(out, ins)
+					}
+					s &= out
+					continue
 				}
-				s &= out
+				s &= in[p]&^sm.kill | sm.gen
 			}
 			if s != in[b] {
 				in[b] = s
