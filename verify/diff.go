@@ -33,7 +33,10 @@ const MinFrameSize = 14
 const DefaultMaxMismatches = 16
 
 // The automatic map check mode weighs the maps by what reading them costs
-// (see readCost): up to AutoMapCheckEvery entries they are compared after
+// (see readCost; a hash map's copy created smaller for the test,
+// DiffOptions.InsertBounds, is weighed at its spec's size, so shrinking
+// makes checks cheaper, not more frequent): up to AutoMapCheckEvery
+// entries they are compared after
 // every packet; up to AutoMapCheckEntries every N packets, N chosen so
 // that about AutoMapCheckEvery entries are read per packet; above that
 // once at the end. In every mode maps are also compared after the last
