@@ -171,6 +171,7 @@ func (c *Context) deadCodeRound(st *dceStats) (int, error) {
 // longer reads) have gone.
 func (c *Context) neverNull(res *analysis.Result) map[*program.Block]bool {
 	out := map[*program.Block]bool{}
+	var spare *analysis.Walker
 	for _, f := range c.Prog.Funcs {
 		for _, b := range f.Blocks {
 			t := b.Term()
@@ -181,11 +182,12 @@ func (c *Context) neverNull(res *analysis.Result) map[*program.Block]bool {
 			if op != asm.JEq && op != asm.JNE {
 				continue
 			}
-			st := res.StateBefore(b, len(b.Insns)-1)
-			if st == nil {
+			w := res.Rewalk(spare, b) // StateBefore without a copy per block
+			if w == nil {
 				continue
 			}
-			v := st.Reg(t.Dst)
+			spare = w
+			v := w.At(len(b.Insns) - 1).Reg(t.Dst)
 			if v.Kind == analysis.PtrMapValue && v.MaybeNull && c.inRangeArrayLookup(res, v) {
 				out[b] = op == asm.JNE
 			}
@@ -785,6 +787,20 @@ func (e *stackEffect) addReads(lo, hi int64) {
 	e.reads.addRange(lo, hi)
 }
 
+// touchesMemory reports whether stackEffects classifies ins: a load,
+// store, atomic or call (every other instruction has no frame effect).
+func touchesMemory(ins asm.Instruction) bool {
+	switch cls := ins.OpCode.Class(); {
+	case ins.OpCode.IsDWordLoad() || cls.IsALU() || cls == asm.LdClass:
+		return false
+	case cls == asm.LdXClass || cls == asm.StClass || cls == asm.StXClass:
+		return true
+	case cls.IsJump():
+		return ins.OpCode.JumpOp() == asm.Call
+	}
+	return false
+}
+
 // stackEffects classifies the frame accesses of every instruction of f with
 // the analysis' pointer values. ok is false when a pointer into the frame
 // escapes where the classification cannot follow it (stored to memory).
@@ -794,18 +810,24 @@ func stackEffects(res *analysis.Result, f *program.Func, args map[string]regSet)
 	for _, b := range f.Blocks {
 		effs := make([]stackEffect, len(b.Insns))
 		out[b] = effs
-		w := res.Rewalk(spare, b)
-		if w != nil {
-			spare = w
-		}
-		if w == nil {
+		if !res.Reachable(b) {
 			// No states: whatever it does, assume it reads everything.
 			for i := range effs {
 				effs[i].reads = &allStack
 			}
 			continue
 		}
+		// Only loads, stores and calls touch the frame: the walk stops
+		// at the last of them, and a block without any needs none.
+		if !slices.ContainsFunc(b.Insns, touchesMemory) {
+			continue
+		}
+		w := res.Rewalk(spare, b)
+		spare = w
 		for i, ins := range b.Insns {
+			if !touchesMemory(ins) {
+				continue
+			}
 			st := w.At(i)
 			if st == nil {
 				effs[i].reads = &allStack
