@@ -50,12 +50,13 @@ func constProp(c *Context) error {
 		return nil
 	}
 	cp := &propagator{c: c, guarded: map[string]bool{}, touched: map[string]bool{}, skips: map[Remark]bool{}, plain: map[string]int{}}
-	before := c.Prog.Clone()
-	if c.unduplicated != nil {
-		// taildup ran right before: its copies change no behaviour, and
-		// a fallback without them halves what the verifier walks.
-		before, c.unduplicated = c.unduplicated, nil
+	before := c.unduplicated
+	c.unduplicated = nil
+	if before == nil {
+		before = c.Prog.Clone()
 	}
+	// else taildup ran right before: its copies change no behaviour, and
+	// a fallback without them halves what the verifier walks.
 	cp.sharedBefore = c.Guards.Guarded()
 	cp.written = c.writtenByOthers()
 	frozen := c.frozen

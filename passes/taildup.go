@@ -156,11 +156,15 @@ func (td *tailDuplicator) candidate(res *analysis.Result, f *program.Func, m *pr
 	var gains []gain
 	var region []*program.Block
 	useless := false
+	var spare *analysis.Walker
 	for _, p := range preds {
-		out := res.StateBefore(p, len(p.Insns))
-		if out == nil {
+		// StateBefore(p, len(p.Insns)) in one reused state.
+		w := res.Rewalk(spare, p)
+		if w == nil {
 			continue
 		}
+		spare = w
+		out := w.At(len(p.Insns))
 		g := gain{pred: p}
 		var what []string
 		var ptrs, consts regSet
