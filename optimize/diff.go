@@ -52,12 +52,13 @@ func parseListing(s string) *listing {
 // out. Remarks about sites a pass left alone are listed per function at
 // the end, so the reader also sees why a site was not rewritten.
 func (pr *ProgramReport) WriteDiff(w io.Writer) error {
-	if pr.Before == "" {
+	bl, al := pr.Listings()
+	if bl == "" {
 		_, err := fmt.Fprintf(w, "program %s: no listing (%s)\n", pr.Program, pr.Reason)
 		return err
 	}
-	before, after := parseListing(pr.Before), parseListing(pr.After)
-	if pr.After == "" {
+	before, after := parseListing(bl), parseListing(al)
+	if al == "" {
 		after = before
 	}
 	applied := map[string]map[string][]passes.Remark{} // func -> block label -> remarks
