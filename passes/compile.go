@@ -39,7 +39,7 @@ type Pass struct {
 // rewrites so that it folds the values they expose, and dce runs last to
 // remove what folding and the rewrites left dead.
 var Table = []Pass{
-	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
+	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains or (hashes, by cost) a hashed probe into a frozen table; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
 	{Name: "dss", Doc: "specialize large read-only tables by a cost model: IPv4 LPM tries become DIR-16-8-8 arrays, LPM tries with a dominant prefix length become hashes on the masked key (with short chains and hot keys), dense integer-keyed hashes become arrays; behind a guard", fn: dataStructSpec},
 	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
 	{Name: "taildup", Doc: "duplicate the tail after a merge of known values (the hits of a compare chain or hot cache) per predecessor, with the static functions it calls, so that constprop folds each copy; bounded, runs only with constprop", fn: tailDup},
