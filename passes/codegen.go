@@ -89,16 +89,23 @@ func (c *Context) addCacheMap(of string, valueSize uint32, values [][]byte) stri
 	for _, v := range values {
 		all = append(all, v...)
 	}
-	c.Coll.Maps[name] = &ebpf.MapSpec{
+	c.Coll.Maps[name] = frozenArray(name, all)
+	return name
+}
+
+// frozenArray is the spec of a read-only (for programs) array of one
+// element holding data: the form of every table the passes compile, since
+// direct value pointers only work into single-element arrays.
+func frozenArray(name string, data []byte) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
 		Name:       name,
 		Type:       ebpf.Array,
 		KeySize:    4,
-		ValueSize:  valueSize * uint32(len(values)),
+		ValueSize:  uint32(len(data)),
 		MaxEntries: 1,
 		Flags:      bpfFRdonlyProg,
-		Contents:   []ebpf.MapKV{{Key: uint32(0), Value: all}},
+		Contents:   []ebpf.MapKV{{Key: uint32(0), Value: data}},
 	}
-	return name
 }
 
 // keyChunk is a piece of a key compared in one instruction.
@@ -164,6 +171,15 @@ type matcher struct {
 	valueIndex int
 }
 
+// result is the instruction that sets R0 to the matcher's lookup result:
+// a pointer to its value in the cache map, or NULL for a cached miss.
+func (m matcher) result(cache string, valueSize uint32) asm.Instruction {
+	if m.valueIndex < 0 {
+		return asm.Mov.Imm(asm.R0, 0)
+	}
+	return asm.LoadMapValue(asm.R0, 0, uint32(m.valueIndex)*valueSize).WithReference(cache)
+}
+
 // compareChain emits blocks that test the key at fp+keyOff against each
 // matcher in order; a match loads the value pointer into R0 and goes to
 // after, no match goes to miss. R3-R5 are scratch; R1 and R2 keep the
@@ -217,12 +233,7 @@ func compareChain(p *program.Program, keyOff int16, keySize int, ms []matcher, c
 			cur = p.NewBlock()
 		}
 		hit := cur
-		if m.valueIndex < 0 {
-			hit.Insns = append(hit.Insns, asm.Mov.Imm(asm.R0, 0))
-		} else {
-			hit.Insns = append(hit.Insns, asm.LoadMapValue(asm.R0, 0, uint32(m.valueIndex)*valueSize).WithReference(cache))
-		}
-		hit.Insns = append(hit.Insns, clearRef(asm.Ja.Label("")))
+		hit.Insns = append(hit.Insns, m.result(cache, valueSize), clearRef(asm.Ja.Label("")))
 		hit.Target = after
 		for k := range seq {
 			if k+1 < len(seq) {
@@ -333,12 +344,7 @@ func searchTree(p *program.Program, keyOff int16, chs []keyChunk, ms []matcher, 
 		left, right := node(lo, mid), node(mid+1, hi)
 		m := ms[mid]
 		hit := p.NewBlock()
-		if m.valueIndex < 0 {
-			hit.Insns = append(hit.Insns, asm.Mov.Imm(asm.R0, 0))
-		} else {
-			hit.Insns = append(hit.Insns, asm.LoadMapValue(asm.R0, 0, uint32(m.valueIndex)*valueSize).WithReference(cache))
-		}
-		hit.Insns = append(hit.Insns, clearRef(asm.Ja.Label("")))
+		hit.Insns = append(hit.Insns, m.result(cache, valueSize), clearRef(asm.Ja.Label("")))
 		hit.Target = after
 		// Built from the last chunk back, so each test knows what
 		// follows it when its chunk is equal.

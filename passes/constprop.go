@@ -625,13 +625,7 @@ func (cp *propagator) addFallback(before *program.Program) error {
 		if !need[f.Name] || f == before.Funcs[0] {
 			continue
 		}
-		nf := &program.Func{Name: rename[f.Name], Blocks: cloneBlocks(p, f.Blocks, rename), Source: f.Source}
-		if f.BTF != nil {
-			fb := *f.BTF
-			fb.Name = nf.Name
-			nf.BTF = &fb
-		}
-		p.Funcs = append(p.Funcs, nf)
+		p.Funcs = append(p.Funcs, cloneFunc(p, f, rename[f.Name], rename))
 	}
 
 	fallback := cloneBlocks(p, before.Funcs[0].Blocks, rename)
@@ -698,6 +692,18 @@ func funcRefs(f *program.Func) []string {
 		}
 	}
 	return out
+}
+
+// cloneFunc copies f under a new name (its BTF function info renamed with
+// it), its calls retargeted as rename says.
+func cloneFunc(p *program.Program, f *program.Func, name string, rename map[string]string) *program.Func {
+	nf := &program.Func{Name: name, Blocks: cloneBlocks(p, f.Blocks, rename), Source: f.Source}
+	if f.BTF != nil {
+		fb := *f.BTF
+		fb.Name = name
+		nf.BTF = &fb
+	}
+	return nf
 }
 
 // cloneBlocks copies blocks with fresh IDs, pointing function references

@@ -71,17 +71,7 @@ func TestDeadStoresConservative(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			table := &ebpf.MapSpec{Name: "table", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 4}
-			spec := goldenCollection(tc.insns, table)
-			prog, err := program.Lift(spec.Programs[goldenProg])
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := &Context{Coll: spec, Prog: prog, State: mapstate.New(), Guards: guard.NewTable(), Opts: DefaultOptions()}
-			c.Opts.Passes = []string{"dce"}
-			if err := Run(c); err != nil {
-				t.Fatal(err)
-			}
+			c := runDCE(t, tc.insns)
 			kept := strings.Contains(c.Prog.String(), "off: -16 imm: 7")
 			if kept != tc.kept {
 				t.Errorf("marker store kept %v, want %v:\n%s", kept, tc.kept, c.Prog)
@@ -145,21 +135,29 @@ func TestDeadArguments(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			table := &ebpf.MapSpec{Name: "table", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 4}
-			spec := goldenCollection(tc.insns, table)
-			prog, err := program.Lift(spec.Programs[goldenProg])
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := &Context{Coll: spec, Prog: prog, State: mapstate.New(), Guards: guard.NewTable(), Opts: DefaultOptions()}
-			c.Opts.Passes = []string{"dce"}
-			if err := Run(c); err != nil {
-				t.Fatal(err)
-			}
+			c := runDCE(t, tc.insns)
 			if kept := strings.Contains(c.Prog.String(), tc.marker); kept != tc.kept {
 				t.Errorf("%q kept %v, want %v:\n%s", tc.marker, kept, tc.kept, c.Prog)
 			}
 			goldenKernel(t, c, goldenCase{name: tc.name})
 		})
 	}
+}
+
+// runDCE runs dce alone on insns, a program of the golden collection with
+// an 8-byte hash map "table".
+func runDCE(t *testing.T, insns asm.Instructions) *Context {
+	t.Helper()
+	table := &ebpf.MapSpec{Name: "table", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 4}
+	spec := goldenCollection(insns, table)
+	prog, err := program.Lift(spec.Programs[goldenProg])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Context{Coll: spec, Prog: prog, State: mapstate.New(), Guards: guard.NewTable(), Opts: DefaultOptions()}
+	c.Opts.Passes = []string{"dce"}
+	if err := Run(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -370,15 +370,7 @@ func (d *dss) dirMaps(of string, valueSize int, t *dirTable) [4]string {
 			return ""
 		}
 		name := d.mapName(prefix, of)
-		d.c.Coll.Maps[name] = &ebpf.MapSpec{
-			Name:       name,
-			Type:       ebpf.Array,
-			KeySize:    4,
-			ValueSize:  uint32(len(data)),
-			MaxEntries: 1,
-			Flags:      bpfFRdonlyProg,
-			Contents:   []ebpf.MapKV{{Key: uint32(0), Value: data}},
-		}
+		d.c.Coll.Maps[name] = frozenArray(name, data)
 		return name
 	}
 	names[0] = add("d1", t.encode(t.l1))

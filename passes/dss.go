@@ -1062,15 +1062,7 @@ func (d *dss) hashToArray(s lookupSite, ms *ebpf.MapSpec, entries []mapstate.Ent
 			all[at+uint64(ms.ValueSize)] = 1
 		}
 		name = d.mapName("da", s.mapName)
-		c.Coll.Maps[name] = &ebpf.MapSpec{
-			Name:       name,
-			Type:       ebpf.Array,
-			KeySize:    4,
-			ValueSize:  uint32(len(all)),
-			MaxEntries: 1,
-			Flags:      bpfFRdonlyProg,
-			Contents:   []ebpf.MapKV{{Key: uint32(0), Value: all}},
-		}
+		c.Coll.Maps[name] = frozenArray(name, all)
 		d.made[s.mapName] = name
 	}
 

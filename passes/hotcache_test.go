@@ -198,12 +198,10 @@ func TestHotSearchTreeKernel(t *testing.T) {
 	}
 }
 
-// hotCheckKernel verifies the rewritten program, compares it with the
-// original on packets, and then proves that hot keys are answered by the
-// cache and every other key by the lookup: with the table emptied behind
-// the guard's back, hot keys still give their snapshot results while
-// every other key misses.
-func hotCheckKernel(t *testing.T, c *Context, st *mapstate.State, heat *heatmap.Heatmap, packets [][]byte) {
+// loadChecked lowers the rewritten program (goldenProg), requires it to
+// pass the verifier and the differential test against the original on
+// packets, and loads it with st for the caller's own runs.
+func loadChecked(t *testing.T, c *Context, st *mapstate.State, packets [][]byte) *ebpf.Collection {
 	t.Helper()
 	insns, err := c.Prog.Lower()
 	if err != nil {
@@ -225,6 +223,17 @@ func hotCheckKernel(t *testing.T, c *Context, st *mapstate.State, heat *heatmap.
 	if err != nil {
 		t.Fatal(err)
 	}
+	return coll
+}
+
+// hotCheckKernel verifies the rewritten program, compares it with the
+// original on packets, and then proves that hot keys are answered by the
+// cache and every other key by the lookup: with the table emptied behind
+// the guard's back, hot keys still give their snapshot results while
+// every other key misses.
+func hotCheckKernel(t *testing.T, c *Context, st *mapstate.State, heat *heatmap.Heatmap, packets [][]byte) {
+	t.Helper()
+	coll := loadChecked(t, c, st, packets)
 	defer coll.Close()
 	tbl := coll.Maps["tbl"]
 	want := map[string]uint32{}
@@ -414,27 +423,7 @@ func TestHotRWTripwire(t *testing.T) {
 			packets = append(packets, rwFrame(k, 0, 0))
 		}
 	}
-	insns, err := c.Prog.Lower()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cand := verify.Candidate{goldenProg: insns}
-	rep, err := verify.Differential(context.Background(), c.Coll, st, cand, packets, verify.DiffOptions{})
-	if err != nil {
-		t.Fatalf("differential: %v", err)
-	}
-	if !rep.Passed() {
-		t.Fatalf("differential test failed:\n%s", rep)
-	}
-
-	cs, err := verify.WithCandidate(c.Coll, cand)
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := st.Load(cs, ebpf.CollectionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	coll := loadChecked(t, c, st, packets)
 	defer coll.Close()
 	prog, rw, guards := coll.Programs[goldenProg], coll.Maps["rw"], coll.Maps[guard.MapName]
 	run := func(key uint32, op byte, val uint32) uint32 {

@@ -2,7 +2,6 @@ package passes
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"math/rand"
@@ -19,7 +18,6 @@ import (
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/program"
-	"github.com/morpheus-go/morpheus/verify"
 )
 
 // probeKeys returns n distinct random keys of size bytes.
@@ -318,26 +316,7 @@ func TestProbeInlineKernel(t *testing.T) {
 // the (empty) map.
 func probeCheckKernel(t *testing.T, c *Context, st *mapstate.State, packets [][]byte, cached func(string) bool) {
 	t.Helper()
-	insns, err := c.Prog.Lower()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cand := verify.Candidate{goldenProg: insns}
-	rep, err := verify.Differential(context.Background(), c.Coll, st, cand, packets, verify.DiffOptions{})
-	if err != nil {
-		t.Fatalf("differential: %v", err)
-	}
-	if !rep.Passed() {
-		t.Fatalf("differential test failed:\n%s", rep)
-	}
-	cs, err := verify.WithCandidate(c.Coll, cand)
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := st.Load(cs, ebpf.CollectionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	coll := loadChecked(t, c, st, packets)
 	defer coll.Close()
 	want := map[string]uint32{}
 	for _, e := range st.Maps["tbl"].Entries {

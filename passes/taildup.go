@@ -561,12 +561,7 @@ func (td *tailDuplicator) duplicate(md tdMerge, res *analysis.Result) {
 				inlined = append(inlined, g.Name)
 				continue
 			}
-			ng := &program.Func{Name: rename[g.Name], Blocks: cloneBlocks(p, g.Blocks, nil), Source: g.Source}
-			if g.BTF != nil {
-				fb := *g.BTF
-				fb.Name = ng.Name
-				ng.BTF = &fb
-			}
+			ng := cloneFunc(p, g, rename[g.Name], nil)
 			p.Funcs = append(p.Funcs, ng)
 			cloned = append(cloned, ng.Name)
 		}

@@ -2,8 +2,9 @@ package verify
 
 import (
 	"fmt"
+	"maps"
 	"math/bits"
-	"sort"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -160,7 +161,7 @@ func shrinkMaps(cs *ebpf.CollectionSpec, entries func(name string) int, opts Dif
 // one of in's shrunk copies.
 func (in *instance) checkHeadroom(packets int) error {
 	slack := CapacitySlack(possibleCPUs())
-	for _, name := range sortedKeys(in.headroom) {
+	for _, name := range slices.Sorted(maps.Keys(in.headroom)) {
 		h := in.headroom[name]
 		if need := uint64(h.count) + uint64(packets)*uint64(h.bound) + uint64(slack); need > uint64(h.size) {
 			return fmt.Errorf("verify: the test's copy of map %q was created with %d entries, too few for %d more packets (it may hold %d, each packet may add %d)",
@@ -190,15 +191,6 @@ func (in *instance) ran(packets int) {
 	for _, h := range in.headroom {
 		h.count += packets * h.bound
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // mapCapacities returns the max_entries of the test's copies of the
