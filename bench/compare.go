@@ -133,16 +133,45 @@ func Compare(ctx context.Context, sc *Scenario, opts CompareOptions) (*Compariso
 		return nil, err
 	}
 	defer p.Close()
-	h, err := New(sc.Frames, Config{IngressIfindex: sc.Ingress})
+	h, err := sc.harness()
 	if err != nil {
 		return nil, err
 	}
 	defer h.Close()
+	return p.Measure(ctx, h, opts.measureOptions())
+}
+
+// progress tells opts.Progress, if set, the stage and how far it is.
+func (opts CompareOptions) progress(stage string, done, total int) {
+	if opts.Progress != nil {
+		opts.Progress(stage, done, total)
+	}
+}
+
+// measureOptions is opts.Measure reporting its progress as the "measure"
+// stage of opts.Progress.
+func (opts CompareOptions) measureOptions() Options {
 	mo := opts.Measure
 	if opts.Progress != nil {
 		mo.Progress = func(done, total int) { opts.Progress("measure", done, total) }
 	}
-	return p.Measure(ctx, h, mo)
+	return mo
+}
+
+// harness loads a replay harness for the scenario's trace.
+func (sc *Scenario) harness() (*Harness, error) {
+	return New(sc.Frames, Config{IngressIfindex: sc.Ingress})
+}
+
+// load loads a copy of spec (the original, the optimized collection or a
+// variant of the NF) with the scenario's state: its variables set, its
+// maps filled. what names the collection in the error.
+func (sc *Scenario) load(what string, spec *ebpf.CollectionSpec) (*ebpf.Collection, error) {
+	c, err := sc.State.Load(spec.Copy(), ebpf.CollectionOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("bench: %s: load %s: %w", sc.NF, what, err)
+	}
+	return c, nil
 }
 
 // Pair is an NF loaded twice from the same configuration: as it is and
@@ -175,11 +204,7 @@ func (p *Pair) Close() {
 // Optimize runs the optimizer on the scenario and loads the original and
 // the optimized collection. opts.Measure is not used.
 func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, error) {
-	progress := func(stage string, done, total int) {
-		if opts.Progress != nil {
-			opts.Progress(stage, done, total)
-		}
-	}
+	progress := opts.progress
 	if !opts.Cold {
 		progress("warm", 0, 1)
 		if err := sc.Warm(ctx); err != nil {
@@ -239,17 +264,17 @@ func Optimize(ctx context.Context, sc *Scenario, opts CompareOptions) (*Pair, er
 		return nil, err
 	}
 	progress("load", 0, 1)
-	if p.Original, err = sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{}); err != nil {
-		return nil, fmt.Errorf("bench: load original %s: %w", sc.NF, err)
+	if p.Original, err = sc.load(OriginalName, sc.Spec); err != nil {
+		return nil, err
 	}
-	if p.Optimized, err = sc.State.Load(optSpec, ebpf.CollectionOptions{}); err != nil {
+	if p.Optimized, err = sc.load(OptimizedName, optSpec); err != nil {
 		p.Original.Close()
-		return nil, fmt.Errorf("bench: load optimized %s: %w", sc.NF, err)
+		return nil, err
 	}
 	if opts.Control {
-		if p.Control, err = sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{}); err != nil {
+		if p.Control, err = sc.load(ControlName, sc.Spec); err != nil {
 			p.Close()
-			return nil, fmt.Errorf("bench: load control %s: %w", sc.NF, err)
+			return nil, err
 		}
 	}
 	progress("load", 1, 1)

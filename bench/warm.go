@@ -31,12 +31,12 @@ func (sc *Scenario) Warm(ctx context.Context) error {
 	if sc.warmed {
 		return nil
 	}
-	coll, err := sc.State.Load(sc.Spec.Copy(), ebpf.CollectionOptions{})
+	coll, err := sc.load("the warm-up copy", sc.Spec)
 	if err != nil {
-		return fmt.Errorf("bench: warm up %s: load: %w", sc.NF, err)
+		return err
 	}
 	defer coll.Close()
-	h, err := New(sc.Frames, Config{IngressIfindex: sc.Ingress})
+	h, err := sc.harness()
 	if err != nil {
 		return err
 	}

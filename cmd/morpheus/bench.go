@@ -63,6 +63,7 @@ type benchFlags struct {
 	sampleRate   float64
 	control      bool
 	cold         bool
+	against      []string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -76,6 +77,9 @@ func newBenchCmd() *cobra.Command {
 			"BPF_PROG_TEST_RUN. Prints medians (ns/packet) and the speedups: the NF's own cost (floor\n" +
 			"removed) and end to end. --all runs every NF at every locality; --markdown prints the\n" +
 			"BENCHMARKS.md tables and --markdown-file FILE rewrites the generated part of FILE.\n" +
+			"--against OBJ (repeatable) measures BPF objects instead of the optimizer's output: builds of\n" +
+			"the NF with the same maps and entry program (hand-specialized, with a part removed), each\n" +
+			"loaded with the same warmed-up map state and measured in the same rounds as the original.\n" +
 			"Needs root. Only ratios from one run are comparable: the machine's noise is large.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd, &bf) },
@@ -102,6 +106,8 @@ func newBenchCmd() *cobra.Command {
 	fs.BoolVar(&bf.cold, "cold", false, "specialize to the configuration as given, not to the maps after a warm-up replay of the trace through the original (learned addresses, connections)")
 	fs.IntVar(&bf.topK, "top-k", def.TopK, "most hot keys compiled in front of a lookup (the cost model picks how many pay)")
 	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
+	fs.StringArrayVar(&bf.against, "against", nil, "measure this BPF object (a variant build of the NF with the same maps and entry program) "+
+		"against the original instead of the optimizer's output; repeatable")
 	return cmd
 }
 
@@ -132,29 +138,27 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 		}
 		jobs = []benchJob{{bf.nf, loc}}
 	}
+	if len(bf.against) > 0 {
+		if bf.all || bf.live || bf.markdown || bf.markdownFile != "" {
+			return errors.New("--against measures one NF in the replay harness: drop --all, --live and --markdown")
+		}
+		return runAgainst(cmd, bf, jobs[0])
+	}
 	if bf.live {
 		if bf.all || bf.markdown || bf.markdownFile != "" {
 			return errors.New("--live measures one NF: drop --all and --markdown")
 		}
 		return runLive(cmd, bf, jobs[0])
 	}
-	var frames [][]byte
-	if bf.tracePath != "" {
-		var err error
-		if frames, err = traffic.ReadPcapFile(bf.tracePath); err != nil {
-			return err
-		}
+	frames, err := bf.frames()
+	if err != nil {
+		return err
 	}
 	machine := describeMachine()
 	started := time.Now().UTC()
 	var results []*bench.Comparison
 	for i, j := range jobs {
-		o, err := bf.options(j.nf, j.loc)
-		if err != nil {
-			return err
-		}
-		o.Frames = frames
-		sc, err := bench.NewScenario(o)
+		sc, err := bf.scenario(j, frames)
 		if err != nil {
 			return err
 		}
@@ -193,6 +197,81 @@ func runBench(cmd *cobra.Command, bf *benchFlags) error {
 		}
 	}
 	return nil
+}
+
+// frames reads the --trace pcap; nil without --trace.
+func (bf *benchFlags) frames() ([][]byte, error) {
+	if bf.tracePath == "" {
+		return nil, nil
+	}
+	return traffic.ReadPcapFile(bf.tracePath)
+}
+
+// scenario builds the scenario of one job, replaying frames if given.
+func (bf *benchFlags) scenario(j benchJob, frames [][]byte) (*bench.Scenario, error) {
+	o, err := bf.options(j.nf, j.loc)
+	if err != nil {
+		return nil, err
+	}
+	o.Frames = frames
+	return bench.NewScenario(o)
+}
+
+// runAgainst measures the --against objects against the original NF of
+// one job, with the scenario, state and harness the optimizer's output
+// would be measured with.
+func runAgainst(cmd *cobra.Command, bf *benchFlags, j benchJob) error {
+	frames, err := bf.frames()
+	if err != nil {
+		return err
+	}
+	sc, err := bf.scenario(j, frames)
+	if err != nil {
+		return err
+	}
+	var variants []*bench.Variant
+	for _, path := range bf.against {
+		v, err := bench.LoadVariant(sc, path)
+		if err != nil {
+			return err
+		}
+		variants = append(variants, v)
+	}
+	bar := newStageBar(cmd.ErrOrStderr(), bf.noProgress || !isTerminal(cmd.ErrOrStderr()), fmt.Sprintf("%s %s against %d objects", j.nf, sc.Locality, len(variants)))
+	co := bf.compareOptions()
+	co.Progress = bar.update
+	vc, err := bench.CompareVariants(cmd.Context(), sc, variants, co)
+	bar.finish()
+	if err != nil {
+		return fmt.Errorf("%s, %s locality: %w", j.nf, sc.Locality, err)
+	}
+	if bf.asJSON {
+		return writeJSON(cmd, vc)
+	}
+	writeVariants(cmd.OutOrStdout(), vc)
+	return nil
+}
+
+// writeVariants prints a VariantComparison as a table, a row per object.
+func writeVariants(w io.Writer, vc *bench.VariantComparison) {
+	state := "the warmed-up state"
+	if !vc.Warm {
+		state = "the configuration"
+	}
+	fmt.Fprintf(w, "%s, %s locality: %d packets; maps filled from %s; the original against %d objects\n",
+		vc.NF, vc.Locality, vc.Packets, state, len(vc.Variants))
+	r := vc.Result
+	fmt.Fprintf(w, "  medians of %d alternated rounds x %d packets:\n", r.Rounds, r.Repeat)
+	fmt.Fprintf(w, "  floor      %7.1f ns/pkt\n", vc.FloorNs)
+	fmt.Fprintf(w, "  original   %7.1f ns/pkt (net of floor, spread %.0f%%, xlated %d)\n", vc.OriginalNs, 100*vc.OriginalSpread, vc.XlatedOriginal)
+	if vc.Control > 0 {
+		fmt.Fprintf(w, "  noise      %7.2fx original vs an identical copy in the same rounds\n", vc.Control)
+	}
+	fmt.Fprintf(w, "  %-20s %8s %8s %10s %7s %7s  %s\n", "object", "ns/pkt", "speedup", "end to end", "spread", "xlated", "path")
+	for _, v := range vc.Variants {
+		fmt.Fprintf(w, "  %-20s %8.1f %8s %10s %6.0f%% %7d  %s\n",
+			v.Name, v.NsPerPacket, fmtRatio(v.Speedup), fmtRatio(v.EndToEnd), 100*v.Spread, v.Xlated, v.Path)
+	}
 }
 
 // compareOptions are the optimizer and measurement settings of the flags.
@@ -245,10 +324,8 @@ func runLive(cmd *cobra.Command, bf *benchFlags, j benchJob) error {
 	if err != nil {
 		return err
 	}
-	if bf.tracePath != "" {
-		if o.Frames, err = traffic.ReadPcapFile(bf.tracePath); err != nil {
-			return err
-		}
+	if o.Frames, err = bf.frames(); err != nil {
+		return err
 	}
 	o.Ingress = uint32(tb.NFIfindex())
 	sc, err := bench.NewScenario(o)

@@ -60,6 +60,54 @@ func TestBenchCommand(t *testing.T) {
 	}
 }
 
+// TestBenchAgainst runs `bench --against` with two objects (the
+// l2switch's own build and bench's deliberately slow one): the JSON has a
+// row per object and the slow one measures slower; the table names both.
+func TestBenchAgainst(t *testing.T) {
+	kerneltest.Require(t)
+	const orig, slow = "../../nf/l2switch/bpf_bpfel.o", "../../bench/testdata/l2switch_slow.o"
+	args := []string{"bench", "--nf", "l2switch", "--locality", "high", "--packets", "2000", "--flows", "200",
+		"--rounds", "3", "--repeat", "16384", "--warmup", "1024", "--against", orig, "--against", slow}
+	for _, tc := range []struct {
+		name string
+		json bool
+		want []string
+	}{
+		{"json", true, nil},
+		{"table", false, []string{"l2switch, high locality: 2000 packets; maps filled from the warmed-up state; the original against 2 objects",
+			"floor", "original", "noise", "bpf_bpfel", "l2switch_slow", slow}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := args
+			if tc.json {
+				a = append(a[:len(a):len(a)], "--json")
+			}
+			out, err := runCLI(t, a...)
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			if !tc.json {
+				return
+			}
+			var vc bench.VariantComparison
+			if err := json.Unmarshal([]byte(out), &vc); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if vc.NF != "l2switch" || !vc.Warm || len(vc.Variants) != 2 || vc.Variants[0].Path != orig || !(vc.Control > 0) {
+				t.Fatalf("comparison %+v", vc)
+			}
+			if s := vc.Variants[1].Speedup; !(s < 0.6) {
+				t.Errorf("slow variant measured %.2fx the original's speed", s)
+			}
+		})
+	}
+}
+
 func TestBenchErrors(t *testing.T) {
 	for name, args := range map[string][]string{
 		"no nf":        {"bench"},
@@ -69,6 +117,10 @@ func TestBenchErrors(t *testing.T) {
 		"no trace":     {"bench", "--nf", "router", "--trace", "/nonexistent.pcap"},
 		"live + all":   {"bench", "--all", "--live"},
 		"bad heat":     {"bench", "--nf", "ddos", "--heat", "guess", "--packets", "500", "--rounds", "1", "--repeat", "1024"},
+		"against all":  {"bench", "--all", "--against", "../../nf/l2switch/bpf_bpfel.o"},
+		"against live": {"bench", "--nf", "l2switch", "--live", "--against", "../../nf/l2switch/bpf_bpfel.o"},
+		"against none": {"bench", "--nf", "l2switch", "--packets", "500", "--against", "/nonexistent.o"},
+		"against lb":   {"bench", "--nf", "l2switch", "--packets", "500", "--against", "../../nf/lb/lb_bpfel.o"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if out, err := runCLI(t, args...); err == nil {
