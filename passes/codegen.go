@@ -108,6 +108,26 @@ func frozenArray(name string, data []byte) *ebpf.MapSpec {
 	}
 }
 
+// keyAddr is where generated code reads a lookup's key: at off from reg,
+// which is R10 for a key in the function's own frame and R2 (the lookup's
+// key argument, intact until the call) for a key in a caller's frame.
+// frameOff is the key's offset from its frame's R10: the verifier checks
+// the alignment of stack loads against the frame, so chunks are aligned
+// on it.
+type keyAddr struct {
+	reg      asm.Register
+	off      int16
+	frameOff int16
+}
+
+// stackKey is a key at fp+off in the function's own frame.
+func stackKey(off int16) keyAddr { return keyAddr{reg: asm.R10, off: off, frameOff: off} }
+
+// load reads chunk ch of the key into dst.
+func (k keyAddr) load(dst asm.Register, ch keyChunk) asm.Instruction {
+	return asm.LoadMem(dst, k.reg, k.off+int16(ch.off), ch.size)
+}
+
 // keyChunk is a piece of a key compared in one instruction.
 type keyChunk struct {
 	off  int // byte offset within the key
@@ -184,7 +204,7 @@ func (m matcher) result(cache string, valueSize uint32) asm.Instruction {
 // matcher in order; a match loads the value pointer into R0 and goes to
 // after, no match goes to miss. R3-R5 are scratch; R1 and R2 keep the
 // lookup's arguments so that miss may be the original call.
-func compareChain(p *program.Program, keyOff int16, keySize int, ms []matcher, cache string, valueSize uint32, after, miss *program.Block) []*program.Block {
+func compareChain(p *program.Program, key keyAddr, keySize int, ms []matcher, cache string, valueSize uint32, after, miss *program.Block) []*program.Block {
 	chs := chunks(0, keySize)
 	// Keys of up to three chunks stay in R3-R5 for the whole chain.
 	resident := len(chs) <= 3
@@ -192,7 +212,7 @@ func compareChain(p *program.Program, keyOff int16, keySize int, ms []matcher, c
 	if resident && len(ms) > 0 {
 		load := p.NewBlock()
 		for i, ch := range chs {
-			load.Insns = append(load.Insns, asm.LoadMem(asm.R3+asm.Register(i), asm.R10, keyOff+int16(ch.off), ch.size))
+			load.Insns = append(load.Insns, key.load(asm.R3+asm.Register(i), ch))
 		}
 		out = append(out, load)
 	}
@@ -221,7 +241,7 @@ func compareChain(p *program.Program, keyOff int16, keySize int, ms []matcher, c
 			reg := asm.R3 + asm.Register(k)
 			if !resident {
 				reg = asm.R3
-				cur.Insns = append(cur.Insns, asm.LoadMem(reg, asm.R10, keyOff+int16(ch.off), ch.size))
+				cur.Insns = append(cur.Insns, key.load(reg, ch))
 			}
 			if maskV != fullMask(ch.size) {
 				cur.Insns = append(cur.Insns, asm.Mov.Reg32(asm.R0, reg), asm.And.Imm32(asm.R0, int32(maskV)))
@@ -292,10 +312,10 @@ func chunkBE(key []byte, ch keyChunk) uint64 {
 	return v
 }
 
-// loadChunkBE loads a key chunk from the stack into r and converts it to
-// big endian (BPF_END), so that unsigned compares order it like bytes.
-func loadChunkBE(r asm.Register, keyOff int16, ch keyChunk) []asm.Instruction {
-	out := []asm.Instruction{asm.LoadMem(r, asm.R10, keyOff+int16(ch.off), ch.size)}
+// loadChunkBE loads a key chunk into r and converts it to big endian
+// (BPF_END), so that unsigned compares order it like bytes.
+func loadChunkBE(r asm.Register, key keyAddr, ch keyChunk) []asm.Instruction {
+	out := []asm.Instruction{key.load(r, ch)}
 	if ch.size != asm.Byte {
 		out = append(out, asm.HostTo(asm.BE, r, ch.size))
 	}
@@ -314,7 +334,7 @@ func loadChunkBE(r asm.Register, keyOff int16, ch keyChunk) []asm.Instruction {
 // and regs[1] holds constants. regs must hold at least two registers, all
 // dead at the lookup, and never R1 or R2 (the lookup's arguments, which
 // miss may need). It returns the blocks, entry first.
-func searchTree(p *program.Program, keyOff int16, chs []keyChunk, ms []matcher, regs []asm.Register, cache string, valueSize uint32, after, miss *program.Block) []*program.Block {
+func searchTree(p *program.Program, key keyAddr, chs []keyChunk, ms []matcher, regs []asm.Register, cache string, valueSize uint32, after, miss *program.Block) []*program.Block {
 	needConst := false
 	for _, m := range ms {
 		for _, ch := range chs {
@@ -356,7 +376,7 @@ func searchTree(p *program.Program, keyOff int16, chs []keyChunk, ms []matcher, 
 			v := chunkBE(m.key, ch)
 			var prep []asm.Instruction
 			if !resident {
-				prep = loadChunkBE(r, keyOff, ch)
+				prep = loadChunkBE(r, key, ch)
 			}
 			cmp := func(op asm.JumpOp) asm.Instruction {
 				switch {
@@ -400,7 +420,7 @@ func searchTree(p *program.Program, keyOff int16, chs []keyChunk, ms []matcher, 
 	if resident {
 		load := p.NewBlock()
 		for k, ch := range chs {
-			load.Insns = append(load.Insns, loadChunkBE(regs[k], keyOff, ch)...)
+			load.Insns = append(load.Insns, loadChunkBE(regs[k], key, ch)...)
 		}
 		load.Next = entry
 		out = append([]*program.Block{load}, out...)

@@ -915,7 +915,7 @@ func (d *dss) emitLPM(s lookupSite, ms *ebpf.MapSpec, pl *lpmPlan, plenConst boo
 	}
 	var hotBlocks []*program.Block
 	if len(hotM) > 0 {
-		hotBlocks = compareChain(p, keyOff, keySize, hotM, cache, ms.ValueSize, after, entry)
+		hotBlocks = compareChain(p, stackKey(keyOff), keySize, hotM, cache, ms.ValueSize, after, entry)
 		entry = hotBlocks[0]
 	}
 	g.Next = entry
@@ -979,7 +979,7 @@ func (d *dss) lengthGroups(s lookupSite, keySize int, nodes []lpmNode, idx []int
 			hit.Target = after
 			blocks = []*program.Block{hit}
 		} else {
-			blocks = compareChain(p, *s.keyOff, keySize, ms, cache, valueSize, after, entry)
+			blocks = compareChain(p, stackKey(*s.keyOff), keySize, ms, cache, valueSize, after, entry)
 		}
 		first := blocks[0]
 		if !plenConst && plen > 0 {

@@ -149,6 +149,7 @@ var goldenCases = []goldenCase{
 	{name: "hotcache_probe", passes: []string{"hotcache"}, build: goldenHotTree, keys: goldenHotTreeKeys,
 		opts: func(o *Options) { o.MaxInline, o.TopK = 2, 24 }},
 	{name: "hotcache_rw_tripwire", passes: []string{"hotcache"}, build: goldenRW, keys: goldenHashKeys},
+	{name: "hotcache_hit_tail", passes: []string{"hotcache"}, build: goldenTailMain, keys: tailKeys},
 	{name: "mapinline_probe", passes: []string{"mapinline"}, build: goldenProbe, keys: goldenHotTreeKeys},
 	{name: "constprop_rodata", passes: []string{"constprop"}, build: goldenRodata},
 	{name: "constprop_features", passes: []string{"constprop"}, build: goldenFeatures},

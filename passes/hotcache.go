@@ -104,6 +104,14 @@ func hotCache(c *Context) error {
 			c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
 			continue
 		}
+		var tail *hitTail
+		if !s.valueReadOnly {
+			var why string
+			if tail, why = c.planHitTail(res, s); why != "" {
+				c.skipped(s.fn.Name, s.block.ID, s.mapName, "%s", why)
+				continue
+			}
+		}
 		if s.readOnlyMap {
 			if n := len(c.entries(s.mapName)); n <= c.Opts.MaxInline {
 				// mapinline compiles the whole table; caching keys in
@@ -121,7 +129,7 @@ func hotCache(c *Context) error {
 				c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map: %s", tp.why)
 				continue
 			}
-			if w := c.writeAfter(s, tp); w != "" {
+			if w := c.writeAfter(s, tp); w != "" && tail == nil {
 				// The original's pointer would see that write; a
 				// pointer into the cache would not.
 				c.skipped(s.fn.Name, s.block.ID, s.mapName, "the data plane writes this map: a write (%s) may run after this lookup", w)
@@ -136,6 +144,7 @@ func hotCache(c *Context) error {
 		if !s.readOnlyMap {
 			trips[s.mapName].used = true
 		}
+		plan.tail = tail
 		plans = append(plans, plan)
 	}
 	if err := c.injectTripwires(trips, plans); err != nil {
@@ -176,9 +185,7 @@ func hotRewritable(s lookupSite, ms *ebpf.MapSpec) string {
 		return s.ineligible
 	case ms.Type != ebpf.Hash && ms.Type != ebpf.LPMTrie:
 		return fmt.Sprintf("%s maps are not rewritten", ms.Type)
-	case !s.valueReadOnly:
-		return "the value pointer is written or escapes"
-	case s.keyOff == nil:
+	case !s.hasKey():
 		return "key is not at a known stack offset"
 	}
 	return ""
@@ -198,6 +205,7 @@ type hotPlan struct {
 	lookup   float64
 	probe    *probePlan // the hashed probe, if that is the layout
 	nkeys    int        // keys in the probe
+	tail     *hitTail   // set when the value is written: hits run a hit tail
 }
 
 // planHot picks the hot keys and the layout for site s, or says why not.
@@ -225,8 +233,9 @@ func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 		lookup = costLPMLookup
 	}
 	constByte := func(i int) bool { return i < len(s.keyBytes) && s.keyBytes[i].Kind == "const" }
-	tchs := treeChunks(*s.keyOff, int(ms.KeySize), constByte)
-	pchs := probeChunks(*s.keyOff, int(ms.KeySize), constByte)
+	key, _ := s.keyAt()
+	tchs := treeChunks(key.frameOff, int(ms.KeySize), constByte)
+	pchs := probeChunks(key.frameOff, int(ms.KeySize), constByte)
 	cch := float64(len(chunks(0, int(ms.KeySize))))
 	tch := float64(len(tchs))
 	// The chain and the tree, and separately the probe: its placement
@@ -330,7 +339,8 @@ func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 		for _, h := range hot {
 			hk, results = append(hk, h.Key), append(results, ans.of(c, ms, h.Key))
 		}
-		pl.probe = planProbe(hk, results, tchs, *s.keyOff, int(ms.KeySize), int(ms.ValueSize))
+		key, _ := s.keyAt()
+		pl.probe = planProbe(hk, results, tchs, key.frameOff, int(ms.KeySize), int(ms.ValueSize))
 		if pl.probe == nil {
 			return nil, fmt.Sprintf("no hashed probe placement for %d hot keys within the search budget", k)
 		}
@@ -389,10 +399,15 @@ func (c *Context) emitHot(pl *hotPlan) error {
 	if !s.readOnlyMap {
 		rw = ", data-plane writes trip the guard"
 	}
+	hit := after
+	if pl.tail != nil {
+		hit = c.emitHitTail(pl.tail, s.fn, s.mapName, call, after)
+		rw += ", hits run a copy of the code after the lookup that redoes it before a write"
+	}
 	if pl.probe != nil {
 		// The guard goes first, the probe after it; a key the probe
 		// does not hold runs the call.
-		if err := c.emitProbeAt(s, pl.probe, call, after, g); err != nil {
+		if err := c.emitProbeAt(s, pl.probe, call, hit, g); err != nil {
 			return err
 		}
 		c.changed(s.fn.Name, s.block.ID, s.mapName, "%d hot keys cached in front of the lookup behind guard (%s, %.0f%% of lookups, cost %.0f vs %.0f%s)",
@@ -404,12 +419,13 @@ func (c *Context) emitHot(pl *hotPlan) error {
 		cache = c.addCacheMap(s.mapName, pl.ms.ValueSize, pl.values)
 	}
 	var body []*program.Block
+	key, _ := s.keyAt()
 	layout := "compare chain"
 	if pl.tree {
-		body = searchTree(p, *s.keyOff, pl.chunks, pl.matchers, pl.regs, cache, pl.ms.ValueSize, after, call)
+		body = searchTree(p, key, pl.chunks, pl.matchers, pl.regs, cache, pl.ms.ValueSize, hit, call)
 		layout = "binary search"
 	} else {
-		body = compareChain(p, *s.keyOff, int(pl.ms.KeySize), pl.matchers, cache, pl.ms.ValueSize, after, call)
+		body = compareChain(p, key, int(pl.ms.KeySize), pl.matchers, cache, pl.ms.ValueSize, hit, call)
 	}
 	g.Next = body[0]
 	s.block.Next = g

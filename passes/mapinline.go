@@ -285,7 +285,7 @@ func (c *Context) emitChain(s lookupSite, ms *ebpf.MapSpec, matchers []matcher, 
 		miss.Insns = []asm.Instruction{asm.Mov.Imm(asm.R0, 0), clearRef(asm.Ja.Label(""))}
 		miss.Target = after
 	}
-	chain := compareChain(p, *s.keyOff, int(ms.KeySize), matchers, cache, ms.ValueSize, after, miss)
+	chain := compareChain(p, stackKey(*s.keyOff), int(ms.KeySize), matchers, cache, ms.ValueSize, after, miss)
 	blocks := append([]*program.Block{g}, chain...)
 	if miss != call {
 		blocks = append(blocks, miss)

@@ -392,11 +392,9 @@ func (t *probeTable) describe(l probeLayout) string {
 // and jumps to after, a cached miss leaves NULL in R0 and jumps to after,
 // a key the table does not hold goes to miss with R1 and R2 intact. It
 // returns the blocks, entry first.
-func probeBlocks(p *program.Program, keyOff int16, t *probeTable, l probeLayout, table string, after, miss *program.Block) []*program.Block {
+func probeBlocks(p *program.Program, key keyAddr, t *probeTable, l probeLayout, table string, after, miss *program.Block) []*program.Block {
 	chs := t.chunks
-	load := func(r asm.Register, ch keyChunk) asm.Instruction {
-		return asm.LoadMem(r, asm.R10, keyOff+int16(ch.off), ch.size)
-	}
+	load := key.load
 	h := p.NewBlock()
 	// v into R4 (R3 a temporary; with one chunk R3 keeps it for the
 	// compare), M in R5.
@@ -535,7 +533,8 @@ func (c *Context) emitProbe(s lookupSite, pp *probePlan, fallbackOnMiss bool) er
 func (c *Context) emitProbeAt(s lookupSite, pp *probePlan, miss, after, g *program.Block) error {
 	p := c.Prog
 	table := c.addCacheMap(s.mapName, uint32(len(pp.data)), [][]byte{pp.data})
-	body := probeBlocks(p, *s.keyOff, pp.t, pp.l, table, after, miss)
+	key, _ := s.keyAt()
+	body := probeBlocks(p, key, pp.t, pp.l, table, after, miss)
 	blocks := append([]*program.Block{g}, body...)
 	if !slices.Contains(s.fn.Blocks, miss) {
 		blocks = append(blocks, miss)

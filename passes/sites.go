@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"strings"
 
+	"github.com/cilium/ebpf/asm"
+
 	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/program"
 )
@@ -15,8 +17,13 @@ type lookupSite struct {
 	index   int
 	mapName string
 	// keyOff is the key's offset from R10, nil when unknown.
-	keyOff   *int16
-	keyBytes []analysis.KeyByte
+	keyOff *int16
+	// parentKeyOff is the key's offset from its frame's R10 when the key
+	// lives in a caller's frame (passed in by pointer; R2 points at it at
+	// the call), nil otherwise. Only passes that read the key through R2
+	// use it; keyOff stays nil for such keys.
+	parentKeyOff *int16
+	keyBytes     []analysis.KeyByte
 	// constKey holds the key when every byte is constant.
 	constKey []byte
 	// readOnlyMap: the data plane never writes the map.
@@ -27,6 +34,21 @@ type lookupSite struct {
 	// ineligible explains why no rewrite may touch the site at all.
 	ineligible string
 }
+
+// keyAt is where code in front of the lookup reads its key: the
+// function's own stack, or a caller's through R2; false when unknown.
+func (s lookupSite) keyAt() (keyAddr, bool) {
+	switch {
+	case s.keyOff != nil:
+		return stackKey(*s.keyOff), true
+	case s.parentKeyOff != nil:
+		return keyAddr{reg: asm.R2, frameOff: *s.parentKeyOff}, true
+	}
+	return keyAddr{}, false
+}
+
+// hasKey reports whether keyAt knows where the key is.
+func (s lookupSite) hasKey() bool { _, ok := s.keyAt(); return ok }
 
 // lpmPrefixLen returns the constant prefix length of an LPM lookup key.
 func (s lookupSite) lpmPrefixLen() (uint32, bool) {
@@ -89,6 +111,11 @@ func (c *Context) lookupSites() ([]lookupSite, error) {
 			ls.readOnlyMap = mi.ReadOnly && !mi.Untracked
 		}
 		ls.valueReadOnly = len(s.Writes) == 0 && len(s.Escapes) == 0
+		if k := s.Key; k != nil && k.Location == "parent_stack" && k.OffKnown {
+			off := int16(k.StackOff)
+			ls.parentKeyOff = &off
+			ls.keyBytes = k.Bytes
+		}
 		if k := s.Key; k != nil && k.Location == "stack" && k.OffKnown {
 			off := int16(k.StackOff)
 			ls.keyOff = &off
