@@ -718,7 +718,8 @@ func LoadLive(c *Candidate, orig *ebpf.CollectionSpec, live map[string]*ebpf.Map
 			delete(spec.Maps, name) // unreferenced: do not create it
 		}
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	// verify.Load writes the added maps' contents in batches.
+	coll, err := verify.Load(spec, nil, verify.LoadOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, fmt.Errorf("optimize: load candidate %s against the live maps: %w", c.Program, err)
 	}

@@ -928,9 +928,9 @@ func newInstance(s *ebpf.CollectionSpec, cand Candidate, state *mapstate.State, 
 	if err := state.ApplySpec(s); err != nil {
 		return nil, err
 	}
-	coll, err := ebpf.NewCollectionWithOptions(s, lo.collectionOptions())
+	coll, err := loadSpec(s, cand, lo)
 	if err != nil {
-		return nil, loadError(fmt.Errorf("load collection: %w", err), s, cand, lo)
+		return nil, err
 	}
 	if err := applyState(state, coll.Maps); err != nil {
 		coll.Close()

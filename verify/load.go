@@ -24,6 +24,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/morpheus-go/morpheus/mapstate"
 )
 
 // Candidate holds replacement instructions per program name of a collection
@@ -150,14 +152,60 @@ func Load(spec *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) (*ebpf.Co
 	return loadSpec(cs, cand, opts)
 }
 
-// loadSpec loads an already substituted spec and translates verifier
-// failures into *VerifierError.
+// loadSpec loads an already substituted spec, which it may modify (the
+// caller's copy), and translates verifier failures into *VerifierError.
+// The contents of large maps are written in batches after the load (see
+// takeContents).
 func loadSpec(cs *ebpf.CollectionSpec, cand Candidate, opts LoadOptions) (*ebpf.Collection, error) {
+	later := takeContents(cs, opts.MapReplacements)
 	coll, err := ebpf.NewCollectionWithOptions(cs, opts.collectionOptions())
 	if err != nil {
 		return nil, loadError(err, cs, cand, opts)
 	}
+	if err := applyState(later, coll.Maps); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("verify: write map contents: %w", err)
+	}
 	return coll, nil
+}
+
+// takeContents removes from cs the contents that loadSpec writes itself
+// after the load, and returns them. The collection loader writes a map's
+// contents one update per element (the optimizer's cache maps hold
+// thousands: the firewall's two ACL tables 8,000 system calls per load);
+// applyState writes them in batches. It takes the contents of maps of a
+// batchTypes type with at least batchMin elements whose keys and values
+// are byte slices of the map's sizes, except global data (the loader
+// freezes .rodata and .kconfig) and maps a replacement stands in for
+// (never written). The verifier reads a map's contents only if the map is
+// frozen, so writing them after the programs loaded, before anything
+// runs, changes nothing else.
+func takeContents(cs *ebpf.CollectionSpec, repl map[string]*ebpf.Map) *mapstate.State {
+	later := mapstate.New()
+	for name, ms := range cs.Maps {
+		if _, replaced := repl[name]; replaced || strings.HasPrefix(name, ".") ||
+			!batchTypes[ms.Type] || len(ms.Contents) < batchMin {
+			continue
+		}
+		entries := make([]mapstate.Entry, 0, len(ms.Contents))
+		for _, kv := range ms.Contents {
+			k, kok := kv.Key.([]byte)
+			v, vok := kv.Value.([]byte)
+			if !kok || !vok || len(k) != int(ms.KeySize) || len(v) != int(ms.ValueSize) {
+				entries = nil
+				break
+			}
+			entries = append(entries, mapstate.Entry{Key: k, Value: v})
+		}
+		if entries == nil {
+			continue // left to the loader, which converts other types
+		}
+		later.Maps[name] = &mapstate.Map{Entries: entries}
+		cpy := *ms
+		cpy.Contents = nil
+		cs.Maps[name] = &cpy
+	}
+	return later
 }
 
 func (opts LoadOptions) collectionOptions() ebpf.CollectionOptions {

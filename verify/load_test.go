@@ -1,8 +1,11 @@
 package verify
 
 import (
+	"encoding/binary"
 	"errors"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -148,5 +151,84 @@ func TestMinFrameSize(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("%d-byte frame: error %v, want ok=%v", tt.size, err, tt.ok)
 		}
+	}
+}
+
+// TestLoadBatchedContents checks that Load writes the contents of large
+// maps itself (in batches, after the load) exactly as the collection
+// loader would: every entry, the last value of a key listed twice, the
+// loader's own conversion for keys that are not byte slices, nothing
+// into a replacement map, and the caller's spec left as it was.
+func TestLoadBatchedContents(t *testing.T) {
+	kerneltest.Require(t)
+	u32 := func(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+	spec := nf{}.spec()
+	var table, typed []ebpf.MapKV
+	for i := range uint32(2 * batchMin) {
+		table = append(table, ebpf.MapKV{Key: u32(i), Value: u32(i + 1000)})
+		typed = append(typed, ebpf.MapKV{Key: i, Value: i + 2000})
+	}
+	table = append(table, ebpf.MapKV{Key: u32(7), Value: u32(7777)}) // listed twice: the last wins
+	spec.Maps["table"] = &ebpf.MapSpec{Name: "table", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 4 * batchMin, Contents: table}
+	spec.Maps["typed"] = &ebpf.MapSpec{Name: "typed", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 2 * batchMin, Contents: typed}
+	want := map[string]map[uint32]uint32{"table": {}, "typed": {}}
+	for i := range uint32(2 * batchMin) {
+		want["table"][i] = i + 1000
+		want["typed"][i] = i + 2000
+	}
+	want["table"][7] = 7777
+
+	if later := takeContents(spec.Copy(), nil); later.Maps["table"] == nil || later.Maps["typed"] != nil {
+		t.Fatalf("takeContents took %v, want table alone (typed is the loader's)", slices.Sorted(maps.Keys(later.Maps)))
+	}
+	contents := func(m *ebpf.Map) map[uint32]uint32 {
+		got := map[uint32]uint32{}
+		var k, v uint32
+		for it := m.Iterate(); it.Next(&k, &v); {
+			got[k] = v
+		}
+		return got
+	}
+	coll, err := Load(spec, nil, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	for name, w := range want {
+		if got := contents(coll.Maps[name]); !maps.Equal(got, w) {
+			t.Errorf("map %s holds %d entries, want %d (%v)", name, len(got), len(w), got)
+		}
+	}
+	if len(spec.Maps["table"].Contents) != len(table) || len(spec.Maps["typed"].Contents) != len(typed) {
+		t.Errorf("the caller's spec lost its contents")
+	}
+
+	// A replacement map is the caller's: its contents stay.
+	live, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 4 * batchMin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := live.Put(uint32(1), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	cand, err := Load(spec, nil, LoadOptions{MapReplacements: map[string]*ebpf.Map{"table": live}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cand.Close()
+	if got := contents(live); !maps.Equal(got, map[uint32]uint32{1: 1}) {
+		t.Errorf("replacement map holds %v after the load, want only its own entry", got)
+	}
+
+	// Contents the map cannot hold fail the load, leaving nothing open.
+	before := openFDs(t)
+	spec.Maps["table"].MaxEntries = batchMin
+	if coll, err := Load(spec, nil, LoadOptions{}); err == nil {
+		coll.Close()
+		t.Errorf("contents beyond max_entries loaded")
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("%d file descriptors before, %d after a failed load", before, after)
 	}
 }
