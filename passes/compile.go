@@ -41,7 +41,7 @@ type Pass struct {
 var Table = []Pass{
 	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains or (hashes, by cost) a hashed probe into a frozen table; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
 	{Name: "dss", Doc: "specialize large read-only tables by a cost model: IPv4 LPM tries become DIR-16-8-8 arrays, LPM tries with a dominant prefix length become hashes on the masked key (with short chains and hot keys), dense integer-keyed hashes become arrays; behind a guard", fn: dataStructSpec},
-	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard", fn: hotCache},
+	{Name: "hotcache", Doc: "compile the hottest keys of large tables in front of the lookup, behind a guard; where the value is written, hits run a copy of the code after the lookup that redoes it before any write", fn: hotCache},
 	{Name: "taildup", Doc: "duplicate the tail after a merge of known values (the hits of a compare chain or hot cache) per predecessor, with the static functions it calls, so that constprop folds each copy; bounded, runs only with constprop", fn: tailDup},
 	{Name: "constprop", Doc: "fold .rodata and control-plane-only array values (behind a guard with an original fallback), constant arithmetic and decided branches", fn: constProp},
 	{Name: "dce", Doc: "remove unreachable blocks and functions, dead register definitions and unused pure lookups; thread jumps and merge blocks", fn: deadCode},

@@ -61,8 +61,8 @@ import (
 //
 // # Maps the data plane writes
 //
-// A site of a map the data plane writes is cached only if its returned
-// pointer is only read, and every data-plane write of the map (update,
+// A site of a map the data plane writes is cached only if every
+// data-plane write of the map (update,
 // delete and other writing helper calls on it, stores and atomics through
 // a value pointer into it) gets a tripwire injected right before it:
 //
@@ -77,7 +77,9 @@ import (
 // pointers the analysis does not all follow makes the map's sites
 // ineligible; so does a write that may run after the site in the same
 // run (the original's pointer would read what it wrote, a pointer into
-// the cache would not).
+// the cache would not). A site whose value is itself written gets a hit
+// tail instead (hotcache_tail.go): its hits bail to the original code
+// before any write.
 func hotCache(c *Context) error {
 	if c.Heat == nil {
 		return nil
