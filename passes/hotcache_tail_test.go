@@ -41,19 +41,8 @@ var (
 // writes the value (a hit counter) and the cache could never pay.
 func goldenTail(callee, counter bool) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 	g := newGoldenAsm()
-	g.add(
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, rwValOff+4),
-	)
-	g.jump(asm.JGT.Reg(asm.R4, asm.R3, ""), "drop")
-	g.add(
-		asm.LoadMem(asm.R5, asm.R2, goldenKeyOff, asm.Word),
-		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
-		asm.LoadMem(asm.R7, asm.R2, rwValOff, asm.Word),
-	)
+	rwPrologue(g)
+	g.add(asm.LoadMem(asm.R7, asm.R2, rwValOff, asm.Word))
 	learn := func(keyAt func() []asm.Instruction) {
 		g.add(asm.LoadMapPtr(asm.R1, 0).WithReference("rw"))
 		g.add(keyAt()...)

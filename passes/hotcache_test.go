@@ -329,17 +329,8 @@ const (
 // through the pointer of another lookup).
 func goldenRW() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 	g := newGoldenAsm()
+	rwPrologue(g)
 	g.add(
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, rwValOff+4),
-	)
-	g.jump(asm.JGT.Reg(asm.R4, asm.R3, ""), "drop")
-	g.add(
-		asm.LoadMem(asm.R5, asm.R2, goldenKeyOff, asm.Word),
-		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
 		asm.LoadMem(asm.R5, asm.R2, rwValOff, asm.Word),
 		asm.StoreMem(asm.R10, -8, asm.R5, asm.Word),
 		asm.LoadMem(asm.R7, asm.R2, rwOpOff, asm.Byte),
@@ -379,6 +370,23 @@ func goldenRW() (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 		{Key: goldenU32(goldenIP(10, 0, 0, 1)), Count: 20}, // a cached miss
 	}}}
 	return goldenCollection(g.done(), rw), st, heat
+}
+
+// rwPrologue keeps the context in R6 and the frame's start in R2, drops
+// frames too short for the value at rwValOff, and stores the key at fp-4.
+func rwPrologue(g *goldenAsm) {
+	g.add(
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, rwValOff+4),
+	)
+	g.jump(asm.JGT.Reg(asm.R4, asm.R3, ""), "drop")
+	g.add(
+		asm.LoadMem(asm.R5, asm.R2, goldenKeyOff, asm.Word),
+		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
+	)
 }
 
 // rwFrame is a frame for goldenRW.
