@@ -224,6 +224,9 @@ type Session struct {
 	// loadTime is what loading took, reported by the first Run;
 	// candTime the candidate's part of it.
 	loadTime, candTime time.Duration
+	// orig is the emptied Originals the two copies came from, which
+	// Release hands back with them.
+	orig *Originals
 }
 
 // Originals is the original collection of a differential test loaded
@@ -429,7 +432,7 @@ func newSession(orig *Originals, spec *ebpf.CollectionSpec, c *instance, ctime, 
 		c.coll.Close() // orig stays the caller's
 		return nil, err
 	}
-	s := &Session{spec: spec, progs: progs, opts: opts, loadTime: total, candTime: ctime}
+	s := &Session{spec: spec, progs: progs, opts: opts, loadTime: total, candTime: ctime, orig: orig}
 	s.insts = [3]*instance{orig.insts[0], c, orig.insts[1]}
 	orig.insts = [2]*instance{}
 	return s, nil
@@ -605,33 +608,48 @@ func resetInstances(insts []*instance, spec *ebpf.CollectionSpec, state *mapstat
 	}
 	sums := map[string][32]byte{}
 	for _, in := range insts {
-		fresh := in.fresh
-		in.fresh = false // until every map is done
-		for _, name := range slices.Sorted(maps.Keys(in.coll.Maps)) {
-			want := state.Maps[name]
-			sum, ok := sums[name]
-			if !ok {
-				sum = mapSum(want)
-				sums[name] = sum
+		for name := range in.coll.Maps {
+			if _, ok := sums[name]; !ok {
+				sums[name] = mapSum(state.Maps[name])
 			}
-			n := len(want.GetEntries())
-			if ms := in.spec.Maps[name]; ms != nil {
-				n += len(ms.Contents)
-			}
-			if err := in.refill(name, n); err != nil {
-				return err
-			}
-			if sum == in.want[name] && (fresh || in.ro[name]) {
-				continue
-			}
-			if err := resetMap(name, in.coll.Maps[name], in.spec.Maps[name], want); err != nil {
-				delete(in.want, name) // unknown contents: rewritten next time
-				return fmt.Errorf("verify: reset map %q: %w", name, err)
-			}
-			in.want[name] = sum
 		}
-		in.fresh = true
 	}
+	// The collections' maps are apart: they are reset side by side (a
+	// guard check empties and refills a large map in all three).
+	errs := make([]error, len(insts))
+	var wg sync.WaitGroup
+	for i, in := range insts {
+		wg.Go(func() { errs[i] = in.reset(state, sums) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// reset is resetInstances for one collection, with the hashes of the
+// state's maps (mapSum) by name.
+func (in *instance) reset(state *mapstate.State, sums map[string][32]byte) error {
+	fresh := in.fresh
+	in.fresh = false // until every map is done
+	for _, name := range slices.Sorted(maps.Keys(in.coll.Maps)) {
+		want := state.Maps[name]
+		sum := sums[name]
+		n := len(want.GetEntries())
+		if ms := in.spec.Maps[name]; ms != nil {
+			n += len(ms.Contents)
+		}
+		if err := in.refill(name, n); err != nil {
+			return err
+		}
+		if sum == in.want[name] && (fresh || in.ro[name]) {
+			continue
+		}
+		if err := resetMap(name, in.coll.Maps[name], in.spec.Maps[name], want); err != nil {
+			delete(in.want, name) // unknown contents: rewritten next time
+			return fmt.Errorf("verify: reset map %q: %w", name, err)
+		}
+		in.want[name] = sum
+	}
+	in.fresh = true
 	return nil
 }
 
@@ -661,10 +679,12 @@ func mapSum(m *mapstate.Map) [32]byte {
 }
 
 // Release closes the candidate's collection and hands the two copies of
-// the original back, with whatever the tests left in their maps (Reset
-// them before the next test). The session is then empty.
+// the original back, in the Originals they came from, with whatever the
+// tests left in their maps (Reset them before the next test). The
+// session is then empty.
 func (s *Session) Release() *Originals {
-	o := &Originals{spec: s.insts[0].spec, insts: [2]*instance{s.insts[0], s.insts[2]}}
+	o := s.orig
+	o.insts = [2]*instance{s.insts[0], s.insts[2]}
 	if s.insts[1] != nil {
 		s.insts[1].coll.Close()
 	}
