@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
 	"github.com/morpheus-go/morpheus/mapstate"
@@ -536,5 +538,44 @@ func TestReportJSON(t *testing.T) {
 	}
 	if !strings.Contains(r.String(), "FAILED") || !strings.Contains(r.String(), "map counters key 00000000") {
 		t.Errorf("summary:\n%v", r)
+	}
+}
+
+// TestPinToOneCPU checks that the differential test's thread is pinned
+// to the CPU it runs on, and that the old affinity comes back.
+func TestPinToOneCPU(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var before unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &before); err != nil {
+		t.Fatal(err)
+	}
+	restore, cpu, err := pinToOneCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pinned unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &pinned); err != nil {
+		t.Fatal(err)
+	}
+	now := currentCPU()
+	if err := restore(); err != nil {
+		t.Fatal(err)
+	}
+	if pinned.Count() != 1 || !pinned.IsSet(cpu) || !before.IsSet(cpu) {
+		t.Errorf("pinned to %d CPUs (CPU %d set: %v), want CPU %d alone", pinned.Count(), cpu, pinned.IsSet(cpu), cpu)
+	}
+	if now != cpu {
+		t.Errorf("runs on CPU %d while pinned to CPU %d", now, cpu)
+	}
+	var after unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &after); err != nil {
+		t.Fatal(err)
+	}
+	if after != before {
+		t.Errorf("affinity not restored")
+	}
+	if first := firstCPU(&before); first < 0 || !before.IsSet(first) {
+		t.Errorf("firstCPU %d of a non-empty set", first)
 	}
 }
