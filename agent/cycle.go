@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -111,13 +113,7 @@ func (n *NF) runCycle(ctx context.Context, trigger string) (*CycleStats, error) 
 	}
 	n.mu.Unlock()
 
-	for _, ps := range todo {
-		if ctx.Err() != nil {
-			break
-		}
-		pc := n.optimizeProgram(ctx, ps, snap, trigger)
-		cs.Programs = append(cs.Programs, pc)
-	}
+	cs.Programs = n.optimizePrograms(ctx, todo, snap, trigger)
 	cs.Duration = time.Since(cs.Start)
 
 	n.mu.Lock()
@@ -286,17 +282,69 @@ func (n *NF) candidateVersions(c *optimize.Candidate, guarded []string) (map[str
 	return out, nil
 }
 
+// optimizePrograms optimizes the programs of todo and returns their
+// outcomes in todo's order, leaving out the programs not started before
+// ctx was cancelled. The profiling windows and the profiler's calls come
+// one program after the other, as before; the optimizer's runs (passes,
+// verifier, differential test, swap) overlap, up to GOMAXPROCS at a time:
+// one run keeps about one core busy, and the firewall's three programs
+// took three times one program's cycle one after the other. Each program
+// is checked and swapped on its own exactly as alone.
+func (n *NF) optimizePrograms(ctx context.Context, todo []*progState, snap *snapshot, trigger string) []ProgramCycle {
+	n.baselineLocked() // made before the runs share it
+	out := make([]*ProgramCycle, len(todo))
+	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, ps := range todo {
+		if ctx.Err() != nil {
+			break
+		}
+		heat := n.programHeat(ctx, ps, snap)
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			pc := n.optimizeProgram(ctx, ps, snap, heat, trigger)
+			out[i] = &pc
+		})
+	}
+	wg.Wait()
+	var pcs []ProgramCycle
+	for _, pc := range out {
+		if pc != nil {
+			pcs = append(pcs, *pc)
+		}
+	}
+	return pcs
+}
+
+// programHeat runs the program's profiling window, if any, and asks the
+// profiler, if any: the hot keys the program is optimized for.
+func (n *NF) programHeat(ctx context.Context, ps *progState, snap *snapshot) *heatmap.Heatmap {
+	profiled := n.profileProgram(ctx, ps, snap)
+	heat, err := n.heatmap(ctx, ps.name)
+	if err != nil {
+		n.log.Warn("profiler", "program", ps.name, "err", err)
+	}
+	switch {
+	case heat == nil:
+		return profiled
+	case profiled != nil:
+		return heatmap.Merge(heat, profiled)
+	}
+	return heat
+}
+
 // optimizeProgram runs the optimizer on one program and swaps the result
 // in if it is new. Whatever fails, the running program stays.
-func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot, trigger string) ProgramCycle {
-	pc := n.optimizeProgramOnce(ctx, ps, snap, trigger)
+func (n *NF) optimizeProgram(ctx context.Context, ps *progState, snap *snapshot, heat *heatmap.Heatmap, trigger string) ProgramCycle {
+	pc := n.optimizeProgramOnce(ctx, ps, snap, heat, trigger)
 	if ps.prof != nil {
 		ps.prof.adapt(pc.Outcome)
 	}
 	return pc
 }
 
-func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snapshot, trigger string) ProgramCycle {
+func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snapshot, heat *heatmap.Heatmap, trigger string) ProgramCycle {
 	pc := ProgramCycle{Program: ps.name, InstructionsBefore: ps.origIns}
 	fail := func(o Outcome, format string, args ...any) ProgramCycle {
 		pc.Outcome, pc.Reason = o, fmt.Sprintf(format, args...)
@@ -305,17 +353,6 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 			n.log.Warn("cycle", "program", ps.name, "outcome", o, "reason", pc.Reason)
 		}
 		return pc
-	}
-	profiled := n.profileProgram(ctx, ps, snap)
-	heat, err := n.heatmap(ctx, ps.name)
-	if err != nil {
-		n.log.Warn("profiler", "program", ps.name, "err", err)
-	}
-	switch {
-	case heat == nil:
-		heat = profiled
-	case profiled != nil:
-		heat = heatmap.Merge(heat, profiled)
 	}
 	// A periodic cycle whose inputs (maps changed through the agent,
 	// guard versions, heatmap) equal those of the last full run can only
@@ -363,7 +400,7 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 		},
 		Guards:     n.table,
 		GuardCheck: !n.opts.SkipGuardCheck,
-		Baseline:   n.baselineLocked(),
+		Baseline:   n.baseline, // made by optimizePrograms
 		Unchanged: func(d [32]byte) bool {
 			n.mu.Lock()
 			defer n.mu.Unlock()

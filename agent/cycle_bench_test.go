@@ -168,17 +168,7 @@ func benchAgentCycle(b *testing.B, c benchNF) {
 			heat.Maps[m] = append(heat.Maps[m], heatmap.Key{Key: []byte(k), Count: n})
 		}
 	}
-	spec.Maps["mph_slot"] = &ebpf.MapSpec{Name: "mph_slot", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1}
-	atts := []Attachment{{Program: c.main, Kind: TailCall, ProgArray: "mph_slot"}}
-	for _, name := range sortedMapNames(spec) {
-		for _, kv := range spec.Maps[name].Contents {
-			prog, ok := kv.Value.(string)
-			idx, ok2 := kv.Key.(uint32)
-			if ok && ok2 && spec.Maps[name].Type == ebpf.ProgramArray {
-				atts = append(atts, Attachment{Program: prog, Kind: TailCall, ProgArray: name, Index: idx})
-			}
-		}
-	}
+	atts := tailCallAttachments(spec, c.main)
 	nf, err := Load(ctx, spec, st, atts, Options{Name: c.name, Profiler: StaticProfiler{Heat: heat}, Logger: testLogger(b)})
 	if err != nil {
 		b.Fatal(err)

@@ -319,3 +319,26 @@ func forwardConfig(ifindex int) *router.Config {
 	cfg.Routes = append(cfg.Routes, router.Route{Prefix: "203.0.113.0/24", Via: "back"})
 	return cfg
 }
+
+// tailCallAttachments adds a prog-array slot "mph_slot" to spec for the
+// entry program main and returns the attachments of an NF run without an
+// interface: main in that slot, and every tail-call target in its own
+// slot of the object's prog arrays.
+func tailCallAttachments(spec *ebpf.CollectionSpec, main string) []Attachment {
+	spec.Maps["mph_slot"] = &ebpf.MapSpec{Name: "mph_slot", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	atts := []Attachment{{Program: main, Kind: TailCall, ProgArray: "mph_slot"}}
+	for _, name := range sortedMapNames(spec) {
+		ms := spec.Maps[name]
+		if ms.Type != ebpf.ProgramArray {
+			continue
+		}
+		for _, kv := range ms.Contents {
+			prog, ok := kv.Value.(string)
+			idx, ok2 := kv.Key.(uint32)
+			if ok && ok2 {
+				atts = append(atts, Attachment{Program: prog, Kind: TailCall, ProgArray: name, Index: idx})
+			}
+		}
+	}
+	return atts
+}

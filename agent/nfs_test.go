@@ -48,21 +48,7 @@ func TestAllNFs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			spec.Maps["mph_slot"] = &ebpf.MapSpec{Name: "mph_slot", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1}
-			atts := []Attachment{{Program: tc.main, Kind: TailCall, ProgArray: "mph_slot"}}
-			for _, name := range sortedMapNames(spec) {
-				ms := spec.Maps[name]
-				if ms.Type != ebpf.ProgramArray {
-					continue
-				}
-				for _, kv := range ms.Contents {
-					prog, ok := kv.Value.(string)
-					idx, ok2 := kv.Key.(uint32)
-					if ok && ok2 {
-						atts = append(atts, Attachment{Program: prog, Kind: TailCall, ProgArray: name, Index: idx})
-					}
-				}
-			}
+			atts := tailCallAttachments(spec, tc.main)
 			nf, err := Load(ctx, spec, st, atts, Options{Name: tc.name, Generated: 200, Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)

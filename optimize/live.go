@@ -70,18 +70,21 @@ type LiveOptions struct {
 
 // Baseline holds the differential test's copies of the original
 // collection between runs of [RunLive] (LiveOptions.Baseline). It is safe
-// for concurrent use: a RunLive that finds it in use loads its own
-// copies. Close it when done.
+// for concurrent use: each RunLive takes a pair of copies if one is kept
+// and loads its own otherwise, and every pair comes back when its run
+// ends, so the Baseline keeps as many pairs as runs overlapped (the
+// agent optimizes the programs of a network function side by side).
+// Close it when done.
 type Baseline struct {
 	mu     sync.Mutex
-	orig   *verify.Originals
+	kept   []*verify.Originals
 	closed bool
 }
 
 // NewBaseline returns an empty Baseline.
 func NewBaseline() *Baseline { return &Baseline{} }
 
-// take returns the kept copies if they were loaded from spec, sized for
+// take returns kept copies if they were loaded from spec, sized for
 // tests of maxPackets packets, reset to state; nil if there are none (or
 // they do not fit or cannot be reset, in which case they are closed).
 func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State, maxPackets int) *verify.Originals {
@@ -89,8 +92,10 @@ func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State, maxPac
 		return nil
 	}
 	b.mu.Lock()
-	o := b.orig
-	b.orig = nil
+	var o *verify.Originals
+	if n := len(b.kept); n > 0 {
+		o, b.kept = b.kept[n-1], b.kept[:n-1]
+	}
 	b.mu.Unlock()
 	if o == nil {
 		return nil
@@ -106,8 +111,7 @@ func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State, maxPac
 	return o
 }
 
-// put keeps o for the next run, or closes it if another is kept or the
-// Baseline is closed.
+// put keeps o for a later run, or closes it if the Baseline is closed.
 func (b *Baseline) put(o *verify.Originals) {
 	if o == nil {
 		return
@@ -118,11 +122,11 @@ func (b *Baseline) put(o *verify.Originals) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed || b.orig != nil {
+	if b.closed {
 		o.Close()
 		return
 	}
-	b.orig = o
+	b.kept = append(b.kept, o)
 }
 
 // Close releases the kept copies; later runs load their own.
@@ -130,10 +134,10 @@ func (b *Baseline) Close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
-	if b.orig != nil {
-		b.orig.Close()
-		b.orig = nil
+	for _, o := range b.kept {
+		o.Close()
 	}
+	b.kept = nil
 }
 
 // SteadyShare is the share of the packets the differential test of a

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -163,8 +164,59 @@ func TestBaselineReuse(t *testing.T) {
 			kept.Differential.Runs != fresh.Differential.Runs {
 			t.Fatalf("run %d with a kept baseline: %s %v\nwith fresh copies: %s %v", i, kept.Reason, kept.Differential, fresh.Reason, fresh.Differential)
 		}
-		if base.orig == nil {
-			t.Fatalf("run %d: the baseline keeps no copies", i)
+		if len(base.kept) != 1 {
+			t.Fatalf("run %d: the baseline keeps %d pairs of copies, want 1", i, len(base.kept))
 		}
+	}
+}
+
+// TestBaselineConcurrent runs RunLive twice at a time with one Baseline,
+// as the agent does for the programs of one network function: each run
+// needs a pair of copies of its own, so the Baseline ends up keeping two
+// pairs, and the next two overlapping runs reuse exactly those.
+func TestBaselineConcurrent(t *testing.T) {
+	kerneltest.Require(t)
+	ctx := context.Background()
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := router.ExampleConfig()
+	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := NewBaseline()
+	defer base.Close()
+	opts := LiveOptions{Options: Options{Program: router.Program, Passes: passes.DefaultOptions(), Generated: 300, Seed: 3}, GuardCheck: true, Baseline: base}
+	// Both runs hold their copies until their guard checks end, so the
+	// two always overlap in the copies they use.
+	both := func() {
+		t.Helper()
+		var wg sync.WaitGroup
+		reps := make([]*ProgramReport, 2)
+		errs := make([]error, 2)
+		for i := range reps {
+			wg.Go(func() { reps[i], errs[i] = RunLive(ctx, spec, state, nil, opts) })
+		}
+		wg.Wait()
+		for i, rep := range reps {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+			if !rep.Accepted {
+				t.Fatalf("run %d: %s", i, rep.Reason)
+			}
+		}
+	}
+	both()
+	if len(base.kept) != 2 {
+		t.Fatalf("after two overlapping runs the baseline keeps %d pairs of copies, want 2", len(base.kept))
+	}
+	first := slices.Clone(base.kept)
+	both()
+	if len(base.kept) != 2 || !slices.Contains(first, base.kept[0]) || !slices.Contains(first, base.kept[1]) || base.kept[0] == base.kept[1] {
+		t.Fatalf("the second two runs did not reuse the two kept pairs")
 	}
 }
