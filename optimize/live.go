@@ -79,6 +79,11 @@ type Baseline struct {
 	mu     sync.Mutex
 	kept   []*verify.Originals
 	closed bool
+	// spec's programs as analysed (analyseAll), which depends on spec
+	// alone: every run needs it, of every program of every cycle.
+	spec    *ebpf.CollectionSpec
+	progs   map[string]*analysed
+	progsOK bool
 }
 
 // NewBaseline returns an empty Baseline.
@@ -109,6 +114,25 @@ func (b *Baseline) take(spec *ebpf.CollectionSpec, state *mapstate.State, maxPac
 		return nil
 	}
 	return o
+}
+
+// analysis returns the analysis of spec's programs (analyseAll), kept
+// from the last run of the same spec. The result is shared: read only.
+func (b *Baseline) analysis(spec *ebpf.CollectionSpec) (map[string]*analysed, bool) {
+	if b == nil {
+		return analyseAll(spec, "", nil)
+	}
+	b.mu.Lock()
+	if b.spec == spec {
+		defer b.mu.Unlock()
+		return b.progs, b.progsOK
+	}
+	b.mu.Unlock()
+	progs, ok := analyseAll(spec, "", nil)
+	b.mu.Lock()
+	b.spec, b.progs, b.progsOK = spec, progs, ok
+	b.mu.Unlock()
+	return progs, ok
 }
 
 // put keeps o for a later run, or closes it if the Baseline is closed.
@@ -308,7 +332,7 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	var origBounds map[string]int
 	boundsDone := make(chan struct{})
 	go func() {
-		progs, ok := analyseAll(spec, "", nil)
+		progs, ok := lopts.Baseline.analysis(spec)
 		if ok {
 			origBounds = boundsOf(spec, progs, state)
 		}

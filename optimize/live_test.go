@@ -167,6 +167,9 @@ func TestBaselineReuse(t *testing.T) {
 		if len(base.kept) != 1 {
 			t.Fatalf("run %d: the baseline keeps %d pairs of copies, want 1", i, len(base.kept))
 		}
+		if progs, _ := base.analysis(spec); base.spec != spec || !base.progsOK || len(progs) != len(spec.Programs) {
+			t.Fatalf("run %d: the baseline keeps no analysis of the spec's programs", i)
+		}
 	}
 }
 
