@@ -42,7 +42,15 @@ type Options struct {
 	// work) for callers that never ask for it: LiveIn, LiveOut,
 	// BlockLiveIn and BlockLiveOut then panic.
 	NoLiveness bool
+	// Ingress, when not zero, makes 4-byte loads of an XDP program's
+	// ingress_ifindex (struct xdp_md offset 12) produce this constant.
+	// Only set it for code that runs after a check that the context
+	// holds exactly this value.
+	Ingress uint32
 }
+
+// XDPIngressOff is the offset of ingress_ifindex in struct xdp_md.
+const XDPIngressOff = 12
 
 // Result is the analysis of one program. Its query methods do not change
 // it and may be called concurrently.

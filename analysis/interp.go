@@ -323,6 +323,13 @@ func inFrame(off int64, n int) bool {
 	return off >= -StackSize && off+int64(n) <= 0
 }
 
+// ingress reports whether a load of size bytes at off from the context
+// reads the XDP ingress_ifindex that Options.Ingress gives.
+func (a *analyzer) ingress(off int64, size int, sx bool) bool {
+	return a.opts.Ingress != 0 && !sx && size == 4 && off == XDPIngressOff &&
+		a.prog.Spec != nil && a.prog.Spec.Type == ebpf.XDP
+}
+
 // ctxPointerField returns the pointer a context load produces, if the
 // field at off is one of the packet pointers of the program's context.
 func (a *analyzer) ctxPointerField(off int64, size int) (Value, bool) {
@@ -384,6 +391,8 @@ func (a *analyzer) load(at loc, st *State, dst asm.Register, ptr Value, off int6
 		if ptr.OffKnown {
 			if p, ok := a.ctxPointerField(ptr.Off+off, size); ok {
 				v = p
+			} else if a.ingress(ptr.Off+off, size, sx) {
+				v = constant(uint64(a.opts.Ingress))
 			} else if size == 8 {
 				v = unknown() // pointer fields of other contexts
 			}

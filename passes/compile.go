@@ -57,6 +57,12 @@ type Options struct {
 	TopK int
 	// Passes names the passes to run; nil means all of them.
 	Passes []string
+	// Ingress is the ifindex of the one device an XDP program is
+	// attached to, 0 if unknown. constprop then folds what the program
+	// derives from ctx->ingress_ifindex (per-port configuration),
+	// behind a check at entry that sends frames from any other
+	// interface to the unmodified original code.
+	Ingress uint32
 }
 
 // DefaultOptions are the settings used when none are given.

@@ -80,6 +80,9 @@ func constProp(c *Context) error {
 			break
 		}
 	}
+	if err := cp.specializeIngress(); err != nil {
+		return err
+	}
 	if len(cp.touched) > 0 {
 		// The verifier rejects unreachable code: do not leave it to dce,
 		// which may not be selected. Functions go only once the fallback
@@ -88,7 +91,7 @@ func constProp(c *Context) error {
 			removeUnreachable(f)
 		}
 	}
-	if len(cp.guarded) > 0 {
+	if len(cp.guarded) > 0 || cp.ingress != 0 {
 		if err := cp.addFallback(before); err != nil {
 			return err
 		}
@@ -128,6 +131,35 @@ type propagator struct {
 	skips    map[Remark]bool
 	// plain counts, per function, the folds without a remark of their own.
 	plain map[string]int
+	// ingress is the ingress_ifindex the code was specialized to, 0 if
+	// none: the entry then checks the context.
+	ingress uint32
+}
+
+// specializeIngress folds, once everything else is folded, what the
+// program derives from the ingress interface it is attached to
+// (Options.Ingress): every rewrite from here on relies on it, so any fold
+// makes the entry check ctx->ingress_ifindex (addFallback).
+func (cp *propagator) specializeIngress() error {
+	c := cp.c
+	in := c.Opts.Ingress
+	if in == 0 || c.Prog.Spec == nil || c.Prog.Spec.Type != ebpf.XDP || in > math.MaxInt32 {
+		return nil
+	}
+	for round := 0; round < constPropRounds; round++ {
+		res, err := analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true, NoLiveness: true, Ingress: in})
+		if err != nil {
+			return err
+		}
+		clear(cp.skips)
+		n := cp.round(res)
+		res.Release()
+		if n == 0 {
+			break
+		}
+		cp.ingress = in
+	}
+	return nil
 }
 
 // edit is one rewrite decided from one analysis result.
@@ -226,6 +258,12 @@ func (cp *propagator) fold(res *analysis.Result, w *analysis.Walker, f *program.
 	default:
 		return e, false
 	}
+	fromCtx := false
+	if cls == asm.LdXClass {
+		if st := w.At(i); st != nil {
+			fromCtx = st.Reg(ins.Src).Kind == analysis.PtrCtx
+		}
+	}
 	after := w.At(i + 1)
 	if after == nil {
 		return e, false
@@ -248,6 +286,9 @@ func (cp *propagator) fold(res *analysis.Result, w *analysis.Walker, f *program.
 		}
 		if e.msg == "" {
 			e.msg = fmt.Sprintf("reload of a constant stack slot folded to %#x", v.Const)
+			if fromCtx {
+				e.msg = fmt.Sprintf("load of ingress_ifindex folded to %d", v.Const)
+			}
 		}
 	}
 	return e, true
@@ -640,6 +681,16 @@ func (cp *propagator) addFallback(before *program.Program) error {
 	}
 	sort.Strings(maps)
 	var checks []*program.Block
+	if cp.ingress != 0 {
+		// R1 is the context at the entry; the checks only use scratch.
+		g := p.NewBlock()
+		g.Insns = []asm.Instruction{
+			asm.LoadMem(scratch, asm.R1, analysis.XDPIngressOff, asm.Word),
+			clearRef(asm.JNE.Imm(scratch, int32(cp.ingress), "")),
+		}
+		g.Target = fallback[0]
+		checks = append(checks, g)
+	}
 	for _, m := range maps {
 		g, err := cp.c.guardCheck(p, m, scratch, fallback[0])
 		if err != nil {
@@ -651,6 +702,9 @@ func (cp *propagator) addFallback(before *program.Program) error {
 		checks = append(checks, g)
 	}
 	checks[len(checks)-1].Next = main.Blocks[0]
+	if cp.ingress != 0 {
+		cp.c.changed(main.Name, checks[0].ID, "", "specialized to ingress_ifindex %d, checked once at program entry; frames from any other interface run the unmodified original code", cp.ingress)
+	}
 	main.Blocks = append(append(checks, main.Blocks...), fallback...)
 	clones := make([]string, 0, len(rename))
 	for _, n := range rename {

@@ -153,6 +153,7 @@ var goldenCases = []goldenCase{
 	{name: "mapinline_probe", passes: []string{"mapinline"}, build: goldenProbe, keys: goldenHotTreeKeys},
 	{name: "constprop_rodata", passes: []string{"constprop"}, build: goldenRodata},
 	{name: "constprop_features", passes: []string{"constprop"}, build: goldenFeatures},
+	{name: "constprop_ingress", passes: []string{"constprop"}, build: goldenIngress, opts: func(o *Options) { o.Ingress = kerneltest.LoIfindex }},
 	{name: "constprop_dce_features", passes: []string{"constprop", "dce"}, build: goldenFeatures},
 	{name: "dce_dead_defs", passes: []string{"dce"}, build: goldenDeadDefs},
 	{name: "dss_lpm", passes: []string{"dss"}, build: goldenDssLPM, keys: goldenDssLPMKeys,

@@ -82,7 +82,7 @@ func newOptimizeCmd() *cobra.Command {
 	fl.IntVar(&f.topK, "top-k", def.TopK, "most hot keys compiled in front of a lookup (the cost model picks how many pay)")
 	fl.IntVar(&f.generate, "generate", 2000, "packets to generate from the map contents (a quarter as many edge cases are added)")
 	fl.Int64Var(&f.seed, "seed", 1, "seed of the generated packets")
-	fl.Uint32Var(&f.ingress, "ingress", 0, "XDP ingress_ifindex of the test runs (1 = lo; 0 = no context)")
+	fl.Uint32Var(&f.ingress, "ingress", 0, "XDP ingress_ifindex of the test runs (1 = lo; 0 = no context), and the interface the program is specialized to (checked at its entry)")
 	fl.BoolVar(&f.asJSON, "json", false, "print stable JSON instead of text")
 	fl.BoolVar(&f.diff, "diff", false, "print an annotated before/after listing of every rewritten block")
 	fl.BoolVar(&f.strict, "strict", false, fmt.Sprintf("exit with status %d if a candidate fails the verifier or the differential test", exitStrict))
@@ -128,7 +128,7 @@ func runOptimize(ctx context.Context, out io.Writer, obj string, f optimizeFlags
 			return fmt.Errorf("--heatmap %s: %w", f.heatPath, err)
 		}
 	}
-	popts := passes.Options{MaxInline: f.maxInline, TopK: f.topK}
+	popts := passes.Options{MaxInline: f.maxInline, TopK: f.topK, Ingress: f.ingress}
 	if popts.Passes, err = passes.ParsePassList(f.passList); err != nil {
 		return fmt.Errorf("--passes: %w", err)
 	}
