@@ -478,7 +478,10 @@ func (n *NF) optimizeProgramOnce(ctx context.Context, ps *progState, snap *snaps
 	if len(guarded) > 0 && err != nil {
 		return fail(OutcomeError, "%v", err)
 	}
-	digest := rep.Candidate.Digest(n.spec)
+	digest := rep.Digest
+	if digest == ([32]byte{}) {
+		digest = rep.Candidate.Digest(n.spec)
+	}
 
 	n.mu.Lock()
 	unchanged := ps.running != nil && ps.running.digest == digest

@@ -223,3 +223,32 @@ func TestBaselineConcurrent(t *testing.T) {
 		t.Fatalf("the second two runs did not reuse the two kept pairs")
 	}
 }
+
+// TestReportDigest checks that RunLive reports the digest it computed
+// for LiveOptions.Unchanged, and that it is the accepted candidate's.
+func TestReportDigest(t *testing.T) {
+	kerneltest.Require(t)
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := router.ExampleConfig()
+	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked [32]byte
+	opts := LiveOptions{Options: Options{Program: router.Program, Passes: passes.DefaultOptions(), Generated: 300, Seed: 3},
+		Unchanged: func(d [32]byte) bool { asked = d; return false }}
+	rep, err := RunLive(context.Background(), spec, state, nil, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Accepted {
+		t.Fatalf("candidate rejected: %s", rep.Reason)
+	}
+	if rep.Digest == ([32]byte{}) || rep.Digest != asked || rep.Digest != rep.Candidate.Digest(spec) {
+		t.Errorf("reported digest %x, asked about %x, candidate's %x", rep.Digest, asked, rep.Candidate.Digest(spec))
+	}
+}

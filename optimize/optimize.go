@@ -106,6 +106,11 @@ type ProgramReport struct {
 	// packet set of a candidate whose shape matches the running one
 	// (LiveOptions.SameShape).
 	SteadyTest bool `json:"steady_test,omitempty"`
+	// Digest is the accepted candidate's Candidate.Digest against the
+	// spec RunLive optimized, as computed for LiveOptions.Unchanged; zero
+	// if it was not (no Unchanged, or a candidate rebuilt after a
+	// verifier refusal).
+	Digest [32]byte `json:"-"`
 
 	// before and after are the program model before and after the
 	// passes, listed only on demand (Listings): formatting costs several
