@@ -22,6 +22,7 @@ cc l2switch_free_vlans -DFREE_VLANS
 cc l2switch_free_src -DFREE_SRC
 cc l2switch_free_dst -DFREE_DST
 cc l2switch_oracle -DORACLE
+cc l2switch_oracle_nolearn -DORACLE -DNO_LEARN
 cc lb_copy
 cc lb_no_clock -DNO_CLOCK
 cc lb_no_counters -DNO_COUNTERS

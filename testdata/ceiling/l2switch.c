@@ -17,6 +17,11 @@
  *                table (static entries; a dynamic one takes the map lookup)
  *   ORACLE       FREE_PORTS + FREE_VLANS + FREE_SRC + FREE_DST
  *
+ * l2switch_oracle_nolearn is ORACLE + NO_LEARN: a lower bound, the oracle
+ * with the source answered at no cost at all (no probe, no guard). It is
+ * exact on the warmed scenario only because every source there is already
+ * learned; no specializer may drop the guard that proves it.
+ *
  * NO_* variants change what the NF does (they attribute cost); FREE_*
  * variants and ORACLE behave exactly like the original on the warmed bench
  * scenario (the tables hold its whole FDB, vlans and ports), except that
