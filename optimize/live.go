@@ -332,12 +332,34 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	maxPackets := testPacketCount(lopts.Options)
 	var origBounds map[string]int
 	boundsDone := make(chan struct{})
+	// unneeded is closed when the run ends before its test (no candidate,
+	// or one identical to the running one): the copies' reset or load
+	// is then skipped if it has not begun, which would otherwise hold
+	// the caller up (the agent runs the next program meanwhile).
+	unneeded := make(chan struct{})
+	needless := func() bool {
+		select {
+		case <-unneeded:
+			return true
+		default:
+			return false
+		}
+	}
 	go func() {
+		if needless() {
+			close(boundsDone)
+			origc <- loaded{}
+			return
+		}
 		progs, ok := lopts.Baseline.analysis(spec)
 		if ok {
 			origBounds = boundsOf(spec, progs, state)
 		}
 		close(boundsDone)
+		if needless() {
+			origc <- loaded{}
+			return
+		}
 		if o := lopts.Baseline.take(spec, state, maxPackets); o != nil {
 			origc <- loaded{o, nil}
 			return
@@ -364,6 +386,9 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 	}
 	var sess *verify.Session
 	defer func() {
+		if !waited {
+			close(unneeded)
+		}
 		waitOrig()
 		if sess != nil {
 			orig = sess.Release()

@@ -225,7 +225,9 @@ func TestBaselineConcurrent(t *testing.T) {
 }
 
 // TestReportDigest checks that RunLive reports the digest it computed
-// for LiveOptions.Unchanged, and that it is the accepted candidate's.
+// for LiveOptions.Unchanged, and that it is the accepted candidate's;
+// then that a run stopped by Unchanged (which skips preparing the test's
+// copies if it can) leaves a Baseline that later runs use as before.
 func TestReportDigest(t *testing.T) {
 	kerneltest.Require(t)
 	spec, err := router.Spec()
@@ -250,5 +252,22 @@ func TestReportDigest(t *testing.T) {
 	}
 	if rep.Digest == ([32]byte{}) || rep.Digest != asked || rep.Digest != rep.Candidate.Digest(spec) {
 		t.Errorf("reported digest %x, asked about %x, candidate's %x", rep.Digest, asked, rep.Candidate.Digest(spec))
+	}
+
+	base := NewBaseline()
+	defer base.Close()
+	opts.Baseline = base
+	for i, same := range []bool{false, true, true, false} {
+		opts.Unchanged = func([32]byte) bool { return same }
+		rep, err := RunLive(context.Background(), spec, state, nil, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if same && rep.Reason != ReasonUnchanged || !same && !rep.Accepted {
+			t.Fatalf("run %d (unchanged %v): accepted %v, %s", i, same, rep.Accepted, rep.Reason)
+		}
+		if len(base.kept) > 1 {
+			t.Fatalf("run %d: the baseline keeps %d pairs of copies, one run at a time", i, len(base.kept))
+		}
 	}
 }
