@@ -53,7 +53,8 @@ type Options struct {
 	// inlined whole.
 	MaxInline int
 	// TopK is the most hot keys hotcache (and dss) compile in front of a
-	// lookup; their cost models pick how many pay off.
+	// lookup; their cost models pick how many pay off. Compare chains
+	// and search trees take at most 64 of them, hashed probes up to 1024.
 	TopK int
 	// Passes names the passes to run; nil means all of them.
 	Passes []string
@@ -67,7 +68,7 @@ type Options struct {
 
 // DefaultOptions are the settings used when none are given.
 func DefaultOptions() Options {
-	return Options{MaxInline: 64, TopK: 64}
+	return Options{MaxInline: 64, TopK: 1024}
 }
 
 // ParsePassList validates a comma-separated list of pass names. "none"

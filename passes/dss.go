@@ -630,7 +630,7 @@ func chooseLPMPlan(c *Context, s lookupSite, ms *ebpf.MapSpec, nodes []lpmNode, 
 	// look cheap (keys the heatmap missed would pay for it), and caching
 	// alone is hotcache's job.
 	if measured && best != nil {
-		best.chooseHot(tr.keys, c.Opts.TopK, int(ms.KeySize), v.bits)
+		best.chooseHot(tr.keys, min(c.Opts.TopK, maxSearchKeys), int(ms.KeySize), v.bits)
 	}
 	return best, tr.keys
 }

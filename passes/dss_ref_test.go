@@ -282,7 +282,7 @@ func refChoose(c *Context, s lookupSite, ms *ebpf.MapSpec, nodes []lpmNode, leng
 		}
 	}
 	if measured && best != nil {
-		best.chooseHot(traffic, c.Opts.TopK, int(ms.KeySize), maxPlen)
+		best.chooseHot(traffic, min(c.Opts.TopK, maxSearchKeys), int(ms.KeySize), maxPlen)
 	}
 	return best, traffic
 }

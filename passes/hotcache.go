@@ -36,15 +36,18 @@ import (
 // registers the chunks are reloaded per compare. Or the keys go into a
 // hashed probe (probe.go): the same chunks hashed into a collision-free
 // table of 2^b slots, one load of the key's slot and one compare per
-// chunk, whatever K. Options.TopK is the maximum number of keys (at most
-// maxHotKeys). How many are compiled, and which layout, is decided per
-// site by an expected cost per lookup, in units of one compare-and-branch:
+// chunk, whatever K; beyond probePlainMaxKeys keys the table is displaced
+// (probe_chd.go), one more load. Options.TopK is the maximum number of
+// keys (at most maxHotKeys, and maxSearchKeys for a chain or a tree). How
+// many are compiled, and which layout, is decided per site by an expected
+// cost per lookup, in units of one compare-and-branch:
 //
 //	cost(K)  = hotCostGuard + min(chain(K), tree(K), probe(K)) + (1 - coverage(K)) * lookup
 //	chain(K) = Σ_{i<K} p_i (i + chunks) + (1 - coverage(K)) K
 //	tree(K)  = 2 chunks + 1.5 ⌈log2(K+1)⌉ + 2 chunks
 //	probe(K) = 3 chunks + probeHashCost (+ chunks/2 with two slots a
-//	           bucket, + 1 when a cached result is a miss)
+//	           bucket, + 1 when a cached result is a miss, + chdCost
+//	           when displaced)
 //
 // where p_i is the share of the site's heatmap counts on the i-th
 // hottest key, coverage(K) the share of the top K, and lookup the cost of
@@ -160,9 +163,14 @@ func hotCache(c *Context) error {
 	return nil
 }
 
-// maxHotKeys bounds Options.TopK: beyond it a search is deeper than most
-// of what it saves, and the verifier's budget grows with every key.
-const maxHotKeys = 64
+// maxHotKeys bounds Options.TopK for the hashed probe, whose cost does
+// not grow with the keys; its table stays within probeMaxBytes.
+const maxHotKeys = 1024
+
+// maxSearchKeys bounds the keys of a compare chain or search tree: beyond
+// it a search is deeper than most of what it saves, and the verifier's
+// budget grows with every key.
+const maxSearchKeys = 64
 
 // Cost model constants, in compare-and-branch units (see hotCache),
 // calibrated with `morpheus bench` on this machine class (about 0.5 ns a
@@ -256,9 +264,12 @@ func (c *Context) planHot(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 		tree := 2*tch + 1.5*math.Ceil(math.Log2(float64(k+1))) + 2*tch
 		cachedMiss = cachedMiss || ans.of(c, ms, keys[k-1].Key) == nil
 		probe := probeCost(len(pchs), 1, cachedMiss)
+		if k > probePlainMaxKeys {
+			probe += chdCost
+		}
 		rest := hotCostGuard + (1-covered)*lookup
 		at["chain"], at["tree"], at["probe"] = rest+chain, rest+tree, rest+probe
-		if cost := rest + min(chain, tree); cost < best {
+		if cost := rest + min(chain, tree); cost < best && k <= maxSearchKeys {
 			best, bestK, bestLayout = cost, k, map[bool]string{true: "tree", false: "chain"}[tree < chain]
 		}
 		if cost := rest + probe; cost < bestProbe {
@@ -349,6 +360,9 @@ func (c *Context) hotKeys(res *analysis.Result, s lookupSite, ms *ebpf.MapSpec, 
 		if pl.probe.t.ways == 2 {
 			// The second slot's compares: re-cost with them.
 			pl.cost += probeCost(len(tchs), 2, pl.probe.flag) - probeCost(len(tchs), 1, pl.probe.flag)
+		}
+		if pl.probe.t.disp != nil && k <= probePlainMaxKeys {
+			pl.cost += chdCost // displaced after all: pay its load
 		}
 		pl.nkeys = k
 		return pl, ""

@@ -136,6 +136,19 @@ type probeTable struct {
 	ways   int   // 1 or 2
 	slot   []int // per key: bucket*ways + way
 	tries  int   // hash evaluations the search spent (for tests)
+	// disp, for a displaced table (probe_chd.go), holds the displacement
+	// of each of the 2^gbits groups; nil for a plain one.
+	disp  []uint32
+	gbits int
+}
+
+// bucketOfVals is the bucket of a key with chunk values vals.
+func (t *probeTable) bucketOfVals(vals []uint64) int {
+	v := probeCombine(vals, t.chunks, t.mult)
+	if t.disp != nil {
+		return t.displaced(v)
+	}
+	return probeBucket(v, t.mult, t.bits)
 }
 
 // probeChunkValue is the zero-extended value a load of ch from key gives.
@@ -184,7 +197,7 @@ func (t *probeTable) bucketOf(key []byte) int {
 	for k, ch := range t.chunks {
 		vals[k] = probeChunkValue(key, ch)
 	}
-	return probeBucket(probeCombine(vals, t.chunks, t.mult), t.mult, t.bits)
+	return t.bucketOfVals(vals)
 }
 
 // splitmix64 is the search's generator: fixed, so that a placement never
@@ -241,6 +254,11 @@ func placeProbe(keys [][]byte, chs []keyChunk, fits func(buckets, ways int) bool
 	for b := max(1, bmin-1); b <= bmin+1; b++ {
 		shapes = append(shapes, shape{b, 2})
 	}
+	if len(keys) > probePlainMaxKeys {
+		// A plain table this full almost never places without
+		// collisions: go straight to displacement.
+		shapes = nil
+	}
 	seed := uint64(probeSeed)
 	tries := 0
 	for _, sh := range shapes {
@@ -278,7 +296,10 @@ func placeProbe(keys [][]byte, chs []keyChunk, fits func(buckets, ways int) bool
 			}
 		}
 	}
-	return nil
+	if probeForceWays == 2 {
+		return nil
+	}
+	return placeDisplaced(vals, chs, packed, combined, fits)
 }
 
 // sentinels returns, for every bucket, chunk values that hash to another
@@ -293,7 +314,7 @@ func (t *probeTable) sentinels() [][]uint64 {
 			// chunk's size (a value its load can give).
 			vals[k] = (j + uint64(k)) * 0x9e3779b97f4a7c15 >> (64 - 8*ch.size.Sizeof())
 		}
-		bk := probeBucket(probeCombine(vals, t.chunks, t.mult), t.mult, t.bits)
+		bk := t.bucketOfVals(vals)
 		for b := range out {
 			if out[b] == nil && b != bk {
 				out[b] = append([]uint64(nil), vals...)
@@ -348,10 +369,14 @@ func (l probeLayout) probeBytes(buckets, ways int) int { return buckets * ways *
 // bytes (nil: a cached miss); every empty slot holds its bucket's
 // sentinel.
 func (t *probeTable) encode(l probeLayout, keys [][]byte, results [][]byte) []byte {
-	out := make([]byte, l.probeBytes(1<<t.bits, t.ways))
-	used := make([]bool, len(out)/l.slotSize)
+	base := t.slotsOff()
+	out := make([]byte, base+l.probeBytes(1<<t.bits, t.ways))
+	for g, d := range t.disp {
+		binary.LittleEndian.PutUint32(out[4*g:], d)
+	}
+	used := make([]bool, (len(out)-base)/l.slotSize)
 	for i, key := range keys {
-		at := t.slot[i] * l.slotSize
+		at := base + t.slot[i]*l.slotSize
 		used[t.slot[i]] = true
 		for _, ch := range t.chunks {
 			copy(out[at+l.keyAt(ch):], key[ch.off:ch.off+ch.size.Sizeof()])
@@ -368,7 +393,7 @@ func (t *probeTable) encode(l probeLayout, keys [][]byte, results [][]byte) []by
 		if u {
 			continue
 		}
-		at := s * l.slotSize
+		at := base + s*l.slotSize
 		for k, ch := range t.chunks {
 			var b [8]byte
 			binary.LittleEndian.PutUint64(b[:], sent[s/t.ways][k])
@@ -380,6 +405,9 @@ func (t *probeTable) encode(l probeLayout, keys [][]byte, results [][]byte) []by
 
 // describe renders the table's shape for remarks.
 func (t *probeTable) describe(l probeLayout) string {
+	if t.disp != nil {
+		return fmt.Sprintf("hashed probe with displacements, 2^%d slots in %d groups, %d bytes", t.bits, len(t.disp), t.slotsOff()+l.probeBytes(1<<t.bits, 1))
+	}
 	way := "1 slot"
 	if t.ways == 2 {
 		way = "2 slots"
@@ -411,16 +439,21 @@ func probeBlocks(p *program.Program, key keyAddr, t *probeTable, l probeLayout, 
 			h.Insns = append(h.Insns, asm.Mul.Reg(asm.R4, asm.R5), asm.Xor.Reg(asm.R4, asm.R3))
 		}
 	}
-	// The shift leaves at most b bits: the verifier bounds the offset
-	// by it, no mask needed.
-	h.Insns = append(h.Insns, asm.Mul.Reg(asm.R4, asm.R5), asm.RSh.Imm(asm.R4, int32(64-t.bits)))
+	h.Insns = append(h.Insns, asm.Mul.Reg(asm.R4, asm.R5))
+	if t.disp != nil {
+		h.Insns = append(h.Insns, t.displacedSlot(table)...)
+	} else {
+		// The shift leaves at most b bits: the verifier bounds the
+		// offset by it, no mask needed.
+		h.Insns = append(h.Insns, asm.RSh.Imm(asm.R4, int32(64-t.bits)))
+	}
 	bucket := t.ways * l.slotSize
 	if bits.OnesCount(uint(bucket)) == 1 {
 		h.Insns = append(h.Insns, asm.LSh.Imm(asm.R4, int32(bits.TrailingZeros(uint(bucket)))))
 	} else {
 		h.Insns = append(h.Insns, asm.Mul.Imm(asm.R4, int32(bucket)))
 	}
-	h.Insns = append(h.Insns, asm.LoadMapValue(asm.R0, 0, 0).WithReference(table), asm.Add.Reg(asm.R0, asm.R4))
+	h.Insns = append(h.Insns, asm.LoadMapValue(asm.R0, 0, uint32(t.slotsOff())).WithReference(table), asm.Add.Reg(asm.R0, asm.R4))
 	out := []*program.Block{h}
 
 	var null *program.Block

@@ -40,7 +40,7 @@ func probeKeys(n, size int, seed int64) [][]byte {
 func probeDecode(t *probeTable, l probeLayout, data []byte, s int) []uint64 {
 	var vals []uint64
 	for _, ch := range t.chunks {
-		vals = append(vals, probeChunkValue(data[s*l.slotSize+l.keyBase:], ch))
+		vals = append(vals, probeChunkValue(data[t.slotsOff()+s*l.slotSize+l.keyBase:], ch))
 	}
 	return vals
 }
@@ -67,6 +67,11 @@ func TestProbePlacement(t *testing.T) {
 		{"constant bytes skipped", 30, 8, -8, func(i int) bool { return i >= 6 }, 0, true},
 		{"two slots a bucket", 64, 8, -8, nil, 2, true},
 		{"two slots, 5 keys", 5, 4, -8, nil, 2, true},
+		{"200 keys (displaced)", 200, 8, -8, nil, 0, true},
+		{"1024 MAC+VLAN keys (displaced)", 1024, 8, -8, nil, 0, true},
+		{"1024 16-byte keys (displaced, multiplied)", 1024, 16, -16, nil, 0, true},
+		{"500 6-byte keys (displaced, packed)", 500, 6, -8, nil, 0, true},
+		{"4000 keys (displaced)", 4000, 4, -4, nil, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,7 +99,13 @@ func TestProbePlacement(t *testing.T) {
 			if pt == nil {
 				return
 			}
-			t.Logf("%d keys: 2^%d buckets x %d, %d hash evaluations, %v", tt.n, pt.bits, pt.ways, pt.tries, took)
+			t.Logf("%d keys: 2^%d buckets x %d, %d groups, %d hash evaluations, %v", tt.n, pt.bits, pt.ways, len(pt.disp), pt.tries, took)
+			if (pt.disp != nil) != (tt.n > probePlainMaxKeys) {
+				t.Fatalf("displaced %v for %d keys", pt.disp != nil, tt.n)
+			}
+			if took > 200*time.Millisecond {
+				t.Fatalf("placement took %v", took)
+			}
 			if tt.ways != 0 && pt.ways != tt.ways {
 				t.Fatalf("%d ways, want %d", pt.ways, tt.ways)
 			}
@@ -116,7 +127,7 @@ func TestProbePlacement(t *testing.T) {
 			}
 			// Deterministic: the same keys give the same table.
 			again := placeProbe(keys, chs, fitsAll)
-			if again.mult != pt.mult || again.bits != pt.bits || again.ways != pt.ways || !slices.Equal(again.slot, pt.slot) {
+			if again.mult != pt.mult || again.bits != pt.bits || again.ways != pt.ways || !slices.Equal(again.slot, pt.slot) || !slices.Equal(again.disp, pt.disp) {
 				t.Fatal("a second search placed the keys differently")
 			}
 			// Empty slots hold sentinels that hash to another bucket.
@@ -126,15 +137,20 @@ func TestProbePlacement(t *testing.T) {
 			}
 			l := newProbeLayout(tt.keyOff, chs, tt.size, 4, false)
 			data := pt.encode(l, keys, results)
-			for s := range len(data) / l.slotSize {
+			base := pt.slotsOff()
+			for g, d := range pt.disp {
+				if got := binary.LittleEndian.Uint32(data[4*g:]); got != d {
+					t.Fatalf("group %d: displacement %d in the table, want %d", g, got, d)
+				}
+			}
+			for s := range (len(data) - base) / l.slotSize {
 				vals := probeDecode(pt, l, data, s)
-				b := probeBucket(probeCombine(vals, chs, pt.mult), pt.mult, pt.bits)
-				if !used[s] && b == s/pt.ways {
+				if b := pt.bucketOfVals(vals); !used[s] && b == s/pt.ways {
 					t.Fatalf("empty slot %d holds a key of its own bucket", s)
 				}
 			}
 			for i := range keys {
-				at := pt.slot[i]*l.slotSize + l.valOff
+				at := base + pt.slot[i]*l.slotSize + l.valOff
 				if !bytes.Equal(data[at:at+4], results[i]) {
 					t.Fatalf("key %d: value %x, want %x", i, data[at:at+4], results[i])
 				}
@@ -368,14 +384,21 @@ func TestProbeHotKernel(t *testing.T) {
 	defer func(l string, w int) { forceLayout, probeForceWays = l, w }(forceLayout, probeForceWays)
 	forceLayout = "probe"
 	for _, ways := range []int{1, 2} {
-		for _, k := range []int{3, 33} {
+		for _, k := range []int{3, 33, 300, 500} {
 			for _, n := range []int{6, 8, 16} {
+				if ways == 2 && k > probePlainMaxKeys {
+					continue // displaced tables have one slot a bucket
+				}
 				t.Run(fmt.Sprintf("ways%d/K%d/key%d", ways, k, n), func(t *testing.T) {
 					probeForceWays = ways
 					spec, st, heat, packets := hotTreeCase(k, n, int64(7*k+n+ways))
 					c := runHot(t, spec, st, heat, k)
-					if !slices.ContainsFunc(c.Remarks, func(r Remark) bool { return r.Applied && strings.Contains(r.Message, "hashed probe") }) {
-						t.Fatalf("no probe remark in %v", c.Remarks)
+					want := "hashed probe,"
+					if k > probePlainMaxKeys {
+						want = "hashed probe with displacements"
+					}
+					if !slices.ContainsFunc(c.Remarks, func(r Remark) bool { return r.Applied && strings.Contains(r.Message, want) }) {
+						t.Fatalf("no remark %q in %v", want, c.Remarks)
 					}
 					var hot [][]byte
 					for _, h := range heat.Maps["tbl"] {
