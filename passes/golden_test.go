@@ -148,6 +148,8 @@ var goldenCases = []goldenCase{
 		opts: func(o *Options) { o.MaxInline, o.TopK = 2, 24 }, layout: "tree"},
 	{name: "hotcache_probe", passes: []string{"hotcache"}, build: goldenHotTree, keys: goldenHotTreeKeys,
 		opts: func(o *Options) { o.MaxInline, o.TopK = 2, 24 }},
+	{name: "hotcache_probe_displaced", passes: []string{"hotcache"}, build: goldenDisplaced, keys: goldenDisplacedKeys[:40],
+		opts: func(o *Options) { o.MaxInline = 2 }},
 	{name: "hotcache_rw_tripwire", passes: []string{"hotcache"}, build: goldenRW, keys: goldenHashKeys},
 	{name: "hotcache_hit_tail", passes: []string{"hotcache"}, build: goldenTailMain, keys: tailKeys},
 	{name: "mapinline_probe", passes: []string{"mapinline"}, build: goldenProbe, keys: goldenHotTreeKeys},
