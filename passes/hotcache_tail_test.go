@@ -30,6 +30,8 @@ var (
 	tailKeys    = []uint32{goldenIP(192, 0, 2, 1), goldenIP(192, 0, 2, 2), goldenIP(198, 51, 100, 7)}
 	tailStamps  = []uint32{1000, 5000, 42}
 	tailMissKey = goldenIP(10, 0, 0, 1)
+	// tailOddStamp is the second key's stamp in the bump variant.
+	tailOddStamp = uint32(5001)
 )
 
 // goldenTail is a learning table in the style of an L2 switch's source
@@ -40,6 +42,13 @@ var (
 // the key by pointer from the caller's frame. With counter, every hit
 // writes the value (a hit counter) and the cache could never pay.
 func goldenTail(callee, counter bool) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	return goldenTailOpts(callee, counter, false)
+}
+
+// goldenTailOpts is goldenTail; with bump, an odd stamp first moves "now"
+// (R7, which the code after the lookup still reads) 1000 ahead, so a hit
+// on an odd stamp changes a live register before it decides anything.
+func goldenTailOpts(callee, counter, bump bool) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 	g := newGoldenAsm()
 	rwPrologue(g)
 	g.add(asm.LoadMem(asm.R7, asm.R2, rwValOff, asm.Word))
@@ -57,8 +66,14 @@ func goldenTail(callee, counter bool) (*ebpf.CollectionSpec, *mapstate.State, *h
 				asm.Return(),
 			)
 		} else {
+			g.add(asm.LoadMem(asm.R1, asm.R0, 0, asm.Word))
+			if bump {
+				g.add(asm.Mov.Reg(asm.R2, asm.R1), asm.And.Imm(asm.R2, 1))
+				g.jump(asm.JEq.Imm(asm.R2, 0, ""), "even")
+				g.add(asm.Add.Imm(asm.R7, 1000))
+				g.label("even")
+			}
 			g.add(
-				asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
 				asm.Mov.Reg(asm.R2, asm.R7),
 				asm.Sub.Reg(asm.R2, asm.R1),
 			)
@@ -106,7 +121,11 @@ func goldenTail(callee, counter bool) (*ebpf.CollectionSpec, *mapstate.State, *h
 	rw := &ebpf.MapSpec{Name: "rw", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 64}
 	st := mapstate.New()
 	for i, k := range tailKeys {
-		st.Put("rw", goldenU32(k), goldenU32(tailStamps[i]))
+		stamp := tailStamps[i]
+		if bump && i == 1 {
+			stamp = tailOddStamp
+		}
+		st.Put("rw", goldenU32(k), goldenU32(stamp))
 	}
 	heat := &heatmap.Heatmap{Maps: map[string][]heatmap.Key{"rw": {
 		{Key: goldenU32(tailKeys[0]), Count: 100},
@@ -133,16 +152,17 @@ func tailFrame(key, now uint32) []byte {
 // the original code after a redone lookup, whose tripwire trips the guard.
 func TestHotHitTail(t *testing.T) {
 	for _, tc := range []struct {
-		name            string
-		callee, counter bool
-		want            string
+		name                  string
+		callee, counter, bump bool
+		want                  string
 	}{
 		{name: "own frame", want: "hits run a copy of the code after the lookup"},
 		{name: "key in the caller's frame", callee: true, want: "hits run a copy of the code after the lookup"},
 		{name: "written on every hit", counter: true, want: "the value is written on every path of a hit"},
+		{name: "a live register changes on a hit", bump: true, want: "hits run a copy of the code after the lookup"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			spec, st, heat := goldenTail(tc.callee, tc.counter)
+			spec, st, heat := goldenTailOpts(tc.callee, tc.counter, tc.bump)
 			c := runHot(t, spec, st, heat, 8)
 			if !slices.ContainsFunc(c.Remarks, func(r Remark) bool { return strings.Contains(r.Message, tc.want) }) {
 				t.Fatalf("no remark %q in %v", tc.want, c.Remarks)
@@ -164,6 +184,24 @@ func TestHotHitTail(t *testing.T) {
 			}
 			coll := loadChecked(t, c, st, packets)
 			defer coll.Close()
+			if tc.bump {
+				// The odd stamp's hit bails before moving R7: the
+				// redone lookup's code moves it once, so a fresh
+				// "now" is stale by 1000 and refreshed to now+1000.
+				now := tailOddStamp + 1
+				ret, err := coll.Programs[goldenProg].Run(&ebpf.RunOptions{Data: tailFrame(tailKeys[1], now)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := coll.Maps["rw"].LookupBytes(goldenU32(tailKeys[1]))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ret != tailRefresh || binary.LittleEndian.Uint32(got) != now+1000 {
+					t.Fatalf("odd stamp: result %d, stamp %d; want %d and %d", ret, binary.LittleEndian.Uint32(got), tailRefresh, now+1000)
+				}
+				return
+			}
 			tailCheckKernel(t, c, coll)
 		})
 	}
