@@ -434,13 +434,18 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 			return 0, errors.New("optimize: the originals are in use") // a session holds them
 		}
 		// One analysis of each program serves the map classes and the
-		// insert bounds.
+		// insert bounds. The candidate's runs beside the others': the
+		// verifier's load waits for both.
 		var written, readOnly []string
 		var candBounds map[string]int
-		progs, ok := analyseAll(cm.coll, "", nil)
+		var progs map[string]*analysed
+		var ok bool
+		var wg sync.WaitGroup
+		wg.Go(func() { progs, ok = analyseAll(cm.coll, "", nil) })
 		cp := cm.coll.Programs[name].Copy()
 		cp.Instructions = cm.insns
 		cand, candOK := analyse(cm.coll, cp)
+		wg.Wait()
 		if ok && candOK {
 			written, readOnly = accessOf(cm.coll, progs, cand)
 			progs[name] = cand // the candidate collection runs the candidate
