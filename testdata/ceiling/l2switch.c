@@ -134,6 +134,15 @@ struct {
 #if defined(FREE_PORTS) || defined(FREE_VLANS) || defined(FREE_SRC) || defined(FREE_DST)
 #include "l2switch_tables.h"
 #endif
+#if defined(FREE_SRC) || defined(FREE_DST) /* CEILING */
+/* fdb_key64 is struct fdb_key as the 64-bit word the table keys on, built
+ * in a register from the frame: writing the key's parts to the stack and
+ * loading them back as one word would stall store forwarding. */
+static __always_inline __u64 fdb_key64(const __u8 *mac, __u16 vid)
+{
+	return (__u64)*(const __u32 *)mac | (__u64)*(const __u16 *)(mac + 4) << 32 | (__u64)vid << 48;
+}
+#endif
 #ifdef FREE_PORTS /* CEILING */
 #define PORT_LOOKUP(ifx) oracle_port(*(ifx))
 #else
@@ -265,12 +274,16 @@ int xdp_l2switch(struct xdp_md *ctx)
 	struct fdb_key key = { .vid = vid };
 #ifndef NO_LEARN /* CEILING */
 	if (cfg_learning && (in->flags & PORT_F_LEARNING)) {
-		__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
 #ifdef FREE_SRC /* CEILING: a known source on its own port, or a static one, needs nothing */
-		const struct oracle_slot *src = oracle_find(oracle_fdb, ORACLE_FDB_BITS, *(__u64 *)&key);
-		if (!src || (!(src->b & FDB_F_STATIC) && src->a != in_ifindex))
-#endif
+		const struct oracle_slot *src = oracle_find(oracle_fdb, ORACLE_FDB_BITS, fdb_key64(eth->h_source, vid));
+		if (!src || (!(src->b & FDB_F_STATIC) && src->a != in_ifindex)) {
+			__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
+			fdb_learn(&key, in_ifindex, now, st);
+		}
+#else
+		__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
 		fdb_learn(&key, in_ifindex, now, st);
+#endif
 	}
 #endif
 #ifdef NO_FORWARD /* CEILING */
@@ -279,21 +292,22 @@ int xdp_l2switch(struct xdp_md *ctx)
 
 	if (nf_mac_is_multicast(eth->h_dest))
 		goto flood;
-	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 #ifdef FREE_DST /* CEILING: a static entry needs no aging check */
 	__u32 out_ifindex;
-	const struct oracle_slot *ds = oracle_find(oracle_fdb, ORACLE_FDB_BITS, *(__u64 *)&key);
+	const struct oracle_slot *ds = oracle_find(oracle_fdb, ORACLE_FDB_BITS, fdb_key64(eth->h_dest, vid));
 	if (!ds)
 		goto flood;
 	if (ds->b & FDB_F_STATIC) {
 		out_ifindex = ds->a;
 	} else {
+		__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 		const struct fdb_entry *dst = bpf_map_lookup_elem(&fdb, &key);
 		if (!dst || fdb_expired(dst, now))
 			goto flood;
 		out_ifindex = dst->ifindex;
 	}
 #else
+	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 	const struct fdb_entry *dst = bpf_map_lookup_elem(&fdb, &key);
 	if (!dst || fdb_expired(dst, now))
 		goto flood;

@@ -147,9 +147,13 @@ struct {
 #endif
 
 #ifdef FREE_VIPS /* CEILING: a slot's a and b fields are laid out as struct vip_meta */
-#define VIP_LOOKUP(k) ({                                                              \
-	const struct oracle_slot *__s = oracle_find(oracle_vips, ORACLE_VIPS_BITS, *(__u64 *)(k)); \
-	(struct vip_meta *)(__s ? &__s->a : 0);                                        \
+/* VIP_LOOKUP builds the key as the 64-bit word the table keys on in a
+ * register (writing its parts to the stack and loading them back as one
+ * word would stall store forwarding). */
+#define VIP_LOOKUP(k) ({                                                                   \
+	__u64 __k = (k)->addr | (__u64)(k)->port << 32 | (__u64)(k)->proto << 48;          \
+	const struct oracle_slot *__s = oracle_find(oracle_vips, ORACLE_VIPS_BITS, __k);    \
+	(struct vip_meta *)(__s ? &__s->a : 0);                                             \
 })
 #else
 #define VIP_LOOKUP(k) bpf_map_lookup_elem(&vips, k)
