@@ -352,16 +352,19 @@ func optimizeLive(ctx context.Context, spec *ebpf.CollectionSpec, name string, s
 			return
 		}
 		progs, ok := lopts.Baseline.analysis(spec)
+		// Kept copies are reset first: the bounds are for a load, and
+		// for the candidate's, later.
+		kept := lopts.Baseline.take(spec, state, maxPackets)
 		if ok {
 			origBounds = boundsOf(spec, progs, state)
 		}
 		close(boundsDone)
-		if needless() {
-			origc <- loaded{}
+		if kept != nil {
+			origc <- loaded{kept, nil}
 			return
 		}
-		if o := lopts.Baseline.take(spec, state, maxPackets); o != nil {
-			origc <- loaded{o, nil}
+		if needless() {
+			origc <- loaded{}
 			return
 		}
 		var unwritten []string
