@@ -13,6 +13,7 @@ import (
 
 	"github.com/morpheus-go/morpheus/guard"
 	"github.com/morpheus-go/morpheus/internal/kerneltest"
+	"github.com/morpheus-go/morpheus/mapstate"
 	"github.com/morpheus-go/morpheus/nf/router"
 	"github.com/morpheus-go/morpheus/passes"
 	"github.com/morpheus-go/morpheus/verify"
@@ -25,16 +26,7 @@ import (
 func TestGuardCheckCatchesBrokenGuard(t *testing.T) {
 	kerneltest.Require(t)
 	ctx := context.Background()
-	spec, err := router.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := router.ExampleConfig()
-	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
-	state, err := cfg.State()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec, state := exampleRouter(t)
 	// A table that has seen three changes of the routes map.
 	tbl := guard.NewTable()
 	scratch, err := newGuardScratch()
@@ -180,16 +172,7 @@ func TestBaselineReuse(t *testing.T) {
 func TestBaselineConcurrent(t *testing.T) {
 	kerneltest.Require(t)
 	ctx := context.Background()
-	spec, err := router.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := router.ExampleConfig()
-	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
-	state, err := cfg.State()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec, state := exampleRouter(t)
 	base := NewBaseline()
 	defer base.Close()
 	opts := LiveOptions{Options: Options{Program: router.Program, Passes: passes.DefaultOptions(), Generated: 300, Seed: 3}, GuardCheck: true, Baseline: base}
@@ -230,16 +213,7 @@ func TestBaselineConcurrent(t *testing.T) {
 // copies if it can) leaves a Baseline that later runs use as before.
 func TestReportDigest(t *testing.T) {
 	kerneltest.Require(t)
-	spec, err := router.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := router.ExampleConfig()
-	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
-	state, err := cfg.State()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec, state := exampleRouter(t)
 	var asked [32]byte
 	opts := LiveOptions{Options: Options{Program: router.Program, Passes: passes.DefaultOptions(), Generated: 300, Seed: 3},
 		Unchanged: func(d [32]byte) bool { asked = d; return false }}
@@ -270,4 +244,21 @@ func TestReportDigest(t *testing.T) {
 			t.Fatalf("run %d: the baseline keeps %d pairs of copies, one run at a time", i, len(base.kept))
 		}
 	}
+}
+
+// exampleRouter is the router's spec and the state of its example
+// configuration with an interface at ifindex 1 (the loopback device).
+func exampleRouter(t *testing.T) (*ebpf.CollectionSpec, *mapstate.State) {
+	t.Helper()
+	spec, err := router.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := router.ExampleConfig()
+	cfg.Interfaces = append(cfg.Interfaces, router.Interface{Ifindex: 1, MAC: "02:00:00:00:01:01"})
+	state, err := cfg.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec, state
 }
