@@ -18,7 +18,10 @@
 // handle and priority) for TC, a prog-array update for tail calls. A
 // candidate identical to the running one (same instructions, same cache
 // contents) is not swapped. A candidate that fails anything is dropped;
-// the running program is never touched by a failure.
+// the running program is never touched by a failure. The programs of a
+// network function are optimized side by side, up to GOMAXPROCS at a
+// time (their profiling windows one after the other); each is checked
+// and swapped on its own.
 //
 // # What a cycle verifies
 //
