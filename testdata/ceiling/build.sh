@@ -23,6 +23,7 @@ cc l2switch_free_src -DFREE_SRC
 cc l2switch_free_dst -DFREE_DST
 cc l2switch_oracle -DORACLE
 cc l2switch_oracle_nolearn -DORACLE -DNO_LEARN
+cc l2switch_wide_keys -DWIDE_KEYS
 cc lb_copy
 cc lb_no_clock -DNO_CLOCK
 cc lb_no_counters -DNO_COUNTERS
@@ -31,3 +32,4 @@ cc lb_no_encap -DNO_ENCAP
 cc lb_free_vips -DFREE_VIPS
 cc lb_free_backends -DFREE_BACKENDS
 cc lb_oracle -DORACLE
+cc lb_wide_keys -DWIDE_KEYS

@@ -16,6 +16,10 @@
  *   FREE_DST     the destination lookup answered by the compiled-in FDB
  *                table (static entries; a dynamic one takes the map lookup)
  *   ORACLE       FREE_PORTS + FREE_VLANS + FREE_SRC + FREE_DST
+ *   WIDE_KEYS    no lookup removed: the FDB key is written to the stack as
+ *                one 64-bit word instead of field by field, so the helper's
+ *                hash reads it without a store-forwarding stall (an exact
+ *                bytecode rewrite: store merging)
  *
  * l2switch_oracle_nolearn is ORACLE + NO_LEARN: a lower bound, the oracle
  * with the source answered at no cost at all (no probe, no guard). It is
@@ -134,7 +138,7 @@ struct {
 #if defined(FREE_PORTS) || defined(FREE_VLANS) || defined(FREE_SRC) || defined(FREE_DST)
 #include "l2switch_tables.h"
 #endif
-#if defined(FREE_SRC) || defined(FREE_DST) /* CEILING */
+#if defined(FREE_SRC) || defined(FREE_DST) || defined(WIDE_KEYS) /* CEILING */
 /* fdb_key64 is struct fdb_key as the 64-bit word the table keys on, built
  * in a register from the frame: writing the key's parts to the stack and
  * loading them back as one word would stall store forwarding. */
@@ -142,6 +146,13 @@ static __always_inline __u64 fdb_key64(const __u8 *mac, __u16 vid)
 {
 	return (__u64)*(const __u32 *)mac | (__u64)*(const __u16 *)(mac + 4) << 32 | (__u64)vid << 48;
 }
+#endif
+#ifdef WIDE_KEYS /* CEILING */
+#define KEY_ALIGN __attribute__((aligned(8)))
+#define FDB_KEY_SET(k, m) (*(__u64 *)&(k) = fdb_key64(m, vid))
+#else
+#define KEY_ALIGN
+#define FDB_KEY_SET(k, m) __builtin_memcpy((k).mac, m, ETH_ALEN)
 #endif
 #ifdef FREE_PORTS /* CEILING */
 #define PORT_LOOKUP(ifx) oracle_port(*(ifx))
@@ -271,17 +282,17 @@ int xdp_l2switch(struct xdp_md *ctx)
 #else
 	__u64 now = bpf_ktime_get_ns();
 #endif
-	struct fdb_key key = { .vid = vid };
+	struct fdb_key key KEY_ALIGN = { .vid = vid };
 #ifndef NO_LEARN /* CEILING */
 	if (cfg_learning && (in->flags & PORT_F_LEARNING)) {
 #ifdef FREE_SRC /* CEILING: a known source on its own port, or a static one, needs nothing */
 		const struct oracle_slot *src = oracle_find(oracle_fdb, ORACLE_FDB_BITS, fdb_key64(eth->h_source, vid));
 		if (!src || (!(src->b & FDB_F_STATIC) && src->a != in_ifindex)) {
-			__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
+			FDB_KEY_SET(key, eth->h_source);
 			fdb_learn(&key, in_ifindex, now, st);
 		}
 #else
-		__builtin_memcpy(key.mac, eth->h_source, ETH_ALEN);
+		FDB_KEY_SET(key, eth->h_source);
 		fdb_learn(&key, in_ifindex, now, st);
 #endif
 	}
@@ -300,14 +311,14 @@ int xdp_l2switch(struct xdp_md *ctx)
 	if (ds->b & FDB_F_STATIC) {
 		out_ifindex = ds->a;
 	} else {
-		__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
+		FDB_KEY_SET(key, eth->h_dest);
 		const struct fdb_entry *dst = bpf_map_lookup_elem(&fdb, &key);
 		if (!dst || fdb_expired(dst, now))
 			goto flood;
 		out_ifindex = dst->ifindex;
 	}
 #else
-	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
+	FDB_KEY_SET(key, eth->h_dest);
 	const struct fdb_entry *dst = bpf_map_lookup_elem(&fdb, &key);
 	if (!dst || fdb_expired(dst, now))
 		goto flood;

@@ -12,6 +12,10 @@
  *   FREE_VIPS      vips lookups answered by the compiled-in table
  *   FREE_BACKENDS  backends lookups answered by the compiled-in addresses
  *   ORACLE         FREE_VIPS + FREE_BACKENDS
+ *   WIDE_KEYS      no lookup removed: the vips and conns keys are written to
+ *                  the stack as whole 64-bit words instead of field by field,
+ *                  so the helper's hash reads them without a store-forwarding
+ *                  stall (an exact bytecode rewrite: store merging)
  *
  * NO_* variants change what the NF does (they attribute cost); FREE_*
  * variants and ORACLE behave exactly like the original on the warmed bench
@@ -144,6 +148,22 @@ struct {
 
 #if defined(FREE_VIPS) || defined(FREE_BACKENDS) || defined(NO_LRU)
 #include "lb_tables.h"
+#endif
+
+#ifdef WIDE_KEYS /* CEILING */
+#define KEY_ALIGN __attribute__((aligned(8)))
+#define WIDE_VIP_KEY(k, addr, port, proto) \
+	(*(__u64 *)&(k) = (__u64)(addr) | (__u64)(port) << 32 | (__u64)(proto) << 48)
+#define WIDE_FLOW_KEY(k, saddr, daddr, sport, dport, proto)                    \
+	do {                                                                   \
+		((__u64 *)&(k))[0] = (__u64)(saddr) | (__u64)(daddr) << 32;    \
+		((__u64 *)&(k))[1] = (__u64)(sport) | (__u64)(dport) << 16 |   \
+				     (__u64)(proto) << 32;                     \
+	} while (0)
+#else
+#define KEY_ALIGN
+#define WIDE_VIP_KEY(k, addr, port, proto)
+#define WIDE_FLOW_KEY(k, saddr, daddr, sport, dport, proto)
 #endif
 
 #ifdef FREE_VIPS /* CEILING: a slot's a and b fields are laid out as struct vip_meta */
@@ -366,7 +386,8 @@ int xdp_lb(struct xdp_md *ctx)
 	if (frag || p.l4_proto == IPPROTO_ICMP) {
 		/* Only the destination address is known to matter here: look up
 		 * the address entry (port 0, protocol 0) of the VIP address. */
-		struct vip_key ak = { .addr = ip->daddr };
+		struct vip_key ak KEY_ALIGN = { .addr = ip->daddr };
+		WIDE_VIP_KEY(ak, ip->daddr, 0, 0);
 		if (!VIP_LOOKUP(&ak)) {
 			lb_count(LB_STAT_PASS, bytes);
 			return XDP_PASS;
@@ -384,14 +405,16 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	struct vip_key vk = {
+	struct vip_key vk KEY_ALIGN = {
 		.addr = ip->daddr,
 		.port = p.dport,
 		.proto = p.l4_proto,
 	};
+	WIDE_VIP_KEY(vk, ip->daddr, p.dport, p.l4_proto);
 	struct vip_meta *vm = VIP_LOOKUP(&vk);
 	if (!vm) {
 		vk.port = 0; /* an all-ports VIP */
+		WIDE_VIP_KEY(vk, ip->daddr, 0, p.l4_proto);
 		vm = VIP_LOOKUP(&vk);
 	}
 	if (!vm) {
@@ -408,13 +431,14 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 		syn = th->syn && !th->ack;
 	}
-	struct flow_key fk = {
+	struct flow_key fk KEY_ALIGN = {
 		.saddr = ip->saddr,
 		.daddr = ip->daddr,
 		.sport = p.sport,
 		.dport = p.dport,
 		.proto = p.l4_proto,
 	};
+	WIDE_FLOW_KEY(fk, ip->saddr, ip->daddr, p.sport, p.dport, p.l4_proto);
 	__u32 bi = lb_pick(&fk, vm, syn);
 	struct backend *bk = bi ? BACKEND_LOOKUP(&bi) : 0;
 	if (!bk || !bk->addr) {

@@ -26,7 +26,7 @@ var timestamps = map[string][2]int{"fdb": {8, 16}, "conns": {8, 16}}
 
 // TestExact replays each bench scenario's trace (the bench command's
 // defaults, every locality), packet by packet, through the original NF and
-// each exact variant, each loaded with the warmed state, and requires the
+// each exact variant (copy, free_*, the oracles, wide_keys), each loaded with the warmed state, and requires the
 // same verdict and output frame for every packet and the same map contents
 // at the end (clock readings aside). Run it as root:
 //
@@ -39,8 +39,8 @@ func TestExact(t *testing.T) {
 	}{
 		// oracle_nolearn is exact on these scenarios only: every source
 		// is learned in the warm-up.
-		{"l2switch", []string{"copy", "free_ports", "free_vlans", "free_src", "free_dst", "oracle", "oracle_nolearn"}},
-		{"lb", []string{"copy", "free_vips", "free_backends", "oracle"}},
+		{"l2switch", []string{"copy", "free_ports", "free_vlans", "free_src", "free_dst", "oracle", "oracle_nolearn", "wide_keys"}},
+		{"lb", []string{"copy", "free_vips", "free_backends", "oracle", "wide_keys"}},
 	} {
 		for _, loc := range traffic.Localities {
 			t.Run(tc.nf+"/"+string(loc), func(t *testing.T) {
