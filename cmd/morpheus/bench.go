@@ -107,7 +107,7 @@ func newBenchCmd() *cobra.Command {
 	fs.IntVar(&bf.topK, "top-k", def.TopK, "most hot keys compiled in front of a lookup (the cost model picks how many pay)")
 	fs.IntVar(&bf.maxInline, "max-inline", def.MaxInline, "largest map the mapinline pass inlines whole")
 	fs.StringArrayVar(&bf.against, "against", nil, "measure this BPF object (a variant build of the NF with the same maps and entry program) "+
-		"against the original instead of the optimizer's output; repeatable")
+		"against the original instead of the optimizer's output, which then does not run; repeatable")
 	return cmd
 }
 
@@ -267,10 +267,14 @@ func writeVariants(w io.Writer, vc *bench.VariantComparison) {
 	if vc.Control > 0 {
 		fmt.Fprintf(w, "  noise      %7.2fx original vs an identical copy in the same rounds\n", vc.Control)
 	}
-	fmt.Fprintf(w, "  %-20s %8s %8s %10s %7s %7s  %s\n", "object", "ns/pkt", "speedup", "end to end", "spread", "xlated", "path")
+	width := len("object")
 	for _, v := range vc.Variants {
-		fmt.Fprintf(w, "  %-20s %8.1f %8s %10s %6.0f%% %7d  %s\n",
-			v.Name, v.NsPerPacket, fmtRatio(v.Speedup), fmtRatio(v.EndToEnd), 100*v.Spread, v.Xlated, v.Path)
+		width = max(width, len(v.Name))
+	}
+	fmt.Fprintf(w, "  %-*s %8s %8s %10s %7s %7s  %s\n", width, "object", "ns/pkt", "speedup", "end to end", "spread", "xlated", "path")
+	for _, v := range vc.Variants {
+		fmt.Fprintf(w, "  %-*s %8.1f %8s %10s %6.0f%% %7d  %s\n",
+			width, v.Name, v.NsPerPacket, fmtRatio(v.Speedup), fmtRatio(v.EndToEnd), 100*v.Spread, v.Xlated, v.Path)
 	}
 }
 
