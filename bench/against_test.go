@@ -36,7 +36,7 @@ func variantScenario(t *testing.T) *Scenario {
 // TestCompareVariants measures variants of the l2switch against the
 // original in one run: a copy of the original measures about as fast as
 // the original, the slow build several times slower. The bounds are wide:
-// the ratios of identical programs stray by tens of percent on a busy
+// the ratios of identical programs stray by up to about 40% on a busy
 // 2-core machine, the slow build costs about four times the original.
 func TestCompareVariants(t *testing.T) {
 	kerneltest.Require(t)
@@ -64,8 +64,8 @@ func TestCompareVariants(t *testing.T) {
 		name     string
 		min, max float64
 	}{
-		{"bpf_bpfel", 0.6, 1.6},
-		{"l2switch_slow", 0, 0.6},
+		{"bpf_bpfel", 0.5, 2},
+		{"l2switch_slow", 0, 0.5},
 	} {
 		v := vc.Variants[i]
 		t.Logf("%s: %.1f ns/pkt, speedup %.2f, xlated %d", v.Name, v.NsPerPacket, v.Speedup, v.Xlated)
