@@ -36,8 +36,9 @@ type Pass struct {
 // after the map rewrites, whose compare chains and hot caches make the
 // merges it splits, and right before constprop, which folds the copies
 // (taildup runs only when constprop does); constprop runs after the map
-// rewrites so that it folds the values they expose, and dce runs last to
-// remove what folding and the rewrites left dead.
+// rewrites so that it folds the values they expose, and dce runs after
+// them to remove what folding and the rewrites left dead; storemerge goes
+// last, on the key stores that remain.
 var Table = []Pass{
 	{Name: "mapinline", Doc: "inline small read-only hash and LPM maps as guarded compare chains or (hashes, by cost) a hashed probe into a frozen table; constant lookups in single-element arrays become direct value pointers", fn: mapInline},
 	{Name: "dss", Doc: "specialize large read-only tables by a cost model: IPv4 LPM tries become DIR-16-8-8 arrays, LPM tries with a dominant prefix length become hashes on the masked key (with short chains and hot keys), dense integer-keyed hashes become arrays; behind a guard", fn: dataStructSpec},
@@ -45,6 +46,7 @@ var Table = []Pass{
 	{Name: "taildup", Doc: "duplicate the tail after a merge of known values (the hits of a compare chain or hot cache) per predecessor, with the static functions it calls, so that constprop folds each copy; bounded, runs only with constprop", fn: tailDup},
 	{Name: "constprop", Doc: "fold .rodata and control-plane-only array values (behind a guard with an original fallback), constant arithmetic and decided branches", fn: constProp},
 	{Name: "dce", Doc: "remove unreachable blocks and functions, dead register definitions and unused pure lookups; thread jumps and merge blocks", fn: deadCode},
+	{Name: "storemerge", Doc: "write lookup keys to the stack as whole 64-bit words instead of field by field, so that the helper's hash or a probe reading the key in words does not stall on store forwarding", fn: storeMerge},
 }
 
 // Options tunes the passes.

@@ -166,6 +166,7 @@ var goldenCases = []goldenCase{
 		opts: func(o *Options) { o.MaxInline = 2 }},
 	{name: "dss_dir", passes: []string{"dss"}, build: goldenDssDIR, keys: goldenDssDIRKeys},
 	{name: "dce_stack_stores", passes: []string{"dce"}, build: goldenStackStores},
+	{name: "storemerge_key", passes: []string{"storemerge"}, build: goldenStoreMerge},
 }
 
 var goldenHashKeys = []uint32{goldenIP(192, 0, 2, 1), goldenIP(192, 0, 2, 2), goldenIP(198, 51, 100, 7)}
