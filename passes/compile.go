@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/morpheus-go/morpheus/analysis"
 	"github.com/morpheus-go/morpheus/guard"
@@ -156,6 +157,11 @@ type Context struct {
 	// compute again; Run drops it after any other pass.
 	frozen *analysis.Result
 
+	// wideReads are the stack slots (offsets from R10) that code a pass
+	// emitted loads as one 8-byte word: a probe's or search tree's key
+	// chunk. storemerge merges the stores that build them.
+	wideReads map[int16]bool
+
 	pass     string
 	changes  int
 	analysis *analysis.Result
@@ -174,6 +180,22 @@ func (c *Context) Analysis() (*analysis.Result, error) {
 	}
 	c.analysis = res
 	return res, nil
+}
+
+// readsWide records that emitted code loads the key at key as chunks chs;
+// the 8-byte chunks of a key on the function's own stack go to wideReads.
+func (c *Context) readsWide(key keyAddr, chs []keyChunk) {
+	if key.reg != asm.R10 {
+		return
+	}
+	for _, ch := range chs {
+		if ch.size == asm.DWord {
+			if c.wideReads == nil {
+				c.wideReads = map[int16]bool{}
+			}
+			c.wideReads[key.off+int16(ch.off)] = true
+		}
+	}
 }
 
 // changed records an applied rewrite and invalidates the analysis.

@@ -438,6 +438,7 @@ func (c *Context) emitHot(pl *hotPlan) error {
 	key, _ := s.keyAt()
 	layout := "compare chain"
 	if pl.tree {
+		c.readsWide(key, pl.chunks)
 		body = searchTree(p, key, pl.chunks, pl.matchers, pl.regs, cache, pl.ms.ValueSize, hit, call)
 		layout = "binary search"
 	} else {

@@ -567,6 +567,7 @@ func (c *Context) emitProbeAt(s lookupSite, pp *probePlan, miss, after, g *progr
 	p := c.Prog
 	table := c.addCacheMap(s.mapName, uint32(len(pp.data)), [][]byte{pp.data})
 	key, _ := s.keyAt()
+	c.readsWide(key, pp.t.chunks)
 	body := probeBlocks(p, key, pp.t, pp.l, table, after, miss)
 	blocks := append([]*program.Block{g}, body...)
 	if !slices.Contains(s.fn.Blocks, miss) {

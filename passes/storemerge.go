@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"slices"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/morpheus-go/morpheus/analysis"
@@ -23,8 +24,12 @@ import (
 // (still in their registers), the other bytes of the slot reloaded as
 // they are. Memory ends up byte for byte as before.
 //
-// A slot is merged only when nothing between its first narrow store and
-// the last can see the difference: no call, no load or store that may
+// A slot is merged only where some reader would wait: a load of a 32-bit
+// word of a hashed map's key (the helper's hash) or of the slot whole (a
+// probe or search tree a pass emitted, Context.wideReads) that spans two
+// stores. An LPM trie's key, or one read back as it was written, stays.
+// And only when nothing between its first narrow store and the last can
+// see the difference: no call, no load or store that may
 // touch the slot (through R10 at an overlapping offset, or through a
 // pointer the analysis cannot place outside the stack), no other store to
 // it, no source register redefined before the last store, two registers
@@ -42,9 +47,9 @@ func storeMerge(c *Context) error {
 	if err != nil {
 		return err
 	}
-	// slots maps each 8-byte slot holding key bytes to the bytes of each
-	// key in it.
-	slots := map[int16][]uint8{}
+	// slots maps each 8-byte slot holding key bytes to the parts of the
+	// keys in it and how wide their readers read them.
+	slots := map[int16][]keyPart{}
 	for _, s := range sites {
 		ms := c.Coll.Maps[s.mapName]
 		key, ok := s.keyAt()
@@ -56,8 +61,17 @@ func storeMerge(c *Context) error {
 			masks[o&^7] |= 1 << (o - o&^7)
 		}
 		for slot, m := range masks {
-			if !slices.Contains(slots[slot], m) {
-				slots[slot] = append(slots[slot], m)
+			kp := keyPart{mask: m}
+			switch {
+			case c.wideReads[slot]:
+				kp.granule = 8 // a probe or search tree loads the slot whole
+			case hashedKey(ms.Type):
+				kp.granule = 4 // the helper's hash reads 32-bit words
+			default:
+				continue // read as it was written, or byte by byte
+			}
+			if !slices.Contains(slots[slot], kp) {
+				slots[slot] = append(slots[slot], kp)
 			}
 		}
 	}
@@ -101,7 +115,7 @@ func (m *slotMerge) first() int { return m.pieces[0].at }
 func (m *slotMerge) last() int  { return m.pieces[len(m.pieces)-1].at }
 
 // mergeBlock merges the key slots of b it may and returns how many.
-func mergeBlock(res *analysis.Result, b *program.Block, slots map[int16][]uint8) int {
+func mergeBlock(res *analysis.Result, b *program.Block, slots map[int16][]keyPart) int {
 	bySlot := map[int16][]mergePiece{}
 	var order []int16
 	for i, ins := range b.Insns {
@@ -125,7 +139,7 @@ func mergeBlock(res *analysis.Result, b *program.Block, slots map[int16][]uint8)
 	n := 0
 	for _, slot := range order {
 		m := &slotMerge{slot: slot, pieces: bySlot[slot]}
-		split := slices.ContainsFunc(slots[slot], func(mask uint8) bool { return keyStores(m, mask) >= 2 })
+		split := slices.ContainsFunc(slots[slot], func(kp keyPart) bool { return kp.split(m) })
 		if !split || !mergeable(res, b, m) || !m.pickRegs(res, b, taken) {
 			// A key part written by one store is read back from it
 			// without a stall.
@@ -152,22 +166,50 @@ func mergeBlock(res *analysis.Result, b *program.Block, slots map[int16][]uint8)
 	return n
 }
 
-// keyStores counts the stores that write the key bytes mask of m's slot:
-// those of m, and one more if some of them come from elsewhere.
-func keyStores(m *slotMerge, mask uint8) int {
-	n := 0
-	var written uint8
-	for _, p := range m.pieces {
-		bytes := uint8((1<<p.size.Sizeof() - 1) << p.off)
-		if bytes&mask != 0 {
+// keyPart is the bytes of one key in a slot (mask) and the width its
+// readers load it in (granule: 4 or 8 bytes, aligned).
+type keyPart struct {
+	mask    uint8
+	granule int
+}
+
+// split reports whether some load of the key part, granule bytes wide,
+// would read bytes of more than one store: two or more of m's, or one of
+// m's and bytes written elsewhere. Such a load waits for the stores.
+func (kp keyPart) split(m *slotMerge) bool {
+	for g := 0; g < 8; g += kp.granule {
+		chunk := uint8((1<<kp.granule - 1) << g)
+		want := kp.mask & chunk
+		if want == 0 {
+			continue
+		}
+		n := 0
+		var written uint8
+		for _, p := range m.pieces {
+			bytes := uint8((1<<p.size.Sizeof() - 1) << p.off)
+			if bytes&want != 0 {
+				n++
+				written |= bytes
+			}
+		}
+		if want&^written != 0 && n > 0 {
 			n++
 		}
-		written |= bytes
+		if n >= 2 {
+			return true
+		}
 	}
-	if mask&^written != 0 {
-		n++
+	return false
+}
+
+// hashedKey reports whether a lookup in a map of type t hashes its key,
+// reading it in 32-bit words.
+func hashedKey(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash:
+		return true
 	}
-	return n
+	return false
 }
 
 // mergeable checks the conditions of storeMerge for m.

@@ -29,6 +29,11 @@ var smKeys = [][]byte{
 // load of the key slot sits between the MAC's stores, which must keep
 // them apart.
 func goldenStoreMergeOpts(between bool) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
+	return goldenStoreMergeMap(between, ebpf.Hash)
+}
+
+// goldenStoreMergeMap is goldenStoreMergeOpts with a map of type typ.
+func goldenStoreMergeMap(between bool, typ ebpf.MapType) (*ebpf.CollectionSpec, *mapstate.State, *heatmap.Heatmap) {
 	g := newGoldenAsm()
 	g.add(
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -57,8 +62,12 @@ func goldenStoreMergeOpts(between bool) (*ebpf.CollectionSpec, *mapstate.State, 
 	g.add(asm.LoadMem(asm.R0, asm.R0, 0, asm.Word), asm.Return())
 	g.label("miss").add(asm.Mov.Imm(asm.R0, 2), asm.Return())
 	goldenDrop(g)
-	fdb := &ebpf.MapSpec{Name: "fdb", Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 64}
+	fdb := &ebpf.MapSpec{Name: "fdb", Type: typ, KeySize: 8, ValueSize: 4, MaxEntries: 64}
 	st := mapstate.New()
+	if typ == ebpf.LPMTrie {
+		fdb.Flags = 1                                   // BPF_F_NO_PREALLOC
+		return goldenCollection(g.done(), fdb), st, nil // the MACs are no prefixes
+	}
 	for i, k := range smKeys {
 		st.Put("fdb", k, goldenU32(uint32(3+i)))
 	}
@@ -77,14 +86,22 @@ func TestStoreMerge(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		between bool
+		lpm     bool
 		merges  int // blocks whose key stores were merged
 		narrow  int // narrow key stores left
 	}{
 		{name: "key built field by field", merges: 2},
 		{name: "key slot read between its stores", between: true, merges: 1, narrow: 2},
+		// An LPM trie reads its key in bytes and words as written: no
+		// load waits for two stores, nothing to merge.
+		{name: "key of an LPM trie", lpm: true, narrow: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			spec, st, _ := goldenStoreMergeOpts(tc.between)
+			typ := ebpf.Hash
+			if tc.lpm {
+				typ = ebpf.LPMTrie
+			}
+			spec, st, _ := goldenStoreMergeMap(tc.between, typ)
 			prog, err := program.Lift(spec.Programs[goldenProg])
 			if err != nil {
 				t.Fatal(err)
@@ -127,7 +144,11 @@ func TestStoreMerge(t *testing.T) {
 			}
 			coll := loadChecked(t, c, st, packets)
 			defer coll.Close()
-			for i, want := range []uint32{3, 4, 2} {
+			wants := []uint32{3, 4, 2}
+			if tc.lpm {
+				wants = []uint32{2, 2, 2}
+			}
+			for i, want := range wants {
 				got, err := coll.Programs[goldenProg].Run(&ebpf.RunOptions{Data: packets[i]})
 				if err != nil {
 					t.Fatal(err)
