@@ -2,6 +2,7 @@ package passes
 
 import (
 	"encoding/binary"
+	"maps"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -38,6 +39,9 @@ func storeMerge(c *Context) error {
 	if c.Coll.ByteOrder != nil && c.Coll.ByteOrder != binary.LittleEndian {
 		c.skipped(c.Prog.Funcs[0].Name, -1, "", "big-endian program: the merged word would be assembled in the other byte order")
 		return nil
+	}
+	if len(c.wideReads) == 0 && !slices.ContainsFunc(slices.Collect(maps.Values(c.Coll.Maps)), func(ms *ebpf.MapSpec) bool { return hashedKey(ms.Type) }) {
+		return nil // no reader that could wait: spare the analysis
 	}
 	res, err := c.Analysis()
 	if err != nil {
