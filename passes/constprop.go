@@ -61,24 +61,8 @@ func constProp(c *Context) error {
 	cp.written = c.writtenByOthers()
 	frozen := c.frozen
 	c.frozen = nil
-	for round := 0; round < constPropRounds; round++ {
-		res := frozen
-		if round > 0 || res == nil {
-			var err error
-			// Folding asks for no register liveness.
-			res, err = analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true, NoLiveness: true})
-			if err != nil {
-				return err
-			}
-		}
-		// Only the last round's reasons hold for the final code: a load
-		// an early round could not fold may fold once its index does.
-		clear(cp.skips)
-		n := cp.round(res)
-		res.Release() // this pass's own, used by no one else
-		if n == 0 {
-			break
-		}
+	if _, err := cp.rounds(analysis.Options{}, frozen); err != nil {
+		return err
 	}
 	if err := cp.specializeIngress(); err != nil {
 		return err
@@ -146,20 +130,38 @@ func (cp *propagator) specializeIngress() error {
 	if in == 0 || c.Prog.Spec == nil || c.Prog.Spec.Type != ebpf.XDP || in > math.MaxInt32 {
 		return nil
 	}
+	n, err := cp.rounds(analysis.Options{Ingress: in}, nil)
+	if n > 0 {
+		cp.ingress = in
+	}
+	return err
+}
+
+// rounds runs folding rounds until one changes nothing (or constPropRounds),
+// each on a fresh analysis with .rodata constants and opts; first, if not
+// nil, is the first round's. It returns how many rewrites it made.
+func (cp *propagator) rounds(opts analysis.Options, first *analysis.Result) (int, error) {
+	opts.ConstRodata, opts.NoLiveness = true, true // folding asks for no liveness
+	total := 0
 	for round := 0; round < constPropRounds; round++ {
-		res, err := analysis.Analyze(frozenOnly(c.Coll), c.Prog, analysis.Options{ConstRodata: true, NoLiveness: true, Ingress: in})
-		if err != nil {
-			return err
+		res := first
+		if round > 0 || res == nil {
+			var err error
+			if res, err = analysis.Analyze(frozenOnly(cp.c.Coll), cp.c.Prog, opts); err != nil {
+				return total, err
+			}
 		}
+		// Only the last round's reasons hold for the final code: a load
+		// an early round could not fold may fold once its index does.
 		clear(cp.skips)
 		n := cp.round(res)
-		res.Release()
+		res.Release() // this pass's own, used by no one else
+		total += n
 		if n == 0 {
 			break
 		}
-		cp.ingress = in
 	}
-	return nil
+	return total, nil
 }
 
 // edit is one rewrite decided from one analysis result.

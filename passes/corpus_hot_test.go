@@ -2,9 +2,10 @@ package passes_test
 
 import (
 	"context"
+	"maps"
 	"math/rand"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 
@@ -111,13 +112,11 @@ func warmState(t *testing.T, spec *ebpf.CollectionSpec, pkts [][]byte) (*mapstat
 		t.Fatal(err)
 	}
 	defer coll.Close()
-	eachRunnable(coll, func(p *ebpf.Program) {
-		for _, pkt := range pkts {
-			if _, err := p.Run(&ebpf.RunOptions{Data: pkt}); err != nil {
-				return // a program that cannot be test-run
-			}
+	for _, name := range slices.Sorted(maps.Keys(coll.Programs)) {
+		if p := coll.Programs[name]; runnable(p.Type()) {
+			replay(p, pkts)
 		}
-	})
+	}
 	st := mapstate.New()
 	for name, ms := range spec.Maps {
 		switch ms.Type {
@@ -144,9 +143,8 @@ func warmState(t *testing.T, spec *ebpf.CollectionSpec, pkts [][]byte) (*mapstat
 func profile(t *testing.T, spec *ebpf.CollectionSpec, st *mapstate.State, pkts [][]byte) *heatmap.Heatmap {
 	t.Helper()
 	var hs []*heatmap.Heatmap
-	for _, name := range sortedPrograms(spec) {
-		ps := spec.Programs[name]
-		if ps.Type != ebpf.XDP && ps.Type != ebpf.SchedCLS {
+	for _, name := range slices.Sorted(maps.Keys(spec.Programs)) {
+		if !runnable(spec.Programs[name].Type) {
 			continue
 		}
 		v, err := instrument.Instrument(spec, name, instrument.Options{Rate: 1, MaxInline: -1})
@@ -157,12 +155,7 @@ func profile(t *testing.T, spec *ebpf.CollectionSpec, st *mapstate.State, pkts [
 		if err != nil {
 			t.Fatalf("%s: load the instrumented variant: %v", name, err)
 		}
-		p := coll.Programs[name]
-		for _, pkt := range pkts {
-			if _, err := p.Run(&ebpf.RunOptions{Data: pkt}); err != nil {
-				break
-			}
-		}
+		replay(coll.Programs[name], pkts)
 		h, err := v.Collect(coll.Maps)
 		coll.Close()
 		if err != nil {
@@ -190,26 +183,15 @@ func skewed(pkts [][]byte) [][]byte {
 	}
 }
 
-// eachRunnable calls fn with every XDP and TC program of coll, by name.
-func eachRunnable(coll *ebpf.Collection, fn func(*ebpf.Program)) {
-	names := make([]string, 0, len(coll.Programs))
-	for n := range coll.Programs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if p := coll.Programs[n]; p.Type() == ebpf.XDP || p.Type() == ebpf.SchedCLS {
-			fn(p)
+// runnable reports whether programs of type t run on packets here.
+func runnable(t ebpf.ProgramType) bool { return t == ebpf.XDP || t == ebpf.SchedCLS }
+
+// replay runs p on every packet, stopping at the first that cannot be
+// test-run.
+func replay(p *ebpf.Program, pkts [][]byte) {
+	for _, pkt := range pkts {
+		if _, err := p.Run(&ebpf.RunOptions{Data: pkt}); err != nil {
+			return
 		}
 	}
-}
-
-// sortedPrograms lists spec's program names in order.
-func sortedPrograms(spec *ebpf.CollectionSpec) []string {
-	names := make([]string, 0, len(spec.Programs))
-	for n := range spec.Programs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }

@@ -99,22 +99,8 @@ func keyCopy(b *program.Block, i int) (asm.Register, bool) {
 
 // writesReg reports whether ins may write r (calls clobber R0-R5).
 func writesReg(ins asm.Instruction, r asm.Register) bool {
-	if isCall(ins) {
-		return r <= asm.R5
-	}
-	return definesReg(ins) && ins.Dst == r
-}
-
-// definesReg reports whether ins writes its Dst register: ALU operations,
-// loads from memory and 64-bit immediates.
-func definesReg(ins asm.Instruction) bool {
-	switch cls := ins.OpCode.Class(); {
-	case cls.IsALU(), cls == asm.LdXClass:
-		return true
-	case cls == asm.LdClass:
-		return ins.OpCode.Mode() == asm.ImmMode
-	}
-	return false
+	_, def := useDef(ins)
+	return def&regBit(r) != 0
 }
 
 // bails reports whether the hit tail must redo the lookup before ins.
@@ -126,10 +112,9 @@ func (ht *hitTail) bails(ins asm.Instruction) bool {
 		return true // legacy packet loads clobber R0-R5 and may exit
 	case isCall(ins):
 		return true
-	case definesReg(ins):
-		return ins.Dst != asm.R0 && (ht.live.Has(ins.Dst) || ins.Dst == ht.key.reg)
 	}
-	return false
+	_, def := useDef(ins)
+	return def&^regBit(asm.R0)&(regSet(ht.live)|regBit(ht.key.reg)) != 0
 }
 
 // hitCanFinish reports whether some exit is reachable from instruction i
@@ -153,10 +138,10 @@ func (ht *hitTail) hitCanFinish(b *program.Block, i int) bool {
 			if ht.bails(ins) {
 				return false
 			}
-			if definesReg(ins) {
-				copied := ins.OpCode.ALUOp() == asm.Mov && ins.OpCode.Source() == asm.RegSource &&
-					ins.OpCode.Class() == asm.ALU64Class && ptrs.Has(ins.Src)
-				ptrs &^= analysis.RegSet(0).Add(ins.Dst)
+			if _, def := useDef(ins); def != 0 {
+				copied := ins.OpCode.Class() == asm.ALU64Class && ins.OpCode.ALUOp() == asm.Mov &&
+					ins.OpCode.Source() == asm.RegSource && ptrs.Has(ins.Src)
+				ptrs &^= analysis.RegSet(def)
 				if copied {
 					ptrs = ptrs.Add(ins.Dst)
 				}

@@ -30,11 +30,17 @@ import (
 // probe or search tree a pass emitted, Context.wideReads) that spans two
 // stores. An LPM trie's key, or one read back as it was written, stays.
 // And only when nothing between its first narrow store and the last can
-// see the difference: no call, no load or store that may
-// touch the slot (through R10 at an overlapping offset, or through a
-// pointer the analysis cannot place outside the stack), no other store to
-// it, no source register redefined before the last store, two registers
-// free there, and every byte written at most once.
+// see the difference: no call, no load or store that may touch the slot
+// (through R10 at an overlapping offset, or through a pointer the analysis
+// cannot place outside the stack), every byte written at most once, and
+// two registers no instruction of that stretch uses, dead before and
+// after it, to assemble the word in. Each store becomes an OR of its
+// value into the word where it stood, so its register may change after.
+//
+// The slot's bytes no store of the block writes are reloaded to complete
+// the word, whether or not the program wrote them before: the verifier
+// lets a privileged loader (CAP_PERFMON, as the agent runs) read
+// uninitialized stack, and the word stores back what was there.
 func storeMerge(c *Context) error {
 	if c.Coll.ByteOrder != nil && c.Coll.ByteOrder != binary.LittleEndian {
 		c.skipped(c.Prog.Funcs[0].Name, -1, "", "big-endian program: the merged word would be assembled in the other byte order")
@@ -256,12 +262,9 @@ func (m *slotMerge) pickRegs(res *analysis.Result, b *program.Block, taken regSe
 			busy |= regBit(r)
 		}
 	}
-	for i := m.first(); i <= m.last(); i++ {
-		ins := b.Insns[i]
-		busy |= regBit(ins.Dst) | regBit(ins.Src)
-		if isCall(ins) {
-			busy |= 0x3f // R0-R5
-		}
+	for _, ins := range b.Insns[m.first() : m.last()+1] {
+		use, def := useDef(ins)
+		busy |= use | def
 	}
 	var free []asm.Register
 	for r := asm.R0; r <= asm.R9; r++ {

@@ -334,17 +334,24 @@ func (o *Originals) Close() {
 	}
 }
 
-// NewSession loads the three collections of a differential test of cand
-// against spec and fills their maps from state. See [Differential] for
-// the arguments; a verifier rejection is returned as a *VerifierError.
-func NewSession(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*Session, error) {
+// checkInputs refuses a candidate that does not fit spec and a state
+// that does not fit its maps; a nil state is an empty one.
+func checkInputs(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate) (*mapstate.State, error) {
 	if state == nil {
 		state = mapstate.New()
 	}
 	if _, err := WithCandidate(spec, cand); err != nil {
 		return nil, err
 	}
-	if err := state.Check(spec); err != nil {
+	return state, state.Check(spec)
+}
+
+// NewSession loads the three collections of a differential test of cand
+// against spec and fills their maps from state. See [Differential] for
+// the arguments; a verifier rejection is returned as a *VerifierError.
+func NewSession(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*Session, error) {
+	state, err := checkInputs(spec, state, cand)
+	if err != nil {
 		return nil, err
 	}
 	if _, err := entryPrograms(spec, cand, opts.Programs); err != nil {
@@ -393,13 +400,8 @@ func NewSession(spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate
 // network function's state, and what the candidate reads from them shows
 // in everything compared.
 func NewCandidateSession(orig *Originals, spec *ebpf.CollectionSpec, state *mapstate.State, cand Candidate, opts DiffOptions) (*Session, error) {
-	if state == nil {
-		state = mapstate.New()
-	}
-	if _, err := WithCandidate(spec, cand); err != nil {
-		return nil, err
-	}
-	if err := state.Check(spec); err != nil {
+	state, err := checkInputs(spec, state, cand)
+	if err != nil {
 		return nil, err
 	}
 	for name := range orig.spec.Maps {
